@@ -1,0 +1,114 @@
+"""The ``d2f`` command line: thin wrappers that parse options and call the library.
+
+Every command turns a ``UserError`` into one line on stderr and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from d2f.errors import UserError
+
+app = typer.Typer(
+    name="d2f",
+    help="Turn a pretrained diffusion model into a flow-matching model (Diff2Flow) and finetune it.\n\n"
+         "Conventions: FM time t = 0 is noise, t = 1 is data; diffusion time tau runs 0..N-1 (data to noise).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(command):
+    """Bad input -> one line on stderr, exit code 2."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@app.command("inspect-schedule")
+@friendly
+def inspect_schedule(
+    preset: Optional[str] = typer.Option(None, help="A public SD schedule: sd15, sd2-base or sd2-v (default sd15)."),
+    model: Optional[str] = typer.Option(None, help="A built-in model name, diffusers model folder or hub id: read "
+                                                   "its scheduler/scheduler_config.json."),
+    zero_terminal_snr: bool = typer.Option(False, "--zero-terminal-snr", help="Rescale to zero terminal SNR."),
+    rows: int = typer.Option(11, help="Number of evenly spaced taus in the table."),
+    tau: List[float] = typer.Option([], "--tau", help="Add a row at this (fractional) tau. Repeatable."),
+    t: List[float] = typer.Option([], "--t", help="Add a row at this FM time t, with the tau it maps to. Repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    plot: Optional[Path] = typer.Option(None, help="Write a figure of the schedules and the time map to this PNG."),
+):
+    """Show a diffusion schedule, its alpha/sigma, and the map to flow-matching time.
+
+    Example: d2f inspect-schedule --preset sd15 --t 0 --t 0.5 --tau 354.5 --plot schedule.png
+    """
+    from d2f.inspect_schedule import plot_schedule, schedule_report
+    from d2f.schedule import Schedule
+
+    if preset and model:
+        raise UserError("give either --preset or --model, not both")
+    if model:
+        from d2f.models import hub_file, resolve_model
+
+        ref = resolve_model(model)
+        config_path = hub_file(ref, "scheduler/scheduler_config.json")
+        schedule = Schedule.from_pretrained(config_path, zero_terminal_snr=zero_terminal_snr or None)
+        source = ref.name
+    else:
+        schedule = Schedule.preset(preset or "sd15", zero_terminal_snr=zero_terminal_snr)
+        source = preset or "sd15"
+    report = schedule_report(schedule, rows, tau, t)
+    if plot:
+        plot_schedule(schedule, plot, title=f"{source}: {schedule!r}")
+    if as_json:
+        print_json(report)
+        return
+    table = Table(title=f"{source}: prediction_type={report['prediction_type']}, N={report['num_train_timesteps']}, "
+                        f"covered t in [{report['t_min']:.4f}, {report['t_max']:.4f}], "
+                        f"max scale {report['scale_max']:.5f} at tau {report['scale_max_tau']:.2f}")
+    for column in ("tau", "t", "alpha", "sigma", "scale c", "log-SNR", "clamped"):
+        table.add_column(column, justify="right")
+    for row in report["rows"]:
+        table.add_row(f"{row['tau']:.3f}", f"{row['t']:.5f}", f"{row['alpha']:.5f}", f"{row['sigma']:.5f}",
+                      f"{row['scale']:.5f}", f"{row['log_snr']:.4f}", "yes" if row["clamped"] else "")
+    console.print(table)
+    if plot:
+        console.print(f"plot written to {plot}")
+
+
+@app.command("models")
+@friendly
+def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")):
+    """List the built-in models and where they lie."""
+    from d2f.models import builtin_models
+
+    rows = builtin_models()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="built-in models")
+    for column in ("name", "prediction_type", "resolution", "path", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["prediction_type"], str(row["resolution"]), row["path"], row["description"])
+    console.print(table)
