@@ -91,3 +91,22 @@ def hub_file(model: ModelRef, filename: str) -> Path:
         raise UserError(f"could not get {filename} of hub model {model.source!r} ({type(exc).__name__}): "
                         "it is not cached and the hub cannot be reached; pass a local diffusers folder "
                         "with --model PATH") from None
+
+
+def resolution_multiple(folder: str | Path) -> int:
+    """Image sides must be a multiple of this: the VAE's downsampling times the UNet's."""
+    folder = Path(folder)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return 2 ** (len(vae.get("block_out_channels", [0])) - 1) * 2 ** (len(unet.get("block_out_channels", [0])) - 1)
+
+
+def check_resolution(folder: str | Path, height: int, width: int | None = None) -> None:
+    """Raise ``UserError`` for an image size the model cannot take (not a positive multiple of
+    ``resolution_multiple``)."""
+    multiple = resolution_multiple(folder)
+    for side in (height, width if width is not None else height):
+        if side <= 0 or side % multiple:
+            lower = max(multiple, side // multiple * multiple)
+            raise UserError(f"size {side} px does not fit this model: the VAE and UNet need a multiple of "
+                            f"{multiple} px (e.g. {lower} or {lower + multiple})")
