@@ -1,0 +1,97 @@
+"""What the finetune trains: a LoRA on the UNet (peft, through diffusers), or the whole UNet.
+
+LoRA (Hu et al. 2021) freezes a weight W and learns a low-rank update for it:
+
+    W' = W + (lora_alpha / r) * B @ A,      A: (r, in),  B: (out, r),  B = 0 at the start
+
+so the adapted model starts exactly at the pretrained one. For a convolution, A is a convolution with
+r output channels and the original kernel size, B a 1x1 convolution (peft's ``Conv2d`` LoRA layer).
+
+Targets (``--lora-targets``):
+
+- ``attn``: the attention projections ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` (self- and
+  cross-attention): diffusers' text-to-image LoRA default;
+- ``attn+conv``: also every convolution of the ResNet blocks (``conv1``, ``conv2``, ``conv_shortcut``) and
+  of the down/upsamplers (``conv``), closer to the paper's setup; a domain shift in colour and texture
+  lives largely in those.
+
+``rank = 0`` means no adapter: the whole UNet is trained (a full finetune).
+
+Saving uses diffusers' own format, so a plain ``StableDiffusionPipeline.load_lora_weights(folder)`` loads
+the result (``pytorch_lora_weights.safetensors``, with the peft config in the safetensors metadata so that
+``lora_alpha`` and the targets survive the round trip); a full finetune saves the UNet as a diffusers
+model folder (``unet/``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from d2f.errors import UserError
+
+ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "conv"]
+TARGETS = {"attn": ATTN_TARGETS, "attn+conv": ATTN_TARGETS + CONV_TARGETS}
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def check_lora_settings(rank: int, alpha: float | None, targets: str) -> None:
+    if rank < 0:
+        raise UserError(f"--lora-rank must be >= 0 (0 = full finetune of the UNet), got {rank}")
+    if alpha is not None and alpha <= 0:
+        raise UserError(f"--lora-alpha must be positive, got {alpha}")
+    if targets not in TARGETS:
+        raise UserError(f"unknown --lora-targets {targets!r}; use one of {', '.join(TARGETS)}")
+
+
+def add_lora(unet, rank: int = 4, alpha: float | None = None, targets: str = "attn") -> list[torch.nn.Parameter]:
+    """Freeze the UNet and add a LoRA adapter (``rank`` > 0), or make the whole UNet trainable
+    (``rank`` = 0). Returns the trainable parameters. ``alpha`` defaults to ``rank`` (scale 1).
+
+    Seed the global RNG before calling: peft initialises A randomly (Kaiming uniform)."""
+    from peft import LoraConfig
+
+    check_lora_settings(rank, alpha, targets)
+    if rank == 0:
+        unet.requires_grad_(True)
+        return [p for p in unet.parameters()]
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=True,
+                        target_modules=TARGETS[targets])
+    unet.add_adapter(config)
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def trainable_state(unet, rank: int) -> dict[str, torch.Tensor]:
+    """The trained weights in diffusers' format: the LoRA layers (``rank`` > 0), or the UNet's
+    state dict (``rank`` = 0)."""
+    if rank == 0:
+        return {k: v.detach() for k, v in unet.state_dict().items()}
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+def save_weights(unet, folder: str | Path, rank: int) -> Path:
+    """Save what was trained into ``folder``: ``pytorch_lora_weights.safetensors`` (LoRA, loadable with
+    ``pipe.load_lora_weights(folder)``) or ``unet/`` (full finetune, loadable with
+    ``UNet2DConditionModel.from_pretrained(folder / "unet")``). Returns the path written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        return folder / "unet"
+    from diffusers import StableDiffusionPipeline
+
+    metadata = unet.peft_config["default"].to_dict()
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=trainable_state(unet, rank),
+                                              safe_serialization=True, weight_name=LORA_WEIGHT_NAME,
+                                              unet_lora_adapter_metadata=metadata)
+    return folder / LORA_WEIGHT_NAME
+
+
+def count_parameters(params) -> int:
+    return sum(p.numel() for p in params)
