@@ -1,0 +1,176 @@
+"""Samplers for the flow-matching ODE  dx/dt = v(x, t),  from t = 0 (noise) to t = 1 (data).
+
+In the spirit of k-diffusion's ``sampling.py``: pure functions with one shared signature
+
+    sample_xxx(velocity_fn, x, ts, callback=None) -> x at ts[-1]
+
+where ``velocity_fn(x, t) -> v`` is any velocity field (``d2f.denoiser`` builds one from a diffusion
+network through the Diff2Flow bridge, or from a naive-FM network), ``x`` is the state at ``ts[0]`` and
+``ts`` is an increasing 1-D grid of FM times. ``t`` is passed to ``velocity_fn`` as a Python float
+(one time for the whole batch). ``callback(dict(i, t, t_next, x, v))`` is called after every step.
+
+The grids (math page, section 7):
+
+- ``time_grid(steps)``: uniform on [0, 1] (the default); ``shift > 1`` spends more of the budget near
+  the noise end (SD3's time shift, written for d2f's orientation, see ``time_grid``).
+- ``ddim_grid(schedule, steps)``: the FM times of DDIM's timesteps, for ``sample_ddim``.
+
+Network calls: Euler and DDIM one per step; Heun two per step and one on the last (2K - 1 for K steps).
+Nothing here imports diffusers; the schedule is needed only to build the DDIM grid.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from d2f.errors import UserError
+from d2f.schedule import Schedule
+from d2f.timemap import t_of_tau
+
+VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
+Callback = Optional[Callable[[dict], None]]
+
+
+# --------------------------------------------------------------------------------------- grids
+
+def time_grid(steps: int, shift: float = 1.0, t_start: float = 0.0, t_end: float = 1.0) -> torch.Tensor:
+    """``steps + 1`` increasing FM times from ``t_start`` to ``t_end`` (float64).
+
+    Uniform in t for ``shift = 1``. Otherwise the noise level s = 1 - t of a uniform grid is warped as
+    in SD3 (Esser et al. 2024, eq. 23), s' = shift * s / (1 + (shift - 1) * s), i.e.
+
+        t' = 1 - shift * (1 - t) / (1 + (shift - 1) * (1 - t))
+
+    which keeps both ends and, for shift > 1, puts more steps near the noise end (t = 0).
+    """
+    if steps < 1:
+        raise UserError(f"steps must be at least 1, got {steps}")
+    if shift <= 0:
+        raise UserError(f"shift must be positive, got {shift}")
+    if not 0.0 <= t_start < t_end <= 1.0:
+        raise UserError(f"need 0 <= t_start < t_end <= 1, got t_start={t_start}, t_end={t_end}")
+    ts = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+    s = 1 - ts
+    # s' = shift s / (1 + (shift - 1) s)
+    return 1 - shift * s / (1 + (shift - 1) * s)
+
+
+def ddim_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
+    """DDIM's timesteps with diffusers' ``timestep_spacing="trailing"`` (Lin et al. 2024, table 2):
+    ``round(arange(N, 0, -N/K)) - 1``, e.g. N = 1000, K = 50: 999, 979, ..., 19. Starts at tau = N-1,
+    the noise end (the "leading" spacing of SD's config starts at 981 and never sees pure noise)."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise UserError(f"DDIM steps must be in [1, {num_train_timesteps}], got {steps}")
+    ratio = num_train_timesteps / steps
+    return torch.round(torch.arange(num_train_timesteps, 0, -ratio, dtype=torch.float64))[:steps] - 1
+
+
+def ddim_grid(schedule: Schedule, steps: int) -> torch.Tensor:
+    """The FM times of DDIM's trailing timesteps, then t = 1:  ts = [t(tau_0), ..., t(tau_{K-1}), 1].
+
+    The last step goes to abar = 1 (diffusers' ``set_alpha_to_one=True``): it lands on the data estimate
+    x1_hat instead of stopping at tau = 0 with sigma_0 of noise left."""
+    taus = ddim_timesteps(schedule.num_train_timesteps, steps)
+    return torch.cat([t_of_tau(schedule, taus), torch.ones(1, dtype=torch.float64)])
+
+
+def _check_grid(ts) -> list[float]:
+    ts = [float(t) for t in torch.as_tensor(ts, dtype=torch.float64).flatten()]
+    if len(ts) < 2 or any(b <= a for a, b in zip(ts, ts[1:])):
+        raise UserError("the time grid must have at least 2 strictly increasing times (t = 0 noise, t = 1 data)")
+    return ts
+
+
+# ------------------------------------------------------------------------------------ samplers
+
+@torch.no_grad()
+def sample_euler(velocity_fn: VelocityFn, x: torch.Tensor, ts: Sequence[float], callback: Callback = None) -> torch.Tensor:
+    """FM Euler (math page, section 7): one network call per step.
+
+        x_{k+1} = x_k + (t_{k+1} - t_k) * v(x_k, t_k)
+    """
+    ts = _check_grid(ts)
+    for i, (t, t_next) in enumerate(zip(ts, ts[1:])):
+        v = velocity_fn(x, t)
+        # x <- x + (t_{k+1} - t_k) v(x, t_k)
+        x = x + (t_next - t) * v
+        if callback is not None:
+            callback({"i": i, "t": t, "t_next": t_next, "x": x, "v": v})
+    return x
+
+
+@torch.no_grad()
+def sample_heun(velocity_fn: VelocityFn, x: torch.Tensor, ts: Sequence[float], callback: Callback = None) -> torch.Tensor:
+    """FM Heun (Karras et al. 2022, Algorithm 1, in FM time): the trapezoidal rule with an Euler
+    predictor; two network calls per step, one on the last step (which is Euler, as k-diffusion's
+    ``sample_heun`` does at sigma = 0), so 2K - 1 calls for K steps.
+
+        v_k      = v(x_k, t_k)
+        x_euler  = x_k + h v_k,                             h = t_{k+1} - t_k
+        x_{k+1}  = x_k + h (v_k + v(x_euler, t_{k+1})) / 2   (last step: x_{k+1} = x_euler)
+    """
+    ts = _check_grid(ts)
+    last = len(ts) - 2
+    for i, (t, t_next) in enumerate(zip(ts, ts[1:])):
+        h = t_next - t
+        v = velocity_fn(x, t)
+        # x_euler = x_k + h v_k
+        x_euler = x + h * v
+        if i == last:
+            x = x_euler
+        else:
+            # x_{k+1} = x_k + h (v_k + v(x_euler, t_{k+1})) / 2
+            v = (v + velocity_fn(x_euler, t_next)) / 2
+            x = x + h * v
+        if callback is not None:
+            callback({"i": i, "t": t, "t_next": t_next, "x": x, "v": v})
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(velocity_fn: VelocityFn, x: torch.Tensor, ts: Sequence[float], callback: Callback = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12 with eta = 0), written in FM coordinates; use it on ``ddim_grid``.
+
+    DDIM re-noises its two estimates at the next timestep:  z' = alpha' x1_hat + sigma' eps_hat.
+    Divided by c' = alpha' + sigma' this reads  x' = t' x1_hat + (1 - t') eps_hat, and the estimates at
+    (x, t) are x1_hat = x + (1 - t) v, eps_hat = x - t v (math page, section 4). Substituting,
+
+        x_{k+1} = t_{k+1} (x_k + (1 - t_k) v) + (1 - t_{k+1}) (x_k - t_k v) = x_k + (t_{k+1} - t_k) v
+
+    so DDIM *is* FM Euler, on DDIM's grid (uniform in tau, not in t): the two samplers differ only by
+    where they place their steps. This function is therefore ``sample_euler``; it exists so that the
+    sampler names match the CLI, and ``tests/test_sampling.py`` checks it against diffusers'
+    ``DDIMScheduler`` (trailing spacing, ``set_alpha_to_one=True``) on a real pipeline.
+    The identity needs every evaluated t inside the covered range [t_min, t_max] (where t_eff = t),
+    which holds on ``ddim_grid``.
+    """
+    return sample_euler(velocity_fn, x, ts, callback)
+
+
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "ddim": sample_ddim}
+
+
+def get_sampler(name: str):
+    """The sampler function for ``euler``, ``heun`` or ``ddim``; ``UserError`` for another name."""
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def network_calls(sampler: str, steps: int) -> int:
+    """Network evaluations (per guided batch) of ``steps`` steps: K for Euler and DDIM, 2K - 1 for Heun."""
+    get_sampler(sampler)
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def sampler_grid(sampler: str, steps: int, schedule: Schedule | None = None, shift: float = 1.0) -> torch.Tensor:
+    """The default grid of each sampler: DDIM's trailing timesteps for ``ddim`` (needs ``schedule``),
+    ``time_grid(steps, shift)`` for ``euler`` and ``heun``."""
+    get_sampler(sampler)
+    if sampler == "ddim":
+        if schedule is None:
+            raise ValueError("the ddim grid needs the model's schedule")
+        return ddim_grid(schedule, steps)
+    return time_grid(steps, shift)

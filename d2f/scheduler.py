@@ -1,0 +1,195 @@
+"""Diff2Flow samplers as diffusers schedulers: sample a Diff2Flow model with a plain diffusers pipeline.
+
+    from diffusers import StableDiffusionPipeline
+    from d2f import Diff2FlowEulerScheduler
+
+    pipe = StableDiffusionPipeline.from_pretrained(base_model)
+    pipe.load_lora_weights("runs/my-run")                      # a d2f train run folder
+    pipe.scheduler = Diff2FlowEulerScheduler.from_config(pipe.scheduler.config)
+    images = pipe(prompts, num_inference_steps=25, guidance_scale=7.5).images
+
+How the pipeline's loop maps onto FM Euler (math page, sections 3, 4 and 7). The pipeline keeps one
+state ``latents``; here it is the FM sample x_t, so it starts as pure noise (``init_noise_sigma = 1``)
+and ends as data (t = 1), which the pipeline decodes as it is. For the k-th evaluation point t_k of the
+grid ``time_grid(K, shift)``:
+
+    timesteps[k]                = tau(t_k)              fractional diffusion timestep (float)
+    scale_model_input(x, tau_k) = c(t_k) x              the aligned sample z the network sees
+    step(o, tau_k, x)           = x + (t_{k+1} - t_k) v,   v = x1_hat(o, z) - eps_hat(o, z)
+
+Guidance is the pipeline's own (on the raw output, which is equivalent, section 4). t is clamped to the
+covered range for tau, c, alpha and sigma (section 5), so several grid points near t = 0 can share
+tau = N-1: the scheduler therefore follows its own step counter, never a lookup of ``timestep``.
+
+With ``objective="fm"`` (a naive-FM finetune) the network sees the unscaled x at tau = (1 - t)(N - 1)
+and its output is the velocity. ``prediction_type``, the betas and ``rescale_betas_zero_snr`` are read
+from the config exactly as the model's own scheduler declares them. ``Diff2FlowHeunScheduler`` is the
+Heun variant (``order = 2``, 2K - 1 network calls, the last step Euler), laid out like diffusers'
+``HeunDiscreteScheduler``: timesteps t_0, t_1, t_1, t_2, t_2, ..., t_{K-1}, t_{K-1}.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
+
+from d2f.errors import UserError
+from d2f.sampling import time_grid
+from d2f.schedule import Schedule
+from d2f.timemap import bridge_coefficients
+from d2f.velocity import check_bridge, velocity_from_output
+
+
+class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
+    """FM Euler on a uniform (or shifted) grid from t = 0 to t = 1, through the Diff2Flow bridge.
+
+    Config: the usual diffusers schedule keys (``num_train_timesteps``, ``beta_start``, ``beta_end``,
+    ``beta_schedule``, ``trained_betas``, ``prediction_type``, ``rescale_betas_zero_snr``), plus
+    ``objective`` ("diff2flow" or "diffusion": through the bridge; "fm": raw output is the velocity) and
+    ``shift`` (``d2f.sampling.time_grid``; 1 = uniform)."""
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
+                 rescale_betas_zero_snr: bool = False, objective: str = "diff2flow", shift: float = 1.0):
+        if objective not in ("diff2flow", "diffusion", "fm"):
+            raise UserError(f"unknown objective {objective!r}; use diff2flow, fm or diffusion")
+        self.schedule = Schedule.from_config(dict(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
+            rescale_betas_zero_snr=rescale_betas_zero_snr))
+        if objective != "fm":
+            check_bridge(self.schedule, prediction_type)
+        self.init_noise_sigma = 1.0  # x at t = 0 is the noise itself
+        self.num_inference_steps: Optional[int] = None
+        self._step_index: Optional[int] = None
+        self._begin_index: Optional[int] = None
+        self.set_timesteps(50)
+
+    # --- the grid ---------------------------------------------------------------------------------
+    def _eval_points(self, grid: list[float]) -> list[tuple[float, float]]:
+        """(t, t_next) of each network evaluation: one per Euler step."""
+        return list(zip(grid[:-1], grid[1:]))
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+        """The grid ``time_grid(K, shift)`` and the pipeline's ``timesteps``: tau(t) (fractional, float32)
+        at every network evaluation, or (1 - t)(N - 1) for ``objective="fm"``."""
+        if num_inference_steps < 1:
+            raise UserError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        self.num_inference_steps = num_inference_steps
+        self.grid = [float(t) for t in time_grid(num_inference_steps, float(self.config.shift))]
+        self.points = self._eval_points(self.grid)
+        ts = torch.tensor([t for t, _ in self.points], dtype=torch.float64)
+        if self.config.objective == "fm":
+            taus = (1 - ts) * (self.config.num_train_timesteps - 1)
+        else:
+            taus = bridge_coefficients(self.schedule, ts)["tau"]
+        self.timesteps = taus.to(device=device, dtype=torch.float32)
+        self._step_index, self._begin_index = None, None
+
+    @property
+    def step_index(self) -> Optional[int]:
+        """The index of the next network evaluation (None before the first call)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at evaluation ``begin_index`` (what image-to-image pipelines call)."""
+        self._begin_index = begin_index
+
+    def _current(self) -> tuple[float, float]:
+        if self._step_index is None:
+            self._step_index = self._begin_index or 0
+        if self._step_index >= len(self.points):
+            raise ValueError("step called more times than set_timesteps allows; call set_timesteps again")
+        return self.points[self._step_index]
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # --- the bridge -------------------------------------------------------------------------------
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """z = c(t) x (diff2flow); x unchanged for ``objective="fm"``."""
+        t, _ = self._current()
+        if self.config.objective == "fm":
+            return sample
+        c = float(bridge_coefficients(self.schedule, torch.tensor(t, dtype=torch.float64))["scale"])
+        # z = c(t) x
+        return sample * c
+
+    def velocity(self, model_output: torch.Tensor, sample: torch.Tensor, t: float) -> torch.Tensor:
+        """v at (x, t) from the raw (already guided) output: x1_hat - eps_hat (diff2flow) or the output
+        itself (fm); computed in float32 or better."""
+        if self.config.objective == "fm":
+            return model_output.float()
+        coef = bridge_coefficients(self.schedule, torch.tensor(t, dtype=torch.float64))
+        # z = c(t) x, then v = x1_hat(o, z) - eps_hat(o, z)
+        z = sample.float() * float(coef["scale"])
+        return velocity_from_output(model_output.float(), z, float(coef["alpha"]), float(coef["sigma"]),
+                                    self.config.prediction_type)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
+             **kwargs) -> SchedulerOutput | tuple:
+        """One FM Euler step:  x <- x + (t_{k+1} - t_k) v(x, t_k).  Returns the next pipeline state x."""
+        t, t_next = self._current()
+        v = self.velocity(model_output, sample, t)
+        # x_{k+1} = x_k + (t_{k+1} - t_k) v
+        prev_sample = (sample.float() + (t_next - t) * v).to(sample.dtype)
+        self._step_index += 1
+        return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
+
+
+class Diff2FlowHeunScheduler(Diff2FlowEulerScheduler):
+    """FM Heun (``d2f.sampling.sample_heun``) as a diffusers scheduler: ``order = 2``; K steps take
+    2K - 1 network evaluations, at t_0, t_1, t_1, ..., t_{K-1}, t_{K-1} (predictor and corrector share a
+    time), and the last step is Euler.
+
+        predictor at t_k:   x_euler = x_k + h v_k                    (returned, the pipeline evaluates it)
+        corrector at t_k+1: x_{k+1} = x_k + h (v_k + v(x_euler)) / 2
+    """
+
+    order = 2
+
+    def _eval_points(self, grid: list[float]) -> list[tuple[float, float]]:
+        steps = list(zip(grid[:-1], grid[1:]))
+        points = [steps[0]]
+        for k in range(1, len(steps)):
+            # corrector of step k-1 is evaluated at t_k (its "next" is unused), then the predictor of step k
+            points += [(grid[k], grid[k]), steps[k]]
+        return points
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+        super().set_timesteps(num_inference_steps, device)
+        self._saved: Optional[tuple[torch.Tensor, torch.Tensor, float]] = None
+
+    @property
+    def state_in_first_order(self) -> bool:
+        return self._saved is None
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
+             **kwargs) -> SchedulerOutput | tuple:
+        t, t_next = self._current()
+        v = self.velocity(model_output, sample, t)
+        if self._saved is None:
+            h = t_next - t
+            # x_euler = x_k + h v_k
+            prev_sample = sample.float() + h * v
+            if self._step_index != len(self.points) - 1:  # the last step stays Euler
+                self._saved = (sample.float(), v, h)
+        else:
+            x, v_first, h = self._saved
+            # x_{k+1} = x_k + h (v_k + v(x_euler, t_{k+1})) / 2
+            prev_sample = x + h * (v_first + v) / 2
+            self._saved = None
+        self._step_index += 1
+        prev_sample = prev_sample.to(sample.dtype)
+        return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
