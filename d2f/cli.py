@@ -112,3 +112,56 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
     for row in rows:
         table.add_row(row["name"], row["prediction_type"], str(row["resolution"]), row["path"], row["description"])
     console.print(table)
+
+
+@app.command("sample")
+@friendly
+def sample(
+    model: Optional[str] = typer.Option(None, help="Built-in model name, diffusers folder or hub id (default: the "
+                                                   "latest run's base model, else tiny-shapes-eps)."),
+    lora: Optional[str] = typer.Option(None, help="A run folder of `d2f train` or a LoRA .safetensors file."),
+    prompt: List[str] = typer.Option([], "--prompt", help="A prompt. Repeatable. Default on built-in models: the "
+                                                          "world's 24 prompts."),
+    prompts_file: Optional[Path] = typer.Option(None, help="A text file with one prompt per line."),
+    num_images: Optional[int] = typer.Option(None, help="How many images (prompts are cycled; default one per prompt)."),
+    steps: int = typer.Option(25, help="Sampler steps (Heun uses 2*steps-1 network calls)."),
+    sampler: Optional[str] = typer.Option(None, help="euler | heun | ddim (default: the run's, else euler)."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale (1 = none)."),
+    seed: int = typer.Option(0, help="Image i uses noise from seed + i."),
+    height: Optional[int] = typer.Option(None, help="Image height in px (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width in px (default: the model's)."),
+    shift: float = typer.Option(1.0, help="Time shift of the FM grid (1 = uniform; >1 = more steps near noise)."),
+    output: Optional[Path] = typer.Option(None, help="Write one grid image here (default samples/grid.png unless "
+                                                     "--output-dir is given)."),
+    output_dir: Optional[Path] = typer.Option(None, help="Also write every image as its own PNG here."),
+    compare: bool = typer.Option(False, "--compare", help="One grid, a row per sampler (euler, heun, ddim), same "
+                                                         "seeds and prompts."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Score with the built-in world's evaluator."),
+    domain: Optional[str] = typer.Option(None, help="Domain for --evaluate: base or target (default: the run's data)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where to look for the latest run."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+):
+    """Sample a model (optionally with a LoRA) with FM Euler, FM Heun or DDIM.
+
+    Example: d2f sample --model tiny-shapes-eps --prompt "a red circle" --num-images 8 --compare
+    """
+    from d2f.sample import SampleSettings, read_prompts_file, sample_images
+
+    prompts = list(prompt) + (read_prompts_file(prompts_file) if prompts_file else [])
+    settings = SampleSettings(model=model, lora=lora, prompts=prompts, num_images=num_images, steps=steps,
+                              sampler=sampler, guidance=guidance, seed=seed, height=height, width=width,
+                              shift=shift, compare=compare)
+    log = None if as_json else (lambda line: err_console.print(line, highlight=False))
+    result = sample_images(settings, output=output, output_dir=output_dir, evaluate=evaluate, domain=domain,
+                           runs_dir=runs_dir, progress=not as_json, log=log)
+    if as_json:
+        print_json(result)
+        return
+    where = result["images"][0] if output else f"{output_dir}/ ({len(result['images'])} images)"
+    console.print(f"{len(result['settings']['prompts'])} images per sampler "
+                  f"({', '.join(result['settings']['samplers'])}, {steps} steps) in {result['seconds']:.1f} s -> {where}")
+    if evaluate:
+        metrics = result["metrics"] if compare else {result["settings"]["samplers"][0]: result["metrics"]}
+        for name, m in metrics.items():
+            console.print(f"{name}: prompt accuracy {m['prompt_accuracy']:.3f}, domain accuracy "
+                          f"({result['domain']}) {m['domain_accuracy']:.3f}, FD {m['fd']:.2f}")
