@@ -110,12 +110,13 @@ def _describe(value, row: int) -> str:
     return f"row {row}"
 
 
-def builtin_folder(name: str, resolution: int, num_images: int = BUILTIN_NUM_IMAGES,
-                   seed: int = BUILTIN_SEED) -> Path:
+def builtin_folder(name: str, resolution: int, num_images: int | None = None, seed: int | None = None) -> Path:
     """The cache folder of a built-in dataset, written on first use (atomically: into a temporary folder
     that is then renamed, so concurrent processes and killed runs never see a half-written folder)."""
     from d2f.world.shapes import make_dataset, write_imagefolder
 
+    num_images = BUILTIN_NUM_IMAGES if num_images is None else num_images
+    seed = BUILTIN_SEED if seed is None else seed
     folder = cache_root() / "data" / f"{name}-n{num_images}-seed{seed}-{resolution}px"
     if (folder / "metadata.jsonl").is_file():
         return folder

@@ -1,0 +1,147 @@
+"""Training checkpoints: everything ``--resume`` needs, in safetensors + JSON, written atomically.
+
+A checkpoint is a folder ``checkpoints/step_XXXXX/``:
+
+| file | what |
+| --- | --- |
+| ``trainable.safetensors`` | the trainable parameters (LoRA layers, or the whole UNet), by name, fp32 |
+| ``optimizer.safetensors`` | AdamW's per-parameter tensors (``state.<i>.exp_avg``, ...) |
+| ``ema.safetensors`` | the EMA of the trainable parameters (with ``--ema``) |
+| ``rng.safetensors`` | torch's global RNG state (and CUDA's, where there is one) |
+| ``state.json`` | step, the optimizer's param groups and scalar state, the LR scheduler's state, EMA counter |
+
+No pickle anywhere: a checkpoint can be loaded without executing anything it contains (accelerate's
+``save_state`` pickles the optimizer and RNG states, hence this module). The per-step randomness of the
+trainer (batches, noise, t, caption dropout, flips) is drawn from generators seeded by (seed, step), so
+the global RNG state is all that is left to carry over.
+
+Atomic: the folder is written under a temporary name (``.tmp-step_XXXXX-<pid>``) and renamed into place
+only when complete, so a killed run never leaves a half checkpoint, and ``latest`` ignores leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from d2f.errors import UserError
+
+PREFIX = "step_"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:05d}"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        if path.is_dir() and path.name.startswith(PREFIX) and (path / "state.json").is_file():
+            try:
+                found.append((int(path.name[len(PREFIX):]), path))
+            except ValueError:
+                continue
+    return sorted(found)
+
+
+def latest(folder: Path) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def _optimizer_split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """torch optimizer state dict -> (tensors for safetensors, the JSON-able rest)."""
+    tensors, scalars = {}, {}
+    for index, slots in state_dict["state"].items():
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in rest["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(folder: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, lr_scheduler,
+                    ema: dict[str, torch.Tensor] | None = None, extra: dict | None = None,
+                    keep: int | None = None) -> Path:
+    """Write ``folder/step_XXXXX`` atomically and keep only the newest ``keep`` checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / checkpoint_name(step)
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    tensors, rest = _optimizer_split(optimizer.state_dict())
+    save_file(tensors, tmp / "optimizer.safetensors")
+    if ema is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, tmp / "ema.safetensors")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, tmp / "rng.safetensors")
+    state = {"step": step, "optimizer": rest, "lr_scheduler": _jsonable(lr_scheduler.state_dict()), **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
+        old = folder / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final)
+    if keep:
+        for _, path in list_checkpoints(folder)[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint folder: ``step``, ``trainable``, ``optimizer`` (a torch state dict),
+    ``lr_scheduler``, ``ema`` (or None), ``rng`` and the extra keys of ``state.json``."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        out = dict(state)
+        out["trainable"] = load_file(path / "trainable.safetensors")
+        out["optimizer"] = _optimizer_join(load_file(path / "optimizer.safetensors"), state["optimizer"])
+        out["ema"] = load_file(path / "ema.safetensors") if (path / "ema.safetensors").is_file() else None
+        out["rng"] = load_file(path / "rng.safetensors")
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); delete it to resume "
+                        "from the one before") from None
+    return out
+
+
+def restore_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items() if not callable(v)}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
