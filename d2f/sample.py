@@ -20,7 +20,7 @@ from typing import Optional
 from d2f.errors import UserError
 from d2f.pipeline import (DEFAULT_MODEL, RUNS_DIR, check_settings, generate, latent_size, latest_run, load_pipeline,
                           save_grid, save_images)
-from d2f.sampling import network_calls
+from d2f.sampling import get_sampler, network_calls
 
 COMPARE_SAMPLERS = ("euler", "heun", "ddim")
 DEFAULT_GRID = Path("samples/grid.png")
@@ -80,8 +80,11 @@ def sample_images(settings: SampleSettings, output: str | Path | None = None,
         raise UserError(f"--guidance must be 0 or more (1 = no guidance), got {s.guidance}")
     if s.num_images is not None and s.num_images < 1:
         raise UserError(f"--num-images must be at least 1, got {s.num_images}")
+    if s.sampler is not None:
+        get_sampler(s.sampler)
     if output is None and output_dir is None:
         output = DEFAULT_GRID
+    _quiet_loading()
     model, lora, using = choose_source(s.model, s.lora, runs_dir)
     pipe = load_pipeline(model, lora)
     run = pipe.d2f_run or {}
@@ -130,6 +133,15 @@ def sample_images(settings: SampleSettings, output: str | Path | None = None,
         result["domain"] = domain
         result["metrics"] = metrics if s.compare else metrics[samplers[0]]
     return result
+
+
+def _quiet_loading() -> None:
+    """No tqdm bars from diffusers / transformers while loading (the CLI shows its own progress)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _builtin_base(model: str | None) -> bool:
