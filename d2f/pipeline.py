@@ -35,6 +35,7 @@ from d2f.timemap import scale
 RUNS_DIR = Path("runs")
 RUN_FILE = "d2f_run.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
+UNET_DIR = "unet"  # a full finetune (d2f train --lora-rank 0) saves the whole UNet here instead of a LoRA
 DEFAULT_MODEL = "tiny-shapes-eps"
 
 
@@ -42,7 +43,8 @@ DEFAULT_MODEL = "tiny-shapes-eps"
 
 def latest_run(runs_dir: str | Path = RUNS_DIR) -> Optional[Path]:
     """The run folder under ``runs_dir`` whose ``d2f_run.json`` was modified last, or None."""
-    runs = [p.parent for p in Path(runs_dir).glob(f"*/{RUN_FILE}") if (p.parent / LORA_FILE).is_file()]
+    runs = [p.parent for p in Path(runs_dir).glob(f"*/{RUN_FILE}")
+            if (p.parent / LORA_FILE).is_file() or (p.parent / UNET_DIR / "config.json").is_file()]
     return max(runs, key=lambda r: (r / RUN_FILE).stat().st_mtime) if runs else None
 
 
@@ -60,12 +62,16 @@ def read_run(folder: str | Path) -> dict:
 
 
 def resolve_lora(lora: str | Path) -> tuple[Path, Optional[dict]]:
-    """(the .safetensors file, the run's d2f_run.json or None) for ``--lora`` (a run folder or a file)."""
+    """(the weights, the run's d2f_run.json or None) for ``--lora`` (a run folder or a file). The weights are the
+    LoRA .safetensors file, or the ``unet/`` folder of a full-finetune run."""
     path = Path(lora).expanduser()
     if path.is_dir():
-        if not (path / LORA_FILE).is_file():
-            raise UserError(f"{path} has no {LORA_FILE}; give a run folder of `d2f train` or a LoRA .safetensors file")
-        return path / LORA_FILE, read_run(path) if (path / RUN_FILE).is_file() else None
+        run = read_run(path) if (path / RUN_FILE).is_file() else None
+        if (path / LORA_FILE).is_file():
+            return path / LORA_FILE, run
+        if run and (path / UNET_DIR / "config.json").is_file():
+            return path / UNET_DIR, run
+        raise UserError(f"{path} has no {LORA_FILE}; give a run folder of `d2f train` or a LoRA .safetensors file")
     if path.is_file() and path.suffix == ".safetensors":
         return path, None
     raise UserError(f"LoRA {lora} does not exist or is not a .safetensors file; give a run folder of `d2f train` "
@@ -110,7 +116,11 @@ def load_pipeline(model: str | None = None, lora: str | Path | None = None, devi
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    if weights is not None:
+    if weights is not None and weights.is_dir():  # a full finetune: its UNet replaces the base model's
+        from diffusers import UNet2DConditionModel
+
+        pipe.unet = UNet2DConditionModel.from_pretrained(weights, dtype=dtype).to(pipe.unet.device)
+    elif weights is not None:
         _load_lora(pipe, weights, model)
     pipe.d2f_run = run
     if run:

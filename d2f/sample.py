@@ -102,7 +102,10 @@ def sample_images(settings: SampleSettings, output: str | Path | None = None,
         check_settings(prompts, name, s.steps, s.guidance, objective)
     height, width, _ = latent_size(pipe, s.height, s.width)
     if evaluate:
-        domain = domain or ("target" if "target" in str(run.get("data", "")) else "base")
+        data = run.get("data")
+        domain = domain or ((data.get("domain") if isinstance(data, dict) else None) or "base")
+        if domain not in ("base", "target"):
+            raise UserError(f"--domain {domain!r} is not a domain of the built-in world; use base or target")
         _check_world_prompts(prompts)
     if log:
         log(f"using {using}; objective {objective}, prediction type {pipe.scheduler.config.prediction_type}")
