@@ -155,3 +155,24 @@ def test_evaluate_reports_metrics(tiny_sd_eps, tmp_path):
     metrics = json.loads(result.stdout)["metrics"]
     assert set(metrics) == {"prompt_accuracy", "domain_accuracy", "fd"}
     assert 0 <= metrics["prompt_accuracy"] <= 1 and metrics["fd"] >= 0
+
+
+def test_full_finetune_run_folder(tiny_sd_eps, tmp_path):
+    """A ``--lora-rank 0`` run saves the whole UNet in ``unet/``; ``d2f sample --lora RUN`` samples with it."""
+    from diffusers import UNet2DConditionModel
+
+    from d2f.pipeline import generate, load_pipeline
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_eps, subfolder="unet")
+    with torch.no_grad():
+        unet.conv_out.bias.add_(0.5)  # a visibly different "finetuned" UNet
+    run = tmp_path / "runs" / "full"
+    unet.save_pretrained(run / "unet")
+    (run / "d2f_run.json").write_text(json.dumps(dict(
+        base_model=str(tiny_sd_eps), base_model_source=str(tiny_sd_eps), prediction_type="epsilon",
+        objective="diff2flow", sampler="euler", resolution=32)))
+    pipe = load_pipeline(lora=str(run))
+    assert torch.equal(pipe.unet.conv_out.bias, unet.conv_out.bias)
+    finetuned = generate(pipe, ["a red circle"], steps=2, seed=0)
+    base = generate(load_pipeline(str(tiny_sd_eps)), ["a red circle"], steps=2, seed=0)
+    assert (finetuned - base).abs().max() > 0.01
