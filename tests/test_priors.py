@@ -1,0 +1,126 @@
+"""The built-in priors: shipped folders load with plain diffusers, sample what they are asked for,
+and the recipe that made them runs end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from d2f.world import build, priors
+from d2f.world.shapes import all_prompts
+from d2f.world.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, caption_words
+
+ASSETS = Path(priors.__file__).resolve().parent.parent / "assets"
+EXPECTED_FILES = [
+    "model_index.json", "d2f_build.json",
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json", "text_encoder/model.safetensors",
+    "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+    "scheduler/scheduler_config.json",
+]
+
+
+def sd_betas() -> torch.Tensor:
+    """SD's scaled_linear schedule, written out: betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)^2."""
+    return torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+
+
+def load(folder):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_each_caption_word_is_one_token_and_other_words_still_tokenize(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tok = build_tokenizer()
+    assert tok.model_max_length == MODEL_MAX_LENGTH
+    ids = {w: tok(w).input_ids for w in caption_words()}
+    for word, seq in ids.items():
+        assert seq[0] == tok.bos_token_id and seq[-1] == tok.eos_token_id and len(seq) == 3, (word, seq)
+    assert len({seq[1] for seq in ids.values()}) == len(caption_words())  # all distinct
+    assert len(tok("a pink star").input_ids) > 5  # unknown words fall back to bytes
+    # transformers 5 saves only tokenizer.json: the saved folder must load back, offline, identically
+    tok.save_pretrained(tmp_path)
+    again = CLIPTokenizer.from_pretrained(tmp_path)
+    assert again.model_max_length == MODEL_MAX_LENGTH
+    for prompt in all_prompts():
+        assert again(prompt).input_ids == tok(prompt).input_ids
+
+
+# ----------------------------------------------------------------------------- shipped priors
+
+@pytest.mark.parametrize("name,prediction_type,scheduler", [("tiny-shapes-eps", "epsilon", "PNDMScheduler"),
+                                                            ("tiny-shapes-v", "v_prediction", "DDIMScheduler")])
+def test_shipped_prior_loads_with_plain_diffusers(name, prediction_type, scheduler):
+    folder = ASSETS / name
+    missing = [f for f in EXPECTED_FILES if not (folder / f).is_file()]
+    assert not missing, f"{name} lacks {missing}"
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size < 10 * 2**20, f"{name} is {size / 2**20:.1f} MiB"
+    assert not [f for f in folder.rglob("*") if f.suffix in (".bin", ".pkl", ".pt", ".ckpt")]
+
+    pipe = load(folder)
+    assert type(pipe.scheduler).__name__ == scheduler
+    assert pipe.scheduler.config.prediction_type == prediction_type
+    assert pipe.scheduler.config.num_train_timesteps == 1000
+    torch.testing.assert_close(pipe.scheduler.betas.double(), sd_betas(), rtol=1e-5, atol=1e-9)
+    assert pipe.tokenizer.model_max_length == MODEL_MAX_LENGTH
+    assert pipe.text_encoder.config.max_position_embeddings >= pipe.tokenizer.model_max_length
+    assert pipe.text_encoder.config.eos_token_id == pipe.tokenizer.eos_token_id
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from its own latents
+
+    record = json.loads((folder / "d2f_build.json").read_text())
+    assert record["prediction_type"] == prediction_type
+    assert record["recipe"]["steps"] > 0 and record["final_loss"] > 0 and "torch" in record["versions"]
+
+
+@pytest.mark.parametrize("name", ["tiny-shapes-eps", "tiny-shapes-v"])
+def test_shipped_prior_draws_the_prompted_shape_and_colour(name):
+    """24 samples, one per prompt, 25 DDIM steps with guidance, scored by the shipped evaluator.
+    The shipped bar (64 samples) is >= 0.90; 24 fixed-seed samples must clear 0.8."""
+    from d2f.world.metrics import domain_accuracy, prompt_accuracy
+
+    prompts = all_prompts()
+    images = priors.sample_prior(ASSETS / name, prompts, steps=25, guidance=7.5, seed=1)
+    assert images.shape == (24, 3, 32, 32)
+    assert prompt_accuracy(images, prompts) >= 0.8
+    assert domain_accuracy(images, "base") >= 0.9  # it learned the base domain only
+
+
+def test_shared_vae_reconstructs_both_domains():
+    """The VAE plays SD's general-purpose one: target-domain outlines must survive encode-decode."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(ASSETS / "tiny-shapes-eps" / "vae")
+    for domain in ("base", "target"):
+        # pixel MSE on [-1,1] images; the mean image (a blank background) scores about 0.1-0.2
+        assert priors.reconstruction_mse(vae, domain, num_images=64) < 0.02, domain
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+def test_rebuild_recipe_for_a_few_steps(tmp_path):
+    build.main(["--output", str(tmp_path), "--only", "vae", "--only", "priors", "--vae-steps", "2",
+                "--prior-steps", "2", "--num-images", "32", "--batch-size", "8"])
+    vae = None
+    for name, prediction_type in priors.PRIORS.items():
+        pipe = load(tmp_path / name)
+        assert pipe.scheduler.config.prediction_type == prediction_type
+        record = json.loads((tmp_path / name / "d2f_build.json").read_text())
+        assert record["recipe"]["steps"] == 2 and record["vae"]["steps"] == 2
+        out = pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, output_type="pt",
+                   generator=torch.Generator().manual_seed(0)).images
+        assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+        vae = pipe.vae
+    # scaling_factor = 1/std(latents): scaled posterior samples of the training images have unit std
+    images, _ = priors.shape_images(32, "base", 0)
+    latents = priors.encode(vae, images, sample=True, generator=torch.Generator().manual_seed(0))
+    assert abs((latents * vae.config.scaling_factor).std().item() - 1) < 0.2
