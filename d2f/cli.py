@@ -171,7 +171,10 @@ def train(
     from d2f.train import TrainConfig
     from d2f.train import train as run_training
 
+    from transformers.utils import logging as transformers_logging
+
     diffusers_logging.disable_progress_bar()  # one progress bar: the training's
+    transformers_logging.disable_progress_bar()
     datasets.disable_progress_bars()
 
     cfg = TrainConfig(model=model, data=data, objective=objective, prediction_type=prediction_type,
@@ -187,7 +190,7 @@ def train(
                       resume=resume, overwrite=overwrite)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} it/s"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=as_json) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task(f"train {objective}", total=steps, loss="-", speed="-")
 
         def show(event: dict) -> None:

@@ -146,7 +146,7 @@ class EMA:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
         # avg <- d * avg + (1 - d) * param
-        torch._foreach_lerp_(list(self.avg.values()), [p.detach().float() for p in self.params.values()], 1 - d)
+        torch._foreach_lerp_([self.avg[k] for k in self.params], [p.detach().float() for p in self.params.values()], 1 - d)
 
     @torch.no_grad()
     def swap(self) -> None:

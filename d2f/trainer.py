@@ -34,11 +34,19 @@ class Trainer:
         cfg = self.cfg
         if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise UserError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+        from accelerate.state import AcceleratorState
+
+        # a second run in the same process (a notebook, the tests) may use other settings; keep the process group
+        AcceleratorState._reset_state(reset_partial_state=False)
+        # without CUDA, cpu=True: under torchrun / accelerate launch that is what makes accelerate run MULTI_CPU
+        # over gloo (and d2f's float64 schedule maths would not run on MPS anyway)
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                               cpu=not torch.cuda.is_available())
         self.out = Path(cfg.output) if cfg.output else default_output(cfg)
         self._prepare_output()
         self._load_model()
         self._load_data()
+        self._load_pipeline()
         self._build_caches()
         self._build_training()
         start = self._maybe_resume()
@@ -61,6 +69,9 @@ class Trainer:
                 raise UserError(f"--resume needs the settings of the run in {out}; these differ: {diff}")
             return
         if out.exists() and any(out.iterdir()):
+            if not has_run:  # never delete a folder d2f did not write
+                raise UserError(f"{out} exists and is not a d2f run folder (no {RUN_FILES['run']}); choose an empty "
+                                "or new --output")
             if not cfg.overwrite:
                 raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
                                 "again, or --output DIR for a new folder")
@@ -69,10 +80,7 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def _load_model(self):
-        from diffusers import StableDiffusionPipeline
-
         from d2f.models import check_resolution, hub_file, native_resolution, resolve_model
-        from d2f.schedule import Schedule
 
         cfg = self.cfg
         self.ref = resolve_model(cfg.model)
@@ -80,6 +88,13 @@ class Trainer:
         hub_file(self.ref, "vae/config.json")
         self.resolution = cfg.resolution or native_resolution(folder)
         check_resolution(folder, self.resolution)
+
+    def _load_pipeline(self):
+        from diffusers import StableDiffusionPipeline
+
+        from d2f.schedule import Schedule
+
+        cfg = self.cfg
         try:
             pipe = StableDiffusionPipeline.from_pretrained(self.ref.source, safety_checker=None,
                                                            requires_safety_checker=False)
@@ -231,7 +246,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         if self.ema is not None:
-            self.ema.avg = {k: v.float() for k, v in ckpt["ema"].items()}
+            self.ema.avg = {k: ckpt["ema"][k].float() for k in self.trainable}
             self.ema.updates = ckpt["ema_updates"]
         restore_rng(ckpt["rng"])
         self.metrics_before = ckpt.get("metrics_before")
@@ -276,17 +291,17 @@ class Trainer:
                 bin_sum.index_add_(0, bins, per_sample)
                 bin_count.index_add_(0, bins, torch.ones_like(per_sample))
                 window.append(per_sample.mean().item())
+            lr = self.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.update()
             done = step + 1
             loss = sum(window[-cfg.grad_accum:]) / cfg.grad_accum
             self.losses.append(loss)
-            self.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss,
-                           "lr": self.lr_scheduler.get_last_lr()[0]})
+            self.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
             if done % cfg.log_every == 0 or done == cfg.steps:
                 self._log({"step": done, "kind": "train", "loss": sum(window) / len(window),
-                           "lr": self.lr_scheduler.get_last_lr()[0], "seconds": round(now() - self.started, 3),
+                           "lr": lr, "seconds": round(now() - self.started, 3),
                            "steps_per_second": round(len(window) / cfg.grad_accum / max(now() - last_log, 1e-9), 3),
                            "loss_t_bins": [round((s / c).item(), 6) if c > 0 else None
                                            for s, c in zip(bin_sum, bin_count)]})

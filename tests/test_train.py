@@ -1,0 +1,186 @@
+"""``d2f train`` end to end on a tiny random SD model: the run-folder contract, LoRA round trip through plain
+diffusers, resume equivalence, caching, full finetune, NaN handling, bad input, and a 2-process CPU run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_train import read_jsonl, shapes_folder  # noqa: F401 (shapes_folder: a fixture)
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from d2f.errors import UserError
+from d2f.train import TrainConfig, train
+
+FAST = dict(batch_size=4, sample_steps=2, validate_every=0, checkpoint_every=0, warmup_steps=0, lr=1e-3,
+            lora_rank=4, log_every=1)
+
+
+def run(model, data, output, **overrides) -> dict:
+    return train(TrainConfig(model=str(model), data=str(data), output=str(output), **{**FAST, **overrides}))
+
+
+def unet_outputs(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z, cond = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 32, generator=g)
+    with torch.no_grad():
+        return unet(z, torch.tensor([10.0, 700.5]), encoder_hidden_states=cond).sample
+
+
+def test_run_folder_contract_and_lora_round_trip(tmp_path, tiny_sd_eps, shapes_folder):
+    from diffusers import StableDiffusionPipeline
+
+    from d2f.lora import add_lora
+
+    out = tmp_path / "run"
+    summary = run(tiny_sd_eps, shapes_folder, out, steps=3, lora_alpha=8, lora_targets="attn+conv",
+                  checkpoint_every=3, validate_every=2)
+    assert summary["output_dir"] == str(out) and summary["steps"] == 3 and summary["final_loss"] > 0
+    assert Path(summary["lora_path"]) == out / "pytorch_lora_weights.safetensors"
+    record = json.loads((out / "d2f_run.json").read_text())
+    assert record["base_model"] == str(tiny_sd_eps) and record["prediction_type"] == "epsilon"
+    assert record["base_model_source"] == str(Path(tiny_sd_eps).resolve())
+    assert (record["objective"], record["sampler"], record["resolution"]) == ("diff2flow", "euler", 32)
+    assert record["time_convention"] == "t=0 noise, t=1 data" and record["status"] == "finished"
+    assert record["settings"]["lora_alpha"] == 8 and record["seed"] == 0 and "torch" in record["versions"]
+    assert record["schedule"]["num_train_timesteps"] == 1000 and 0.06 < record["schedule"]["t_min"] < 0.07
+    lines = read_jsonl(out / "metrics.jsonl")
+    train_lines = [l for l in lines if l["kind"] == "train"]
+    assert [l["step"] for l in train_lines] == [1, 2, 3]
+    assert all(len(l["loss_t_bins"]) == 10 and l["lr"] > 0 and l["seconds"] >= 0 for l in train_lines)
+    assert [l["step"] for l in lines if l["kind"] == "validation"] == [0, 2, 3]
+    assert all((out / l["grid"]).is_file() for l in lines if l["kind"] == "validation")
+
+    # plain diffusers loads the LoRA and reproduces the trained weights (kept in the step-3 checkpoint)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_eps)
+    base = unet_outputs(pipe.unet)
+    pipe.load_lora_weights(out)
+    loaded = unet_outputs(pipe.unet)
+    trained = StableDiffusionPipeline.from_pretrained(tiny_sd_eps).unet
+    add_lora(trained, 4, 8, "attn+conv")
+    state = load_file(out / "checkpoints" / "step_00003" / "trainable.safetensors")
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if p.requires_grad:
+                p.copy_(state[name])
+    torch.testing.assert_close(loaded, unet_outputs(trained), rtol=0, atol=1e-6)
+    assert (loaded - base).abs().max() > 1e-4  # the finetune changed the model
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_sd_eps, shapes_folder):
+    """Run 4 steps (EMA, grad-accum 2, checkpoints at 2 and 4); 'kill' a copy after step 2 (drop its later
+    checkpoint and its weights, leave a half-written checkpoint folder behind); --resume ends bit-identical."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    settings = dict(steps=4, checkpoint_every=2, ema=True, ema_decay=0.9, grad_accum=2, random_flip=True)
+    run(tiny_sd_eps, shapes_folder, a, **settings)
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "checkpoints" / "step_00004")
+    (b / "pytorch_lora_weights.safetensors").unlink()
+    half = b / "checkpoints" / ".tmp-step_00004-999"
+    half.mkdir()
+    (half / "trainable.safetensors").write_bytes(b"half written")
+    assert sorted(p.name for p in (a / "checkpoints").iterdir()) == ["step_00002", "step_00004"]
+    ckpt = b / "checkpoints" / "step_00002"
+    assert {"trainable.safetensors", "optimizer.safetensors", "ema.safetensors", "rng.safetensors",
+            "state.json"} <= {p.name for p in ckpt.iterdir()}
+
+    run(tiny_sd_eps, shapes_folder, b, resume=True, **settings)
+    wa, wb = load_file(a / "pytorch_lora_weights.safetensors"), load_file(b / "pytorch_lora_weights.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    losses = lambda folder: [l["loss"] for l in read_jsonl(folder / "metrics.jsonl") if l["kind"] == "train"]
+    assert losses(a) == losses(b) and len(losses(b)) == 4
+
+
+def test_cache_on_and_off_give_the_same_first_step(tmp_path, tiny_sd_eps, shapes_folder):
+    settings = dict(steps=1, caption_dropout=0.5, random_flip=True)
+    run(tiny_sd_eps, shapes_folder, tmp_path / "cached", cache=True, **settings)
+    run(tiny_sd_eps, shapes_folder, tmp_path / "uncached", cache=False, **settings)
+    la, lb = (read_jsonl(tmp_path / name / "metrics.jsonl")[1]["loss"] for name in ("cached", "uncached"))
+    assert la == pytest.approx(lb, rel=1e-5)
+    wa = load_file(tmp_path / "cached" / "pytorch_lora_weights.safetensors")
+    wb = load_file(tmp_path / "uncached" / "pytorch_lora_weights.safetensors")
+    for key in wa:
+        # one AdamW step moves each weight by about lr = 1e-3 (the sign of its gradient); float noise in the
+        # VAE batch size may flip the sign of a gradient that is ~0, hence atol 2% of lr
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=2e-5)
+
+
+def test_full_finetune_v_model_diffusion_bf16_checkpointing(tmp_path, tiny_sd_v, shapes_folder):
+    """rank 0 on a v-prediction model with the diffusion objective, bf16 autocast and gradient checkpointing."""
+    from diffusers import UNet2DConditionModel
+
+    out = tmp_path / "full"
+    summary = run(tiny_sd_v, shapes_folder, out, steps=2, lora_rank=0, objective="diffusion",
+                  mixed_precision="bf16", gradient_checkpointing=True, t_sampling="logit-normal")
+    record = json.loads((out / "d2f_run.json").read_text())
+    assert (record["weights"], record["sampler"], record["prediction_type"]) == ("unet", "ddim", "v_prediction")
+    assert summary["unet_path"] == str(out / "unet") and summary["lora_path"] is None
+    tuned = UNet2DConditionModel.from_pretrained(out / "unet")
+    base = UNet2DConditionModel.from_pretrained(tiny_sd_v, subfolder="unet")
+    assert tuned.dtype == torch.float32
+    assert (unet_outputs(tuned) - unet_outputs(base)).abs().max() > 1e-4
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, tiny_sd_eps, shapes_folder):
+    out = tmp_path / "nan"
+    with pytest.raises(UserError, match=r"loss became NaN or infinite at step \d+ .*last checkpoint is .*step_0000\d"):
+        run(tiny_sd_eps, shapes_folder, out, steps=8, lr=1e30, max_grad_norm=0, checkpoint_every=1, objective="fm")
+    record = json.loads((out / "d2f_run.json").read_text())
+    assert record["status"] == "diverged" and not (out / "pytorch_lora_weights.safetensors").exists()
+    for path in (out / "checkpoints").iterdir():
+        state = load_file(path / "trainable.safetensors")
+        assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objective", "flow"], "unknown objective 'flow'"),
+    (["--lora-rank", "-1"], "--lora-rank must be >= 0"),
+    (["--lora-targets", "mlp"], "unknown --lora-targets 'mlp'"),
+    (["--resolution", "20"], "size 20 px does not fit this model"),
+    (["--mixed-precision", "fp8"], "unknown --mixed-precision"),
+    (["--resume"], "nothing to resume in"),
+    (["--data", "/nonexistent/folder"], "data folder /nonexistent/folder does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_eps, shapes_folder, args, message):
+    from d2f.cli import app
+
+    base = ["train", "--model", str(tiny_sd_eps), "--data", str(shapes_folder), "--output", str(tmp_path / "r"),
+            "--steps", "1", "--batch-size", "2"]
+    result = CliRunner().invoke(app, base + args)
+    assert result.exit_code == 2, result.output
+    errors = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0], result.stderr
+
+
+def test_existing_run_and_changed_settings_are_refused(tmp_path, tiny_sd_eps, shapes_folder):
+    out = tmp_path / "r"
+    run(tiny_sd_eps, shapes_folder, out, steps=1, checkpoint_every=1)
+    with pytest.raises(UserError, match="already holds a run; pass --resume to continue it, --overwrite"):
+        run(tiny_sd_eps, shapes_folder, out, steps=1)
+    with pytest.raises(UserError, match=r"--resume needs the settings .* lr: 0.001 -> 0.01"):
+        run(tiny_sd_eps, shapes_folder, out, steps=1, resume=True, lr=1e-2)
+
+
+def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder):
+    """torchrun with 2 processes: accelerate runs MULTI_CPU over gloo; each process draws its own batch."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "d2f", "train", "--model", str(tiny_sd_eps), "--data", str(shapes_folder), "--output", str(out),
+           "--steps", "2", "--batch-size", "2", "--sample-steps", "2", "--validate-every", "0",
+           "--checkpoint-every", "2", "--lora-rank", "4", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "d2f_run.json").read_text())
+    assert record["num_processes"] == 2 and record["status"] == "finished"
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "checkpoints" / "step_00002" / "state.json").is_file()
