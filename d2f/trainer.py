@@ -29,6 +29,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ set-up
     def run(self) -> dict:
+        start = self.setup()
+        self._write_run_record(status="running")
+        self.started = now()
+        if start == 0:
+            self.metrics_before = self._validate(0)
+        return self._loop(start)
+
+    def setup(self) -> int:
+        """Everything before the first step (output folder, model, data, caches, adapter, optimizer,
+        accelerate, resume); returns the step to start from."""
         from accelerate import Accelerator
 
         cfg = self.cfg
@@ -49,12 +59,7 @@ class Trainer:
         self._load_pipeline()
         self._build_caches()
         self._build_training()
-        start = self._maybe_resume()
-        self._write_run_record(status="running")
-        self.started = now()
-        if start == 0:
-            self.metrics_before = self._validate(0)
-        return self._loop(start)
+        return self._maybe_resume()
 
     def _prepare_output(self):
         cfg, out = self.cfg, self.out
@@ -213,9 +218,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the adapter's initialisation is part of the run
         params = add_lora(self.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         if cfg.lora_rank > 0 and weight_dtype != torch.float32:
-            self.unet.to(dtype=weight_dtype)  # frozen base weights in half precision ...
-            for p in params:
-                p.data = p.data.float()       # ... trainable ones in fp32
+            for p in self.unet.parameters():  # frozen base weights in half precision, trainable ones in fp32
+                if not p.requires_grad:
+                    p.data = p.data.to(weight_dtype)
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.unet.train()
@@ -261,7 +266,9 @@ class Trainer:
         return step
 
     # ------------------------------------------------------------------------------ the loop
-    def _loop(self, start: int) -> dict:
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step (``grad_accum`` micro steps) on every process; returns the per-sample losses
+        and FM times of all processes' samples (CPU). Stops the run if a loss is NaN or infinite."""
         from d2f.objectives import get_objective
 
         cfg, acc = self.cfg, self.acc
@@ -270,39 +277,46 @@ class Trainer:
         def net(z, timestep, cond):
             return self.model(z, timestep, encoder_hidden_states=cond, return_dict=False)[0]
 
+        losses, times = [], []
+        for micro in range(cfg.grad_accum):
+            data, noise, time, cond = self.batch(step * cfg.grad_accum + micro)
+            with acc.accumulate(self.model):
+                out = objective(net, data, noise, time, cond, self.schedule, self.prediction_type)
+                per_sample = acc.gather(out.per_sample.detach()).float().cpu()
+                if not torch.isfinite(per_sample).all():
+                    self._diverged(step)
+                acc.backward(out.loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(per_sample)
+            times.append(acc.gather(out.t.detach()).float().cpu())
+        return torch.cat(losses), torch.cat(times)
+
+    def _loop(self, start: int) -> dict:
+        cfg = self.cfg
         bin_sum, bin_count = torch.zeros(T_BINS), torch.zeros(T_BINS)
         window, last_log = [], now()
         for step in range(start, cfg.steps):
-            for micro in range(cfg.grad_accum):
-                data, noise, time, cond = self.batch(step * cfg.grad_accum + micro)
-                with acc.accumulate(self.model):
-                    out = objective(net, data, noise, time, cond, self.schedule, self.prediction_type)
-                    per_sample = acc.gather(out.per_sample.detach()).float().cpu()
-                    t_all = acc.gather(out.t.detach()).float().cpu()
-                    if not torch.isfinite(per_sample).all():
-                        self._diverged(step)
-                    acc.backward(out.loss)
-                    if acc.sync_gradients and cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                # the loss in t-bins: bin b holds t in [b/T_BINS, (b+1)/T_BINS)
-                bins = (t_all * T_BINS).long().clamp(0, T_BINS - 1)
-                bin_sum.index_add_(0, bins, per_sample)
-                bin_count.index_add_(0, bins, torch.ones_like(per_sample))
-                window.append(per_sample.mean().item())
+            per_sample, t_all = self.train_step(step)
+            # the loss in t-bins: bin b holds t in [b/T_BINS, (b+1)/T_BINS)
+            bins = (t_all * T_BINS).long().clamp(0, T_BINS - 1)
+            bin_sum.index_add_(0, bins, per_sample)
+            bin_count.index_add_(0, bins, torch.ones_like(per_sample))
+            window.append(per_sample.mean().item())
             lr = self.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.update()
             done = step + 1
-            loss = sum(window[-cfg.grad_accum:]) / cfg.grad_accum
+            loss = window[-1]
             self.losses.append(loss)
             self.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
             if done % cfg.log_every == 0 or done == cfg.steps:
                 self._log({"step": done, "kind": "train", "loss": sum(window) / len(window),
                            "lr": lr, "seconds": round(now() - self.started, 3),
-                           "steps_per_second": round(len(window) / cfg.grad_accum / max(now() - last_log, 1e-9), 3),
+                           "steps_per_second": round(len(window) / max(now() - last_log, 1e-9), 3),
                            "loss_t_bins": [round((s / c).item(), 6) if c > 0 else None
                                            for s, c in zip(bin_sum, bin_count)]})
                 bin_sum.zero_(), bin_count.zero_()

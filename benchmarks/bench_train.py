@@ -1,0 +1,92 @@
+"""Seconds per training step of ``d2f train``: the three objectives, caching, bf16 and gradient checkpointing.
+
+The paper's claim is that Diff2Flow costs what diffusion finetuning costs: one forward and one backward of
+the same network, plus per-sample scalars. This measures it with d2f's own trainer (``d2f.trainer.Trainer``:
+the same set-up and the same ``train_step`` as ``d2f train``) on the same model, data, batch and seed, and
+reports every configuration as a ratio to the diffusion objective. Each row: a few warm-up steps, then the
+median of ``--repeats`` timings of ``--steps`` steps.
+
+    python benchmarks/bench_train.py                       # built-in tiny-shapes-eps, batch 32, LoRA (the demo)
+    python benchmarks/bench_train.py --model PATH --batch-size 8 --steps 10
+
+Prints a markdown table (and ``--json`` writes the rows). Run it on an otherwise idle machine: with other
+processes on the same cores the numbers mean little (and on 2 cores, set OMP_NUM_THREADS to the free ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+
+from d2f.train import TrainConfig, check_config
+from d2f.trainer import Trainer
+
+ROWS = [  # (label, settings on top of the base configuration)
+    ("diffusion (baseline)", dict(objective="diffusion")),
+    ("diff2flow", dict(objective="diff2flow")),
+    ("fm (naive)", dict(objective="fm")),
+    ("diff2flow, --no-cache", dict(objective="diff2flow", cache=False)),
+    ("diff2flow, bf16", dict(objective="diff2flow", mixed_precision="bf16")),
+    ("diff2flow, gradient checkpointing", dict(objective="diff2flow", gradient_checkpointing=True)),
+]
+
+
+def seconds_per_step(settings: dict, steps: int, repeats: int, warmup: int) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(output=os.path.join(out, "run"), steps=10**6, warmup_steps=0, **settings)
+        check_config(cfg)
+        trainer = Trainer(cfg)
+        trainer.setup()
+        for step in range(warmup):
+            trainer.train_step(step)
+        timings = []
+        for r in range(repeats):
+            start = time.perf_counter()
+            for step in range(steps):
+                trainer.train_step(warmup + r * steps + step)
+            timings.append((time.perf_counter() - start) / steps)
+        return statistics.median(timings)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-shapes-eps")
+    parser.add_argument("--data", default="shapes-target")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lora-rank", type=int, default=TrainConfig.lora_rank)
+    parser.add_argument("--lora-targets", default=TrainConfig.lora_targets)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+
+    base = dict(model=args.model, data=args.data, batch_size=args.batch_size, lora_rank=args.lora_rank,
+                lora_targets=args.lora_targets)
+    rows = []
+    for label, extra in ROWS:
+        rows.append({"config": label, "seconds_per_step": seconds_per_step({**base, **extra}, args.steps,
+                                                                            args.repeats, args.warmup)})
+        print(f"  measured {label}: {rows[-1]['seconds_per_step']:.4f} s/step", flush=True)
+    reference = rows[0]["seconds_per_step"]
+    print(f"\n{args.model} on {args.data}, batch {args.batch_size}, LoRA rank {args.lora_rank} ({args.lora_targets}), "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| configuration | s / step | ratio to diffusion |")
+    print("| --- | --- | --- |")
+    for row in rows:
+        row["ratio_to_diffusion"] = row["seconds_per_step"] / reference
+        print(f"| {row['config']} | {row['seconds_per_step']:.4f} | {row['ratio_to_diffusion']:.2f} |")
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump({"settings": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
