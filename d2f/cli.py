@@ -188,9 +188,13 @@ def train(
                       validate_every=validate_every, validation_prompts=list(validation_prompt) or None,
                       guidance=guidance, sample_steps=sample_steps, checkpoint_every=checkpoint_every,
                       resume=resume, overwrite=overwrite)
+    import os
+
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only rank 0 reports
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} it/s"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+                  disable=not main_process) as bar:
         task = bar.add_task(f"train {objective}", total=steps, loss="-", speed="-")
 
         def show(event: dict) -> None:
@@ -198,6 +202,8 @@ def train(
                 speed = bar.tasks[task].speed
                 bar.update(task, completed=event["step"], loss=f"{event['loss']:.4f}",
                            speed=f"{speed:.1f}" if speed else "-")
+            elif not main_process:
+                return
             elif event["event"] == "resumed":
                 bar.update(task, completed=event["step"])
                 bar.console.print(f"resumed from {event['checkpoint']}")
@@ -207,6 +213,8 @@ def train(
                 bar.console.print(f"step {event['step']}: grid {event['grid']}" + (f" ({scores})" if scores else ""))
 
         summary = run_training(cfg, callback=show)
+    if not main_process:
+        return
     if as_json:
         print_json(summary)
         return

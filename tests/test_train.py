@@ -180,6 +180,8 @@ def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)  # one JSON object: only rank 0 prints
+    assert summary["output_dir"] == str(out) and summary["steps"] == 2 and summary["final_loss"] > 0
     record = json.loads((out / "d2f_run.json").read_text())
     assert record["num_processes"] == 2 and record["status"] == "finished"
     assert (out / "pytorch_lora_weights.safetensors").is_file()
