@@ -99,12 +99,16 @@ def _open(value) -> Image.Image:
     """An undecoded ``datasets.Image`` value (dict with ``path``/``bytes``) or a PIL image, as RGB."""
     if isinstance(value, Image.Image):
         return value.convert("RGB")
+    if isinstance(value, str):  # a column of file paths
+        value = {"path": value}
     source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
     with Image.open(source) as image:
         return image.convert("RGB")
 
 
 def _describe(value, row: int) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, dict) and value.get("path"):
         return str(value["path"])
     return f"row {row}"
@@ -196,6 +200,8 @@ def load_data(data: str = "shapes-target", *, image_column: str = "image", capti
             skipped.append(where)
             continue
         text = example[caption_column]
+        if isinstance(text, (list, tuple)):  # several captions per image: the first
+            text = text[0] if text else ""
         rows.append(row)
         captions.append("" if text is None else str(text))
     if not rows:
