@@ -108,8 +108,12 @@ def test_shared_vae_reconstructs_both_domains():
 # ----------------------------------------------------------------------------- the recipe
 
 def test_rebuild_recipe_for_a_few_steps(tmp_path):
-    build.main(["--output", str(tmp_path), "--only", "vae", "--only", "priors", "--vae-steps", "2",
-                "--prior-steps", "2", "--num-images", "32", "--batch-size", "8"])
+    threads = torch.get_num_threads()
+    try:
+        build.main(["--output", str(tmp_path), "--only", "vae", "--only", "priors", "--vae-steps", "2",
+                    "--prior-steps", "2", "--num-images", "32", "--batch-size", "8"])
+    finally:
+        torch.set_num_threads(threads)  # build runs on one thread; leave the session's setting alone
     vae = None
     for name, prediction_type in priors.PRIORS.items():
         pipe = load(tmp_path / name)

@@ -74,7 +74,8 @@ def build_vae(out: Path, args, console) -> Path:
     vae.save_pretrained(folder, safe_serialization=True)
     record = dict(steps=args.vae_steps, num_images_per_domain=args.num_images, batch_size=args.batch_size,
                   seed=args.seed, final_loss=round(loss, 5), scaling_factor=vae.config.scaling_factor,
-                  reconstruction_mse={d: round(priors.reconstruction_mse(vae, d), 5) for d in ("base", "target")},
+                  reconstruction_mse={d: round(priors.reconstruction_mse(vae, d, min(256, args.num_images)), 5)
+                                      for d in ("base", "target")},
                   seconds=round(time.time() - start, 1))
     (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"vae: {record}")
@@ -99,16 +100,27 @@ def build_prior(out: Path, name: str, args, console) -> Path:
     vae_record = vae_folder / "d2f_build.json"
     tokenizer = build_tokenizer()
     start = time.time()
+    init, history = None, []
+    if args.resume:  # continue from the weights (EMA) of the prior already in <output>/<name>
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        init = (UNet2DConditionModel.from_pretrained(out / name / "unet"),
+                CLIPTextModel.from_pretrained(out / name / "text_encoder"))
+        old = json.loads((out / name / "d2f_build.json").read_text())
+        history = old.get("history", []) + [{k: old[k] for k in ("recipe", "final_loss", "train_seconds")}]
     bar, log = _progress(console, name, args.prior_steps)
     with bar:
         unet, text_encoder, loss = priors.train_prior(vae, tokenizer, prediction_type, args.prior_steps,
                                                       num_images=args.num_images, batch_size=args.batch_size,
-                                                      lr=args.lr, seed=args.seed, log=log)
+                                                      lr=args.lr, seed=args.seed + len(history), log=log,
+                                                      init=init)
     seconds = time.time() - start
     folder = priors.save_prior(out / name, vae, text_encoder, tokenizer, unet, prediction_type)
     record = {
         "name": name,
-        "command": f"python -m d2f.world.build --output {out} --only priors --prior-steps {args.prior_steps}",
+        "command": f"python -m d2f.world.build --output {out} --only priors --priors {name} "
+                   f"--prior-steps {args.prior_steps} --lr {args.lr}" + (" --resume" if args.resume else ""),
         "prediction_type": prediction_type,
         "recipe": {
             "unet": "UNet2DConditionModel (32,64,64), layers_per_block 1, cross-attention 64, from scratch",
@@ -125,6 +137,8 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "quality": None,
+        "history": history,  # earlier runs this one continued from (--resume), oldest first
+        "total_steps": args.prior_steps + sum(h["recipe"]["steps"] for h in history),
     }
     (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"{name}: final loss {loss:.4f}, {seconds:.0f} s -> {folder}")
@@ -183,6 +197,7 @@ def main(argv=None) -> None:
     p.add_argument("--eval-samples", type=int, default=64)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="priors: continue from the weights in --output")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--grid", default="docs/priors.png", help="where the grid stage writes its PNG")
     args = p.parse_args(argv)

@@ -54,8 +54,12 @@ def make_scheduler(prediction_type: str):
     from diffusers import DDIMScheduler, PNDMScheduler
 
     if prediction_type == "epsilon":
-        return PNDMScheduler(**SD_BETAS, prediction_type="epsilon", steps_offset=1, skip_prk_steps=True,
+        pndm = PNDMScheduler(**SD_BETAS, prediction_type="epsilon", steps_offset=1, skip_prk_steps=True,
                              set_alpha_to_one=False)
+        # SD 1.5's config carries clip_sample=false although PNDM ignores it: DDIMScheduler.from_config
+        # reads it, and DDIM's default (clip x1_hat to [-1, 1]) would wreck unit-variance latents
+        pndm.register_to_config(clip_sample=False)
+        return pndm
     if prediction_type == "v_prediction":
         return DDIMScheduler(**SD_BETAS, prediction_type="v_prediction", steps_offset=1, clip_sample=False,
                              set_alpha_to_one=False)
@@ -200,9 +204,10 @@ def reconstruction_mse(vae, domain: str, num_images: int = 256, seed: int = 1234
 
 def train_prior(vae, tokenizer, prediction_type: str, steps: int, num_images: int = 4096,
                 batch_size: int = 32, lr: float = 1e-3, caption_dropout: float = 0.1,
-                ema_decay: float = 0.999, seed: int = 0, log: Log | None = None):
+                ema_decay: float = 0.999, seed: int = 0, log: Log | None = None, init=None):
     """Train UNet + text encoder from scratch on base-domain latents. Returns
-    ``(unet, text_encoder, final_loss)`` with the EMA weights loaded.
+    ``(unet, text_encoder, final_loss)`` with the EMA weights loaded. ``init``: an optional
+    ``(unet, text_encoder)`` pair to continue training instead of starting from scratch.
 
     Latents are precomputed once as posterior mean and std; each step draws a fresh posterior
     sample ``mean + std*n`` (what SD's training does with its cached VAE moments)."""
@@ -222,7 +227,7 @@ def train_prior(vae, tokenizer, prediction_type: str, steps: int, num_images: in
                     truncation=True, return_tensors="pt").input_ids
     index = torch.tensor([vocab.index(c) for c in captions])
 
-    unet, text_encoder = make_unet(), make_text_encoder(tokenizer)
+    unet, text_encoder = init or (make_unet(), make_text_encoder(tokenizer))
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
