@@ -72,6 +72,7 @@ def build_vae(out: Path, args, console) -> Path:
                                      seed=args.seed, log=log)
     folder = out / "_build" / "vae"
     vae.save_pretrained(folder, safe_serialization=True)
+    (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
     record = dict(steps=args.vae_steps, num_images_per_domain=args.num_images, batch_size=args.batch_size,
                   seed=args.seed, final_loss=round(loss, 5), scaling_factor=vae.config.scaling_factor,
                   reconstruction_mse={d: round(priors.reconstruction_mse(vae, d, min(256, args.num_images)), 5)
