@@ -84,12 +84,13 @@ def test_shipped_prior_loads_with_plain_diffusers(name, prediction_type, schedul
 
 @pytest.mark.parametrize("name", ["tiny-shapes-eps", "tiny-shapes-v"])
 def test_shipped_prior_draws_the_prompted_shape_and_colour(name):
-    """24 samples, one per prompt, 25 DDIM steps with guidance, scored by the shipped evaluator.
-    The shipped bar (64 samples) is >= 0.90; 24 fixed-seed samples must clear 0.8."""
+    """24 samples, one per prompt, 25 DDIM steps with guidance 5, scored by the shipped evaluator.
+    The shipped bar (64 samples) is >= 0.90; 24 fixed-seed samples must clear 0.8 (one sample is
+    about 0.04, so this leaves room for small numeric differences across machines)."""
     from d2f.world.metrics import domain_accuracy, prompt_accuracy
 
     prompts = all_prompts()
-    images = priors.sample_prior(ASSETS / name, prompts, steps=25, guidance=7.5, seed=1)
+    images = priors.sample_prior(ASSETS / name, prompts, steps=25, guidance=5.0, seed=1)
     assert images.shape == (24, 3, 32, 32)
     assert prompt_accuracy(images, prompts) >= 0.8
     assert domain_accuracy(images, "base") >= 0.9  # it learned the base domain only

@@ -1,6 +1,6 @@
 """Rebuild the built-in world's weights from scratch: the VAE, both priors and the evaluator.
 
-    python -m d2f.world.build --output d2f/assets                 # everything (about 25-40 min, 2 cores)
+    python -m d2f.world.build --output d2f/assets                 # everything (see below for time)
     python -m d2f.world.build --output d2f/assets --only priors   # reuse the VAE of the last build
     python -m d2f.world.build --output d2f/assets --only quality  # re-measure the shipped priors
 
@@ -11,9 +11,15 @@ Stages, in order (``priors.py`` has the recipe and why):
 2. ``priors``: ``tiny-shapes-eps`` and ``tiny-shapes-v`` (UNet + text encoder from scratch on the
    base domain), each saved as a StableDiffusionPipeline folder with a ``d2f_build.json`` record.
 3. ``evaluator``: ``d2f.world.evaluator.train_evaluator`` into ``<output>/evaluator``.
-4. ``quality``: sample each prior (64 prompts, 25 DDIM steps, guidance 7.5) and score it with the
+4. ``quality``: sample each prior (64 prompts, 25 DDIM steps, guidance 5) and score it with the
    evaluator's ``prompt_accuracy``; the numbers go into each prior's ``d2f_build.json``.
 5. ``grid``: a PNG with one row of samples per prior (``--grid``, default ``docs/priors.png``).
+
+The shipped priors were trained in three stages (1500 steps at lr 1e-3, then ``--resume`` 1200 at
+1e-3 and 1200 at 5e-4); each ``d2f_build.json`` lists them under ``history``. The default here is
+one run of the same length (3900 steps, one warmup-cosine schedule at 1e-3). Measured on the shared
+2-core machine (load 5-8 from other work): VAE 600 steps 12 min; each prior about 0.3-0.75 s/step
+with the two priors trained in parallel processes.
 
 Runs on one CPU thread by default: on a shared 2-core machine, two threads that compete with other
 processes are many times slower than one (measured: 3.4 s vs 0.36 s per prior step).
@@ -190,13 +196,14 @@ def main(argv=None) -> None:
     p.add_argument("--only", choices=STAGES, action="append", help="run only these stages (repeatable)")
     p.add_argument("--priors", default=",".join(priors.PRIORS), help="comma-separated priors to build")
     p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--prior-steps", type=int, default=1500)
+    p.add_argument("--prior-steps", type=int, default=3900)
     p.add_argument("--evaluator-steps", type=int, default=1500)
     p.add_argument("--num-images", type=int, default=4096, help="images per domain")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="prior learning rate")
     p.add_argument("--eval-samples", type=int, default=64)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--guidance", type=float, default=5.0,
+                   help="CFG scale for quality and grid (7.5 oversaturates these tiny priors, the v one most)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="priors: continue from the weights in --output")
     p.add_argument("--threads", type=int, default=1)
