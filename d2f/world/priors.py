@@ -205,7 +205,7 @@ def reconstruction_mse(vae, domain: str, num_images: int = 256, seed: int = 1234
 def train_prior(vae, tokenizer, prediction_type: str, steps: int, num_images: int = 4096,
                 batch_size: int = 32, lr: float = 1e-3, caption_dropout: float = 0.1,
                 ema_decay: float = 0.999, seed: int = 0, log: Log | None = None, init=None):
-    """Train UNet + text encoder from scratch on base-domain latents. Returns
+    """Train UNet + text encoder (from scratch unless ``init``) on base-domain latents. Returns
     ``(unet, text_encoder, final_loss)`` with the EMA weights loaded. ``init``: an optional
     ``(unet, text_encoder)`` pair to continue training instead of starting from scratch.
 
@@ -255,7 +255,7 @@ def train_prior(vae, tokenizer, prediction_type: str, steps: int, num_images: in
         opt.step()
         sched.step()
         ema.update()
-        loss_value = loss.item()
+        loss_value = loss.item()  # the last batch's loss is what the build records as final_loss
         if log:
             log(step, loss_value)
     ema.copy_to()
