@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from d2f.cli import app
 from d2f.errors import UserError
-from d2f.models import ASSETS, builtin_models, check_resolution, resolve_model, hub_file
+from d2f.models import builtin_models, check_resolution, resolve_model, hub_file
 
 
 def make_folder(root, missing=()):
@@ -53,7 +53,6 @@ def test_resolution_multiple(tmp_path):
         check_resolution(tmp_path, 30)
 
 
-@pytest.mark.skipif(not (ASSETS / "tiny-shapes-eps").is_dir(), reason="built-in priors not built")
 def test_builtin_models_listed_and_resolved():
     rows = {row["name"]: row for row in builtin_models()}
     assert rows["tiny-shapes-eps"]["prediction_type"] == "epsilon"
