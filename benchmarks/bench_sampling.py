@@ -59,10 +59,8 @@ def bench_prior(name: str, prompts: list[str], guidance: float, ref_steps: int) 
     x = z / float(scale(schedule, torch.tensor(t_min)))  # the FM state of z at t_min
 
     def run(sampler: str, ts) -> torch.Tensor:
-        # sampler "ddim" would divide its noise by c(t_min) itself; pass it the FM state as "euler" (the same
-        # update, see d2f.sampling.sample_ddim) so that every sampler starts from exactly the same x.
-        return sample_latents(pipe, prompts, sampler="heun" if sampler == "heun" else "euler", steps=1,
-                              guidance=guidance, noise=x, ts=ts)
+        # a given noise is the FM state at ts[0] as it is: every sampler starts from exactly the same x
+        return sample_latents(pipe, prompts, sampler=sampler, steps=1, guidance=guidance, noise=x, ts=ts)
 
     start = time.time()
     reference = run("heun", time_grid(ref_steps, t_start=t_min))

@@ -215,9 +215,10 @@ def check_settings(prompts: Sequence[str], sampler: str, steps: int, guidance: f
 
 
 def pipe_objective(pipe, objective: str | None) -> str:
-    """The objective to sample with: as given, else the loaded run's, else ``diff2flow``."""
+    """The objective to sample with: as given, else the loaded run's, else ``diffusion`` (a model without a
+    d2f run is an untouched diffusion model, sampled through the bridge)."""
     run = getattr(pipe, "d2f_run", None)
-    return objective or (run or {}).get("objective", "diff2flow")
+    return objective or (run or {}).get("objective", "diffusion")
 
 
 @torch.no_grad()
@@ -227,21 +228,26 @@ def sample_latents(pipe, prompts: Sequence[str], sampler: str = "euler", steps: 
                    on_step: Callable[[], None] | None = None) -> torch.Tensor:
     """Final latents (B, C, h, w) of one image per prompt, in the VAE's scaled latent space.
 
-    ``noise`` (default: ``initial_noise``) is the FM state at ``ts[0]`` for ``euler``/``heun``; for ``ddim`` it
-    is, as in diffusers' DDIM, the diffusion sample z at tau(ts[0]) (= N-1), i.e. the FM state z / c(t_min).
-    ``ts`` defaults to the sampler's grid (``d2f.sampling.sampler_grid``). Guidance w = 1 runs only the conditional branch; any other w runs
-    o_u + w (o_c - o_u) (diffusers' pipelines skip guidance for every w <= 1 instead). ``on_step`` is called
-    once per sampler step (for progress bars)."""
+    Where sampling starts (``d2f.sampling.sampler_grid``): ``diff2flow`` and ``fm`` models were trained on all
+    of t in [0, 1], so FM Euler / Heun start at t = 0 from pure noise. A ``diffusion`` model (an untouched base
+    model, or a diffusion-objective finetune) knows only the covered range, so its FM grid starts at t_min,
+    where DDIM starts too. Starting at t0 > 0, the Gaussian noise enters as the diffusion sample z at tau(t0)
+    (as in diffusers' DDIM), i.e. the FM state x = z / c(t0) (math page, section 8).
+
+    A given ``noise`` is used as the FM state at ``ts[0]`` as it is; ``ts`` defaults to the sampler's grid.
+    Guidance w = 1 runs only the conditional branch; any other w runs o_u + w (o_c - o_u) (diffusers' pipelines
+    skip guidance for every w <= 1 instead). ``on_step`` is called once per sampler step (progress bars)."""
     objective = pipe_objective(pipe, objective)
     check_settings(prompts, sampler, steps, guidance, objective)
     height, width, _ = latent_size(pipe, height, width)
     schedule = Schedule.from_config(dict(pipe.scheduler.config))
-    ts = sampler_grid(sampler, steps, schedule, shift) if ts is None else ts
+    ts = sampler_grid(sampler, steps, schedule, shift, objective) if ts is None else ts
     if noise is None:
         noise = initial_noise(pipe, len(prompts), height, width, seed)
-    if sampler == "ddim":
-        # DDIM starts from z = noise at tau(ts[0]); in FM coordinates x = z / c(t)
-        noise = noise / float(scale(schedule, torch.tensor(float(ts[0]), dtype=torch.float64)))
+        t0 = float(ts[0])
+        if t0 > 0:
+            # z = noise at tau(t0); in FM coordinates x = z / c(t0)
+            noise = noise / float(scale(schedule, torch.tensor(t0, dtype=torch.float64)))
     sample = get_sampler(sampler)
     net = unet_forward(pipe.unet)
     device = pipe.unet.device

@@ -144,6 +144,7 @@ def _quiet_loading() -> None:
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()  # LoRA key checks are d2f's own (pipeline._load_lora)
     transformers.utils.logging.disable_progress_bar()
 
 

@@ -9,8 +9,8 @@
     images = pipe(prompts, num_inference_steps=25, guidance_scale=7.5).images
 
 How the pipeline's loop maps onto FM Euler (math page, sections 3, 4 and 7). The pipeline keeps one
-state ``latents``; here it is the FM sample x_t, so it starts as pure noise (``init_noise_sigma = 1``)
-and ends as data (t = 1), which the pipeline decodes as it is. For the k-th evaluation point t_k of the
+state ``latents``; here it is the FM sample x_t, so it starts as pure noise (``init_noise_sigma = 1``; see
+the class doc for a ``diffusion`` model) and ends as data (t = 1), which the pipeline decodes as it is. For the k-th evaluation point t_k of the
 grid ``time_grid(K, shift)``:
 
     timesteps[k]                = tau(t_k)              fractional diffusion timestep (float)
@@ -37,9 +37,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 from d2f.errors import UserError
-from d2f.sampling import time_grid
+from d2f.sampling import sampler_grid
 from d2f.schedule import Schedule
-from d2f.timemap import bridge_coefficients
+from d2f.timemap import bridge_coefficients, scale
 from d2f.velocity import check_bridge, velocity_from_output
 
 
@@ -49,7 +49,9 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
     Config: the usual diffusers schedule keys (``num_train_timesteps``, ``beta_start``, ``beta_end``,
     ``beta_schedule``, ``trained_betas``, ``prediction_type``, ``rescale_betas_zero_snr``), plus
     ``objective`` ("diff2flow" or "diffusion": through the bridge; "fm": raw output is the velocity) and
-    ``shift`` (``d2f.sampling.time_grid``; 1 = uniform)."""
+    ``shift`` (``d2f.sampling.time_grid``; 1 = uniform). The grid starts at t = 0 (``init_noise_sigma = 1``)
+    for diff2flow and fm models, at t_min (``init_noise_sigma = 1 / c(t_min)``: the noise is z at tau = N-1) for
+    an untouched ``diffusion`` model, as ``d2f.sampling.sampler_grid`` does."""
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
@@ -66,7 +68,6 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
             rescale_betas_zero_snr=rescale_betas_zero_snr))
         if objective != "fm":
             check_bridge(self.schedule, prediction_type)
-        self.init_noise_sigma = 1.0  # x at t = 0 is the noise itself
         self.num_inference_steps: Optional[int] = None
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
@@ -83,7 +84,11 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps < 1:
             raise UserError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
         self.num_inference_steps = num_inference_steps
-        self.grid = [float(t) for t in time_grid(num_inference_steps, float(self.config.shift))]
+        self.grid = [float(t) for t in sampler_grid("euler", num_inference_steps, self.schedule,
+                                                    float(self.config.shift), self.config.objective)]
+        # the pipeline's noise times init_noise_sigma is the FM state at grid[0]: x = z / c(t0) when t0 > 0
+        t0 = torch.tensor(self.grid[0], dtype=torch.float64)
+        self.init_noise_sigma = 1.0 if self.grid[0] == 0 else 1.0 / float(scale(self.schedule, t0))
         self.points = self._eval_points(self.grid)
         ts = torch.tensor([t for t, _ in self.points], dtype=torch.float64)
         if self.config.objective == "fm":

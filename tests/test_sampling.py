@@ -206,7 +206,7 @@ def _prior_pipe(name):
 @pytest.mark.parametrize("name", ["tiny-shapes-eps", "tiny-shapes-v"])
 def test_zero_shot_fm_euler_ends_where_ddim_ends(name):
     """From the same point of the covered range (DDIM: z at tau = N-1, diffusers' own DDIMScheduler on the raw
-    model; FM: x = z / c(t_min) at t_min, d2f's bridge), 500 steps each, to the data end."""
+    model; FM: x = z / c(t_min) at t_min, d2f's bridge), 250 steps each, to the data end."""
     from diffusers import DDIMScheduler
 
     from d2f.pipeline import initial_noise, sample_latents
@@ -216,7 +216,7 @@ def test_zero_shot_fm_euler_ends_where_ddim_ends(name):
     t_min = t_range(schedule)[0]
     prompts = ["a red circle", "a green square", "a blue triangle", "a yellow cross"]
     z = initial_noise(pipe, len(prompts), 32, 32, seed=0)
-    steps, guidance = 500, 3.0
+    steps, guidance = 250, 3.0
     fm = sample_latents(pipe, prompts, sampler="euler", steps=steps, guidance=guidance,
                         noise=z / float(scale(schedule, torch.tensor(t_min))), ts=time_grid(steps, t_start=t_min))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing",
@@ -225,12 +225,13 @@ def test_zero_shot_fm_euler_ends_where_ddim_ends(name):
                 output_type="latent").images
     rms = lambda a: float(a.pow(2).mean().sqrt())  # noqa: E731
     diff = rms(fm - ddim) / rms(ddim)
-    # Both are first-order discretisations of one ODE (math page, section 8): their gap is O(1/steps). At 500
-    # steps it is measured at ~1e-2 of the latents' RMS (0.4 % eps, 0.6 % v on the shipped priors); 3 %
-    # still separates "same ODE" from a wrong bridge (a wrong scale c, tau or prediction type moves the end
-    # point by O(1), i.e. tens of percent, which this catches).
+    # Both are first-order discretisations of one ODE (math page, section 8) on different grids (uniform in t,
+    # uniform in tau), so their gap is O(1/steps): measured 0.21 % (eps) and 0.24 % (v) of the latents' RMS at
+    # 500 steps, about twice that at 250. The 2 % bound leaves a 4x margin for priors being retrained, and still
+    # separates "same ODE" from a wrong bridge: a wrong scale c, tau or prediction type moves the end point by
+    # O(1), tens of percent.
     print(f"{name}: relative RMS gap FM Euler vs DDIM at {steps} steps = {diff:.4f}")
-    assert diff < 0.03
+    assert diff < 0.02
 
 
 @pytest.mark.slow
@@ -242,6 +243,8 @@ def test_zero_shot_fm_euler_prompt_accuracy(name):
 
     pipe = _prior_pipe(name)
     prompts = all_prompts() * 2  # 48 images: a true 0.95 reads 0.95 +- 0.03 (binomial standard error)
+    # an untouched model samples as objective "diffusion": the FM grid starts at t_min, where DDIM starts
+    # (starting at t = 0 instead, through the clamped segment [0, t_min], measured 0.78 on the eps prior)
     acc = {s: prompt_accuracy(generate(pipe, prompts, sampler=s, steps=25, guidance=7.5, seed=0), prompts)
            for s in ("euler", "ddim")}
     print(f"{name}: 25-step prompt accuracy, FM Euler {acc['euler']:.3f}, DDIM {acc['ddim']:.3f}")

@@ -56,15 +56,20 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("sampler,cls", [("euler", "Diff2FlowEulerScheduler"), ("heun", "Diff2FlowHeunScheduler")])
-@pytest.mark.parametrize("fixture", ["tiny_sd_eps", "tiny_sd_v"])
-def test_pipeline_with_scheduler_equals_d2f_loop(fixture, sampler, cls, request):
+@pytest.mark.parametrize("fixture,objective", [("tiny_sd_eps", "diff2flow"), ("tiny_sd_v", "diff2flow"),
+                                               ("tiny_sd_eps", "diffusion")])
+def test_pipeline_with_scheduler_equals_d2f_loop(fixture, objective, sampler, cls, request):
+    """diff2flow: the grid starts at t = 0 from the noise; diffusion (an untouched model): at t_min from
+    z = noise at tau = N-1 (init_noise_sigma = 1 / c(t_min))."""
     from d2f.pipeline import load_pipeline, sample_latents
 
     folder = request.getfixturevalue(fixture)
     prompts = ["a red circle", "a purple cross"]
-    mine = sample_latents(load_pipeline(str(folder)), prompts, sampler=sampler, steps=5, guidance=4.0, seed=3)
+    mine = sample_latents(load_pipeline(str(folder)), prompts, sampler=sampler, steps=5, guidance=4.0, seed=3,
+                          objective=objective)
     pipe = _pipe(folder)
-    pipe.scheduler = getattr(d2f, cls).from_config(pipe.scheduler.config)
+    pipe.scheduler = getattr(d2f, cls).from_config(pipe.scheduler.config, objective=objective)
+    assert (pipe.scheduler.init_noise_sigma == 1.0) == (objective == "diff2flow")
     gens = [torch.Generator().manual_seed(3 + i) for i in range(len(prompts))]
     theirs = pipe(prompts, num_inference_steps=5, guidance_scale=4.0, generator=gens, output_type="latent").images
     # the same float32 operations in the same order: equal up to round-off (measured: bit-identical)
