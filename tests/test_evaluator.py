@@ -86,6 +86,8 @@ def test_bad_inputs_raise_clear_errors():
         domain_accuracy(images, "sketch")
     with pytest.raises(ValueError, match=r"\(x \+ 1\) / 2"):
         prompt_accuracy(images * 2 - 1, PROMPTS[:4])
+    with pytest.raises(ValueError, match="NaN"):
+        domain_accuracy(images * float("nan"), "base")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         prompt_accuracy(images[:, :1], PROMPTS[:4])
     with pytest.raises(ValueError, match="not an evaluator folder"):

@@ -54,6 +54,8 @@ def as_batch(images) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"image tensor must have shape (B, 3, H, W), got {tuple(images.shape)}")
     images = images.detach().float().cpu()
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf values (did sampling diverge?)")
     lo, hi = images.min().item(), images.max().item()
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(f"image values must lie in [0, 1], found [{lo:.3f}, {hi:.3f}]; "
@@ -72,7 +74,8 @@ class Evaluator(nn.Module):
         layers, c_in = [], 3
         for c in channels:
             # a 3x3 conv at full size, then a stride-2 one: 32 -> 16 -> 8 -> 4 px. BatchNorm matters:
-            # without it the shape head needs several times more steps (measured: 37% vs 100% at 400)
+            # measured after 400 steps, shape accuracy 37% without it, 95% with it, 100% with it
+            # and the max pooling of ``features``
             for stride in (1, 2):
                 layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False),
                            nn.BatchNorm2d(c), nn.SiLU()]
