@@ -197,7 +197,7 @@ def main(argv=None) -> None:
     p.add_argument("--priors", default=",".join(priors.PRIORS), help="comma-separated priors to build")
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--prior-steps", type=int, default=3900)
-    p.add_argument("--evaluator-steps", type=int, default=1500)
+    p.add_argument("--evaluator-steps", type=int, default=800)  # the shipped evaluator's recipe (d2f/assets/evaluator/d2f_build.json)
     p.add_argument("--num-images", type=int, default=4096, help="images per domain")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="prior learning rate")
