@@ -39,8 +39,14 @@ def build(script: Path) -> float:
     nb.metadata.pop("jupytext", None)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="d2f-tutorial-") as cwd:
-        NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
-                       resources={"metadata": {"path": cwd}}).execute()
+        try:
+            NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
+                           resources={"metadata": {"path": cwd}}).execute()
+        except Exception:
+            failed = Path(tempfile.gettempdir()) / f"{script.stem}.failed.ipynb"
+            nbformat.write(nb, failed)
+            print(f"  FAILED; the partly executed notebook is in {failed}", flush=True)
+            raise
     seconds = time.perf_counter() - start
     nbformat.validate(nb)
     nbformat.write(nb, script.with_suffix(".ipynb"))
