@@ -80,7 +80,7 @@ def diff2flow_velocity(net: Net, schedule: Schedule, cond: torch.Tensor, uncond:
     return velocity_fn
 
 
-def fm_velocity(net: Net, num_train_timesteps: int, cond: torch.Tensor, uncond: torch.Tensor | None = None,
+def naive_fm_velocity(net: Net, num_train_timesteps: int, cond: torch.Tensor, uncond: torch.Tensor | None = None,
                 guidance: float = 1.0):
     """The velocity field of a naive-FM network (objective ``fm``): the raw output at timestep
     (1 - t)(N - 1) on the unscaled x is the velocity.
@@ -98,10 +98,10 @@ def fm_velocity(net: Net, num_train_timesteps: int, cond: torch.Tensor, uncond: 
 
 def velocity_for(objective: str, net: Net, schedule: Schedule, cond: torch.Tensor,
                  uncond: torch.Tensor | None = None, guidance: float = 1.0):
-    """``fm_velocity`` for ``fm``, ``diff2flow_velocity`` for ``diff2flow`` and ``diffusion`` (a diffusion
+    """``naive_fm_velocity`` for ``fm``, ``diff2flow_velocity`` for ``diff2flow`` and ``diffusion`` (a diffusion
     model samples through the bridge: its FM ODE is its DDIM ODE, math page section 8)."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if objective == "fm":
-        return fm_velocity(net, schedule.num_train_timesteps, cond, uncond, guidance)
+        return naive_fm_velocity(net, schedule.num_train_timesteps, cond, uncond, guidance)
     return diff2flow_velocity(net, schedule, cond, uncond, guidance)

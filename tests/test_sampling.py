@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import builtin_prior
 
-from d2f.denoiser import diff2flow_velocity, fm_velocity, guided_output
+from d2f.denoiser import diff2flow_velocity, guided_output, naive_fm_velocity
 from d2f.errors import UserError
 from d2f.sampling import (ddim_grid, ddim_timesteps, network_calls, sample_ddim, sample_euler, sample_heun,
                           time_grid)
@@ -160,7 +160,7 @@ def test_guidance_on_output_equals_guidance_on_velocity():
     assert torch.equal(o, net(z, tau, cond))  # w = 1: only the conditional branch
 
 
-def test_fm_velocity_is_raw_output_at_linear_timestep():
+def test_naive_fm_velocity_is_raw_output_at_linear_timestep():
     seen = []
 
     def net(z, tau, cond):
@@ -168,7 +168,7 @@ def test_fm_velocity_is_raw_output_at_linear_timestep():
         return 2 * z
 
     x = torch.randn(2, 3)
-    v = fm_velocity(net, 1000, torch.zeros(2, 1))(x, 0.25)
+    v = naive_fm_velocity(net, 1000, torch.zeros(2, 1))(x, 0.25)
     assert torch.equal(v, 2 * x) and torch.equal(seen[0][0], x)  # unscaled x, raw output
     assert torch.allclose(seen[0][1], torch.full((2,), 0.75 * 999))
 
