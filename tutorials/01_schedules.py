@@ -41,8 +41,11 @@
 # says `data` and `noise` where it can.
 
 # %%
-import math
 import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook hint, not ours
+
+import math
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -52,7 +55,6 @@ import d2f
 from d2f import Schedule, t_range
 from d2f.schedule import PRESETS, make_betas
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook hint, not ours
 torch.set_printoptions(precision=6, sci_mode=False)
 print("d2f", d2f.__version__, "| torch", torch.__version__)
 

@@ -33,8 +33,11 @@
 # tau = N-1 is noise; `x1` data, `x0 = eps` noise.
 
 # %%
-import math
 import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook hint, not ours
+
+import math
 
 import matplotlib.pyplot as plt
 import torch
@@ -42,7 +45,6 @@ import torch
 from d2f import (Schedule, bridge_coefficients, clamp_t, diffusion_to_fm, fm_to_diffusion, is_clamped,
                  scale, t_of_tau, t_range, tau_of_t)
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook hint, not ours
 torch.set_printoptions(precision=5, sci_mode=False)
 sched = Schedule.preset("sd15")
 N = sched.num_train_timesteps

@@ -28,22 +28,25 @@
 #    grids and an error table), and understand why they agree: the FM ODE *is* the DDIM ODE.
 
 # %%
-import time
 import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook hint, not ours
+
+import time
 
 import matplotlib.pyplot as plt
 import torch
 
 from d2f import (Schedule, bridge_coefficients, estimates, fm_to_diffusion, fm_velocity, output_from_velocity,
                  t_range, velocity_from_output)
-from d2f.pipeline import decode, generate, load_pipeline, sample_latents
+from d2f.pipeline import generate, load_pipeline, sample_latents
 from d2f.sampling import ddim_grid, time_grid
 
 import diffusers
 import transformers
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook hint, not ours
 diffusers.utils.logging.disable_progress_bar(), transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()  # no "torchvision not installed" notices
 torch.set_printoptions(precision=4, sci_mode=False)
 torch.set_num_threads(1)  # predictable on a shared 2-core machine; on your own machine delete this line
 EPS_PRIOR, V_PRIOR = "tiny-shapes-eps", "tiny-shapes-v"
