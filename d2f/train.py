@@ -52,7 +52,17 @@ RESUMABLE_CHANGES = {"validate_every", "checkpoint_every", "checkpoints_total_li
 @dataclass
 class TrainConfig:
     """Every setting of a run (the CLI's options, with the same names). Defaults are the demo run:
-    ``tiny-shapes-eps`` finetuned to ``shapes-target`` with Diff2Flow and a LoRA, a few minutes on 2 CPU cores."""
+    ``tiny-shapes-eps`` finetuned to ``shapes-target`` with Diff2Flow and a LoRA, under 5 minutes on 2 CPU cores.
+
+    How the demo defaults were chosen (measured on the built-in world, 1000 steps of batch 32):
+    - LoRA rank 64 on ``attn+conv``: the tiny UNet has 32-64 channels, so this is close to full rank. Rank 8
+      (and ``attn`` alone) moved the samples to the dark background but garbled shape and colour (prompt
+      accuracy ~0.1 after 300-400 steps at lr 1e-4..1e-3); rank 64 and a full finetune (``--lora-rank 0``)
+      both learn clean outlines. For SD-sized models the usual ranks 4-32 are the place to start.
+    - lr 1e-3, 50 warmup steps, cosine to 0: rank 64 at 1e-3 reached domain accuracy 0.92 by step 200.
+    - validation guidance 2.0: the finetuned model follows prompts best at low guidance (prompt accuracy
+      on 96 samples: 0.78 at w=1.5, 0.82 at 2, 0.71 at 3, 0.57 at 7.5, 0.50 at 10).
+    """
 
     model: str = "tiny-shapes-eps"
     data: str = "shapes-target"
@@ -67,7 +77,7 @@ class TrainConfig:
     random_flip: bool = False
     max_samples: int | None = None
     skip_bad_images: bool = False
-    lora_rank: int = 8
+    lora_rank: int = 64
     lora_alpha: float | None = None         # None: = rank
     lora_targets: str = "attn+conv"
     lr: float = 1e-3
@@ -88,7 +98,7 @@ class TrainConfig:
     validate_every: int = 500
     validation_prompts: list[str] | None = None
     sample_steps: int = 25
-    guidance: float = 7.5
+    guidance: float = 2.0
     eval_samples: int = 48
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 2
