@@ -143,7 +143,7 @@ assert lib < fm_loss, "through the bridge the prior is a better velocity predict
 STEPS, BATCH, VALIDATE = 100, 16, 50
 runs_dir = Path(tempfile.mkdtemp(prefix="d2f-tutorial-04-"))
 common = dict(model=PRIOR, data="shapes-target", max_samples=512, steps=STEPS, batch_size=BATCH, lr=1e-3,
-              warmup_steps=10, seed=0, validate_every=VALIDATE, eval_samples=24, checkpoint_every=0, log_every=10)
+              lora_rank=8, lora_targets="attn+conv", guidance=7.5, warmup_steps=10, seed=0, validate_every=VALIDATE, eval_samples=24, checkpoint_every=0, log_every=10)
 summaries = {}
 for objective in ("diff2flow", "fm", "diffusion"):
     start = time.perf_counter()
