@@ -28,7 +28,7 @@ import torch
 
 from d2f.errors import UserError
 from d2f.schedule import Schedule
-from d2f.timemap import _per_sample, bridge_coefficients
+from d2f.timemap import per_sample, bridge_coefficients
 from d2f.velocity import check_bridge, velocity_from_output
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -70,7 +70,7 @@ def diff2flow_velocity(net: Net, schedule: Schedule, cond: torch.Tensor, uncond:
     def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
         coef = bridge_coefficients(schedule, torch.full((x.shape[0],), float(t), dtype=torch.float64))
         # z = c(t) x   (in float32 or better, the bridge is never computed in half precision)
-        z = _per_sample(coef["scale"], x).to(x.device, torch.float32) * x.float()
+        z = per_sample(coef["scale"], x).to(x.device, torch.float32) * x.float()
         # o = net(z, tau(t), cond), fractional tau
         o = guided_output(net, z, coef["tau"].to(x.device, torch.float32), cond, uncond, guidance)
         # v = x1_hat - eps_hat

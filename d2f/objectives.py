@@ -36,7 +36,7 @@ import torch
 
 from d2f.errors import UserError
 from d2f.schedule import Schedule
-from d2f.timemap import _per_sample, bridge_coefficients, t_of_tau
+from d2f.timemap import per_sample, bridge_coefficients, t_of_tau
 from d2f.velocity import check_bridge, check_prediction_type, velocity_from_output
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,11 +72,11 @@ def diff2flow(net: Net, data: torch.Tensor, noise: torch.Tensor, time: torch.Ten
     c, tau = coef["scale"].float(), coef["tau"].float()
     alpha, sigma = coef["alpha"].float(), coef["sigma"].float()
     data, noise = data.float(), noise.float()
-    tt = _per_sample(t, data)
+    tt = per_sample(t, data)
     # x_t = t*x1 + (1-t)*x0
     x_t = tt * data + (1 - tt) * noise
     # z = c(t) * x_t,  c = alpha(tau(t)) + sigma(tau(t))
-    z = _per_sample(c, data) * x_t
+    z = per_sample(c, data) * x_t
     # o = net(c(t)*x_t, tau(t), cond), tau fractional
     o = net(z, tau, cond).float()
     # v_hat = x1_hat(o) - eps_hat(o)   (section 4, by prediction type)
@@ -94,7 +94,7 @@ def fm(net: Net, data: torch.Tensor, noise: torch.Tensor, time: torch.Tensor, co
     (1 - t) * (N - 1) (see the module doc). ``prediction_type`` is ignored (it has none)."""
     t = time.to(torch.float32)
     data, noise = data.float(), noise.float()
-    tt = _per_sample(t, data)
+    tt = per_sample(t, data)
     # x_t = t*x1 + (1-t)*x0
     x_t = tt * data + (1 - tt) * noise
     # timestep = (1 - t) * (N - 1): t = 1 (data) -> 0, t = 0 (noise) -> N-1
@@ -115,7 +115,7 @@ def diffusion(net: Net, data: torch.Tensor, noise: torch.Tensor, time: torch.Ten
     i = time.to(torch.float64).round()
     alpha, sigma = schedule.alpha(i).float(), schedule.sigma(i).float()
     data, noise = data.float(), noise.float()
-    a, s = _per_sample(alpha, data), _per_sample(sigma, data)
+    a, s = per_sample(alpha, data), per_sample(sigma, data)
     # z = alpha_i*x1 + sigma_i*eps
     z = a * data + s * noise
     o = net(z, i.float(), cond).float()

@@ -104,23 +104,24 @@ def fm_to_diffusion(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor) -> t
     ``z`` keeps the dtype of ``x_t``; ``tau`` is float32-or-better (diffusers' UNet takes float timesteps).
     """
     coef = bridge_coefficients(schedule, t)
-    c = _per_sample(coef["scale"], x_t)
-    return (c * x_t.to(torch.float64)).to(x_t.dtype), coef["tau"].to(_at_least_float32(x_t.dtype))
+    c = per_sample(coef["scale"], x_t)
+    return (c * x_t.to(torch.float64)).to(x_t.dtype), coef["tau"].to(at_least_float32(x_t.dtype))
 
 
 def diffusion_to_fm(schedule: Schedule, z: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, t) for the diffusion sample z at timestep tau:  x_t = z / (alpha + sigma),  t = t(tau)."""
     tau64, _ = _as_float64(tau)
     c = schedule.alpha(tau64) + schedule.sigma(tau64)
-    x_t = z.to(torch.float64) / _per_sample(c, z)
-    return x_t.to(z.dtype), t_of_tau(schedule, tau64).to(_at_least_float32(z.dtype))
+    x_t = z.to(torch.float64) / per_sample(c, z)
+    return x_t.to(z.dtype), t_of_tau(schedule, tau64).to(at_least_float32(z.dtype))
 
 
-def _per_sample(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def per_sample(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample coefficient of shape (B,) (or a scalar) to broadcast over x (B, ...)."""
     coef = coef.to(x.device)
     return coef.reshape(coef.shape + (1,) * (x.dim() - coef.dim())) if coef.dim() else coef
 
 
-def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the bridge computes in: float64 for float64 inputs, float32 for everything else (never half)."""
     return torch.float64 if dtype == torch.float64 else torch.float32

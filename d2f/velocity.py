@@ -35,7 +35,7 @@ import torch
 
 from d2f.errors import UserError
 from d2f.schedule import PREDICTION_TYPES, Schedule
-from d2f.timemap import _per_sample, bridge_coefficients
+from d2f.timemap import at_least_float32, bridge_coefficients, per_sample
 
 
 def check_prediction_type(prediction_type: str) -> str:
@@ -58,9 +58,9 @@ def estimates(output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma:
               prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(x1_hat, eps_hat) from the network output ``o`` at z (shapes (B, ...)); computed in float32+."""
     check_prediction_type(prediction_type)
-    dtype = _compute_dtype(output)
+    dtype = at_least_float32(output.dtype)
     o, z = output.to(dtype), z.to(dtype)
-    alpha, sigma = _per_sample(torch.as_tensor(alpha), o).to(dtype), _per_sample(torch.as_tensor(sigma), o).to(dtype)
+    alpha, sigma = per_sample(torch.as_tensor(alpha), o).to(dtype), per_sample(torch.as_tensor(sigma), o).to(dtype)
     if prediction_type == "epsilon":
         # x1_hat = (z - sigma o) / alpha,  eps_hat = o
         return (z - sigma * o) / alpha, o
@@ -83,9 +83,9 @@ def output_from_velocity(velocity: torch.Tensor, z: torch.Tensor, alpha: torch.T
     """The network output (eps, v or x1) that has FM velocity ``velocity`` at z; inverse of
     ``velocity_from_output``."""
     check_prediction_type(prediction_type)
-    dtype = _compute_dtype(velocity)
+    dtype = at_least_float32(velocity.dtype)
     v, z = velocity.to(dtype), z.to(dtype)
-    alpha, sigma = _per_sample(torch.as_tensor(alpha), v).to(dtype), _per_sample(torch.as_tensor(sigma), v).to(dtype)
+    alpha, sigma = per_sample(torch.as_tensor(alpha), v).to(dtype), per_sample(torch.as_tensor(sigma), v).to(dtype)
     # x1 = (z + sigma v) / (alpha + sigma),  eps = (z - alpha v) / (alpha + sigma)
     data = (z + sigma * v) / (alpha + sigma)
     noise = (z - alpha * v) / (alpha + sigma)
@@ -103,7 +103,7 @@ def fm_velocity(schedule: Schedule, output: torch.Tensor, x_t: torch.Tensor, t: 
     prediction_type = prediction_type or schedule.prediction_type
     check_bridge(schedule, prediction_type)
     coef = bridge_coefficients(schedule, torch.as_tensor(t, device=x_t.device))
-    z = _per_sample(coef["scale"], x_t) * x_t.to(torch.float64)
+    z = per_sample(coef["scale"], x_t) * x_t.to(torch.float64)
     return velocity_from_output(output, z, coef["alpha"], coef["sigma"], prediction_type)
 
 
@@ -116,6 +116,3 @@ def from_flowmatch(sigma: torch.Tensor, output: torch.Tensor) -> tuple[torch.Ten
     """diffusers FlowMatch (sigma, model output) -> d2f (t, v):  t = 1 - sigma,  v = -output."""
     return 1 - sigma, -output
 
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
