@@ -43,6 +43,13 @@ PRESETS = {
 }
 
 
+def check_prediction_type(prediction_type: str) -> str:
+    """``UserError`` unless ``prediction_type`` is one of ``PREDICTION_TYPES``."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise UserError(f"unknown prediction type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
+    return prediction_type
+
+
 def make_betas(beta_schedule: str, num_train_timesteps: int = 1000, beta_start: float = 0.0001,
                beta_end: float = 0.02) -> torch.Tensor:
     """The beta table of a diffusers beta schedule, float64, shape (N,).
@@ -90,9 +97,7 @@ class Schedule:
 
     def __post_init__(self):
         abar = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).flatten().cpu()
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise UserError(f"unknown prediction type {self.prediction_type!r}; "
-                            f"use one of {', '.join(PREDICTION_TYPES)}")
+        check_prediction_type(self.prediction_type)
         if abar.numel() < 2 or not torch.all((abar >= 0) & (abar < 1)) or bool(torch.any(abar[:-1] <= 0)):
             raise UserError("alphas_cumprod must have at least 2 entries in (0, 1) "
                             "(only the last may be 0, for zero terminal SNR)")

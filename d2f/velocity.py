@@ -34,14 +34,8 @@ from __future__ import annotations
 import torch
 
 from d2f.errors import UserError
-from d2f.schedule import PREDICTION_TYPES, Schedule
+from d2f.schedule import Schedule, check_prediction_type
 from d2f.timemap import at_least_float32, bridge_coefficients, per_sample
-
-
-def check_prediction_type(prediction_type: str) -> str:
-    if prediction_type not in PREDICTION_TYPES:
-        raise UserError(f"unknown prediction type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
-    return prediction_type
 
 
 def check_bridge(schedule: Schedule, prediction_type: str) -> None:
