@@ -1,15 +1,15 @@
-"""Few-step accuracy of one ODE under three discretisations: FM Euler, FM Heun and DDIM (issue 4).
+"""Few-step accuracy of one ODE under three discretisations: FM Euler, FM Heun and DDIM.
 
     python benchmarks/bench_sampling.py [--priors tiny-shapes-eps tiny-shapes-v] [--out benchmarks/sampling.png]
 
 For every budget of 2, 4, 8, 16, 32 and 64 network calls, on each built-in prior (zero-shot, no finetuning):
 
 - all samplers start from the same state, the covered range's noise end: DDIM's z = noise at tau = N-1, i.e.
-  the FM state x = z / c(t_min) at t_min (math page, section 8), and integrate to the data end t = 1;
+  the FM state x = z / c(t_min) at t_min (docs/math.md §11), and integrate to the data end t = 1;
 - FM Euler: ``time_grid`` uniform on [t_min, 1], K = budget steps; DDIM: trailing timesteps (``ddim_grid``),
   K = budget; FM Heun: K = (budget + 1) // 2 steps, 2K - 1 <= budget calls (its last step is Euler);
 - error: the RMS distance in latent space to a reference end point (FM Heun with 500 steps = 999 calls, the
-  issue's "1000-step reference"; second order, so its own error is far below every entry), averaged over the
+  "1000-step reference" one might expect; second order, so its own error is far below every entry), averaged over the
   batch;
 - prompt accuracy: the world's evaluator (``d2f.world.metrics.prompt_accuracy``) on the decoded images.
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from d2f.core.schedule import Schedule
+from d2f.core.timemap import scale, t_range
 from d2f.pipeline import decode, initial_noise, load_pipeline, sample_latents
 from d2f.sampling import ddim_grid, time_grid
-from d2f.schedule import Schedule
-from d2f.timemap import scale, t_range
 
 BUDGETS = (2, 4, 8, 16, 32, 64)
 SAMPLERS = ("euler", "heun", "ddim")
@@ -65,29 +65,43 @@ def bench_prior(name: str, prompts: list[str], guidance: float, ref_steps: int) 
     start = time.time()
     reference = run("heun", time_grid(ref_steps, t_start=t_min))
     ref_acc = prompt_accuracy(decode(pipe, reference), prompts)
-    print(f"{name}: reference (FM Heun, {ref_steps} steps) in {time.time() - start:.0f} s, "
-          f"prompt accuracy {ref_acc:.3f}", flush=True)
+    print(
+        f"{name}: reference (FM Heun, {ref_steps} steps) in {time.time() - start:.0f} s, prompt accuracy {ref_acc:.3f}",
+        flush=True,
+    )
     rows = []
     for budget in BUDGETS:
         for sampler in SAMPLERS:
             ts, calls = grid_for(sampler, budget, schedule, t_min)
             latents = run(sampler, ts)
-            rows.append(dict(prior=name, budget=budget, sampler=sampler, calls=calls, error=rms(latents, reference),
-                             prompt_accuracy=prompt_accuracy(decode(pipe, latents), prompts),
-                             reference_accuracy=ref_acc))
+            rows.append(
+                dict(
+                    prior=name,
+                    budget=budget,
+                    sampler=sampler,
+                    calls=calls,
+                    error=rms(latents, reference),
+                    prompt_accuracy=prompt_accuracy(decode(pipe, latents), prompts),
+                    reference_accuracy=ref_acc,
+                )
+            )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| prior | calls | FM Euler error | FM Heun error | DDIM error | FM Euler acc | FM Heun acc | DDIM acc |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| prior | calls | FM Euler error | FM Heun error | DDIM error | FM Euler acc | FM Heun acc | DDIM acc |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     by = {(r["prior"], r["budget"], r["sampler"]): r for r in rows}
     for prior in dict.fromkeys(r["prior"] for r in rows):
         for budget in BUDGETS:
             e, h, d = (by[(prior, budget, s)] for s in SAMPLERS)
-            lines.append(f"| {prior} | {budget} | {e['error']:.4f} | {h['error']:.4f} ({h['calls']}) | "
-                         f"{d['error']:.4f} | {e['prompt_accuracy']:.2f} | {h['prompt_accuracy']:.2f} | "
-                         f"{d['prompt_accuracy']:.2f} |")
+            lines.append(
+                f"| {prior} | {budget} | {e['error']:.4f} | {h['error']:.4f} ({h['calls']}) | "
+                f"{d['error']:.4f} | {e['prompt_accuracy']:.2f} | {h['prompt_accuracy']:.2f} | "
+                f"{d['prompt_accuracy']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -124,8 +138,10 @@ def main(argv=None) -> None:
 
     prompts = all_prompts() * args.repeats
     rows = [r for name in args.priors for r in bench_prior(name, prompts, args.guidance, args.ref_steps)]
-    print(f"\n{len(prompts)} images, guidance {args.guidance}; error = mean RMS latent distance to FM Heun "
-          f"with {args.ref_steps} steps from the same start (z at tau = N-1); Heun's calls in brackets\n")
+    print(
+        f"\n{len(prompts)} images, guidance {args.guidance}; error = mean RMS latent distance to FM Heun "
+        f"with {args.ref_steps} steps from the same start (z at tau = N-1); Heun's calls in brackets\n"
+    )
     print(table(rows))
     plot(rows, args.out)
     print(f"\nplot written to {args.out}")

@@ -1,7 +1,7 @@
 """Seconds per training step of ``d2f train``: the three objectives, caching, bf16 and gradient checkpointing.
 
 The paper's claim is that Diff2Flow costs what diffusion finetuning costs: one forward and one backward of
-the same network, plus per-sample scalars. This measures it with d2f's own trainer (``d2f.trainer.Trainer``:
+the same network, plus per-sample scalars. This measures it with d2f's own trainer (``d2f.training.loop``:
 the same set-up and the same ``train_step`` as ``d2f train``) on the same model, data, batch and seed, and
 reports every configuration as a ratio to the diffusion objective. Each row: a few warm-up steps, then the
 median of ``--repeats`` timings of ``--steps`` steps.
@@ -25,8 +25,9 @@ import time
 
 import torch
 
-from d2f.train import TrainConfig, check_config
-from d2f.trainer import Trainer
+from d2f.training import TrainConfig
+from d2f.training.loop import setup, train_step
+from d2f.world.data import builtin_data
 
 ROWS = [  # (label, settings on top of the base configuration)
     ("diffusion (baseline)", dict(objective="diffusion")),
@@ -41,16 +42,14 @@ ROWS = [  # (label, settings on top of the base configuration)
 def seconds_per_step(settings: dict, steps: int, repeats: int, warmup: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(output=os.path.join(out, "run"), steps=10**6, warmup_steps=0, **settings)
-        check_config(cfg)
-        trainer = Trainer(cfg)
-        trainer.setup()
+        run, _ = setup(cfg, builtin=builtin_data)
         for step in range(warmup):
-            trainer.train_step(step)
+            train_step(run, step)
         timings = []
         for r in range(repeats):
             start = time.perf_counter()
             for step in range(steps):
-                trainer.train_step(warmup + r * steps + step)
+                train_step(run, warmup + r * steps + step)
             timings.append((time.perf_counter() - start) / steps)
         return statistics.median(timings)
 
@@ -68,16 +67,27 @@ def main(argv=None) -> None:
     parser.add_argument("--json", dest="json_path", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 
-    base = dict(model=args.model, data=args.data, batch_size=args.batch_size, lora_rank=args.lora_rank,
-                lora_targets=args.lora_targets)
+    base = dict(
+        model=args.model,
+        data=args.data,
+        batch_size=args.batch_size,
+        lora_rank=args.lora_rank,
+        lora_targets=args.lora_targets,
+    )
     rows = []
     for label, extra in ROWS:
-        rows.append({"config": label, "seconds_per_step": seconds_per_step({**base, **extra}, args.steps,
-                                                                            args.repeats, args.warmup)})
+        rows.append(
+            {
+                "config": label,
+                "seconds_per_step": seconds_per_step({**base, **extra}, args.steps, args.repeats, args.warmup),
+            }
+        )
         print(f"  measured {label}: {rows[-1]['seconds_per_step']:.4f} s/step", flush=True)
     reference = rows[0]["seconds_per_step"]
-    print(f"\n{args.model} on {args.data}, batch {args.batch_size}, LoRA rank {args.lora_rank} ({args.lora_targets}), "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print(
+        f"\n{args.model} on {args.data}, batch {args.batch_size}, LoRA rank {args.lora_rank} ({args.lora_targets}), "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
+    )
     print("| configuration | s / step | ratio to diffusion |")
     print("| --- | --- | --- |")
     for row in rows:

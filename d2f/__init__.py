@@ -1,30 +1,73 @@
 """d2f: turn a pretrained diffusion model into a flow-matching model (Diff2Flow) and finetune it.
 
-The math core (no diffusers): ``Schedule`` (schedule.py), the time map and alignment (timemap.py), the
-velocity from a network output (velocity.py). ``Diff2FlowEulerScheduler`` (a diffusers scheduler) is
-imported lazily so that ``import d2f`` stays light.
+The layers, bottom to top (docs/math.md is the reference for every equation):
+
+- ``d2f.core``: the math: ``Schedule``, the time map and alignment, the velocity from a network output
+- ``d2f.parametrizations``: one object per parametrisation (Diff2Flow, naive FM, diffusion), velocity + loss
+- ``d2f.objectives`` (their registry), ``d2f.sampling`` (FM Euler / Heun, DDIM), ``d2f.guidance``,
+  ``d2f.diffusers_scheduler`` (``Diff2FlowEulerScheduler`` for plain diffusers pipelines)
+- ``d2f.pipeline`` (models, run folders, generating images) and ``d2f.training`` (``d2f train``)
+- ``d2f.cli``: the ``d2f`` command; ``d2f.world``: the built-in data, priors and evaluator
+
+``Diff2FlowEulerScheduler`` (it imports diffusers) is imported lazily so that ``import d2f`` stays light.
 """
 
+from d2f.core.schedule import PREDICTION_TYPES, PRESETS, Schedule
+from d2f.core.timemap import (
+    BridgeCoefficients,
+    bridge_coefficients,
+    clamp_t,
+    diffusion_to_fm,
+    fm_to_diffusion,
+    is_clamped,
+    scale,
+    t_of_tau,
+    t_range,
+    tau_of_t,
+)
+from d2f.core.velocity import (
+    check_bridge,
+    estimates,
+    fm_velocity,
+    from_flowmatch,
+    output_from_velocity,
+    to_flowmatch,
+    velocity_from_output,
+)
 from d2f.errors import UserError
-from d2f.schedule import PREDICTION_TYPES, PRESETS, Schedule
-from d2f.timemap import (bridge_coefficients, clamp_t, diffusion_to_fm, fm_to_diffusion, is_clamped, scale,
-                         t_of_tau, t_range, tau_of_t)
-from d2f.velocity import (check_bridge, estimates, fm_velocity, from_flowmatch, output_from_velocity,
-                          to_flowmatch, velocity_from_output)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PREDICTION_TYPES", "PRESETS", "Schedule", "UserError", "bridge_coefficients", "check_bridge", "clamp_t",
-    "diffusion_to_fm", "estimates", "fm_to_diffusion", "fm_velocity", "from_flowmatch", "is_clamped",
-    "output_from_velocity", "scale", "t_of_tau", "t_range", "tau_of_t", "to_flowmatch", "velocity_from_output",
+    "PREDICTION_TYPES",
+    "PRESETS",
+    "BridgeCoefficients",
+    "Schedule",
+    "UserError",
+    "bridge_coefficients",
+    "check_bridge",
+    "clamp_t",
+    "diffusion_to_fm",
+    "estimates",
+    "fm_to_diffusion",
+    "fm_velocity",
+    "from_flowmatch",
+    "is_clamped",
+    "output_from_velocity",
+    "scale",
+    "t_of_tau",
+    "t_range",
+    "tau_of_t",
+    "to_flowmatch",
+    "velocity_from_output",
     "Diff2FlowEulerScheduler",
+    "Diff2FlowHeunScheduler",
 ]
 
 
 def __getattr__(name):
     if name in ("Diff2FlowEulerScheduler", "Diff2FlowHeunScheduler"):
-        from d2f import scheduler  # imports diffusers
+        from d2f import diffusers_scheduler  # imports diffusers
 
-        return getattr(scheduler, name)
+        return getattr(diffusers_scheduler, name)
     raise AttributeError(f"module 'd2f' has no attribute {name!r}")

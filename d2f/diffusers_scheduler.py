@@ -8,17 +8,17 @@
     pipe.scheduler = Diff2FlowEulerScheduler.from_config(pipe.scheduler.config)
     images = pipe(prompts, num_inference_steps=25, guidance_scale=7.5).images
 
-How the pipeline's loop maps onto FM Euler (math page, sections 3, 4 and 7). The pipeline keeps one
+How the pipeline's loop maps onto FM Euler (docs/math.md §6, §7 and §10). The pipeline keeps one
 state ``latents``; here it is the FM sample x_t, so it starts as pure noise (``init_noise_sigma = 1``; see
-the class doc for a ``diffusion`` model) and ends as data (t = 1), which the pipeline decodes as it is. For the k-th evaluation point t_k of the
-grid ``time_grid(K, shift)``:
+the class doc for a ``diffusion`` model) and ends as data (t = 1), which the pipeline decodes as it is.
+For the k-th evaluation point t_k of the grid ``time_grid(K, shift, t_start)``:
 
     timesteps[k]                = tau(t_k)              fractional diffusion timestep (float)
     scale_model_input(x, tau_k) = c(t_k) x              the aligned sample z the network sees
     step(o, tau_k, x)           = x + (t_{k+1} - t_k) v,   v = x1_hat(o, z) - eps_hat(o, z)
 
-Guidance is the pipeline's own (on the raw output, which is equivalent, section 4). t is clamped to the
-covered range for tau, c, alpha and sigma (section 5), so several grid points near t = 0 can share
+Guidance is the pipeline's own (on the raw output, which is equivalent, §7). t is clamped to the
+covered range for tau, c, alpha and sigma (§5), so several grid points near t = 0 can share
 tau = N-1: the scheduler therefore follows its own step counter, never a lookup of ``timestep``.
 
 With ``objective="fm"`` (a naive-FM finetune) the network sees the unscaled x at tau = (1 - t)(N - 1)
@@ -30,17 +30,15 @@ Heun variant (``order = 2``, 2K - 1 network calls, the last step Euler), laid ou
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
+from d2f.core.schedule import Schedule
+from d2f.core.timemap import scale
 from d2f.errors import UserError
-from d2f.sampling import sampler_grid
-from d2f.schedule import Schedule
-from d2f.timemap import bridge_coefficients, scale
-from d2f.velocity import check_bridge, velocity_from_output
+from d2f.objectives import check_objective, parametrization
+from d2f.sampling import time_grid
 
 
 class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
@@ -51,26 +49,39 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
     ``objective`` ("diff2flow" or "diffusion": through the bridge; "fm": raw output is the velocity) and
     ``shift`` (``d2f.sampling.time_grid``; 1 = uniform). The grid starts at t = 0 (``init_noise_sigma = 1``)
     for diff2flow and fm models, at t_min (``init_noise_sigma = 1 / c(t_min)``: the noise is z at tau = N-1) for
-    an untouched ``diffusion`` model, as ``d2f.sampling.sampler_grid`` does."""
+    an untouched ``diffusion`` model, as ``Parametrization.t_start`` says."""
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
 
     @register_to_config
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
-                 beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
-                 rescale_betas_zero_snr: bool = False, objective: str = "diff2flow", shift: float = 1.0):
-        if objective not in ("diff2flow", "diffusion", "fm"):
-            raise UserError(f"unknown objective {objective!r}; use diff2flow, fm or diffusion")
-        self.schedule = Schedule.from_config(dict(
-            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-            beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
-            rescale_betas_zero_snr=rescale_betas_zero_snr))
-        if objective != "fm":
-            check_bridge(self.schedule, prediction_type)
-        self.num_inference_steps: Optional[int] = None
-        self._step_index: Optional[int] = None
-        self._begin_index: Optional[int] = None
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas=None,
+        prediction_type: str = "epsilon",
+        rescale_betas_zero_snr: bool = False,
+        objective: str = "diff2flow",
+        shift: float = 1.0,
+    ):
+        self.schedule = Schedule.from_config(
+            dict(
+                num_train_timesteps=num_train_timesteps,
+                beta_start=beta_start,
+                beta_end=beta_end,
+                beta_schedule=beta_schedule,
+                trained_betas=trained_betas,
+                prediction_type=prediction_type,
+                rescale_betas_zero_snr=rescale_betas_zero_snr,
+            )
+        )
+        self.model = parametrization(check_objective(objective), self.schedule)
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
         self.set_timesteps(50)
 
     # --- the grid ---------------------------------------------------------------------------------
@@ -84,27 +95,25 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps < 1:
             raise UserError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
         self.num_inference_steps = num_inference_steps
-        self.grid = [float(t) for t in sampler_grid("euler", num_inference_steps, self.schedule,
-                                                    float(self.config.shift), self.config.objective)]
-        # the pipeline's noise times init_noise_sigma is the FM state at grid[0]: x = z / c(t0) when t0 > 0
-        t0 = torch.tensor(self.grid[0], dtype=torch.float64)
-        self.init_noise_sigma = 1.0 if self.grid[0] == 0 else 1.0 / float(scale(self.schedule, t0))
+        t_start = self.model.t_start
+        self.grid = [float(t) for t in time_grid(num_inference_steps, float(self.config.shift), t_start)]
+        # the pipeline's noise times init_noise_sigma is the FM state at t_start: x = z / c(t_start) when t_start > 0
+        self.init_noise_sigma = (
+            1.0 if t_start == 0 else 1.0 / float(scale(self.schedule, torch.tensor(t_start, dtype=torch.float64)))
+        )
         self.points = self._eval_points(self.grid)
         ts = torch.tensor([t for t, _ in self.points], dtype=torch.float64)
-        if self.config.objective == "fm":
-            taus = (1 - ts) * (self.config.num_train_timesteps - 1)
-        else:
-            taus = bridge_coefficients(self.schedule, ts)["tau"]
-        self.timesteps = taus.to(device=device, dtype=torch.float32)
+        _, timesteps = self.model.network_input(torch.zeros(len(ts), 1, dtype=torch.float64), ts)
+        self.timesteps = timesteps.to(device=device, dtype=torch.float32)
         self._step_index, self._begin_index = None, None
 
     @property
-    def step_index(self) -> Optional[int]:
+    def step_index(self) -> int | None:
         """The index of the next network evaluation (None before the first call)."""
         return self._step_index
 
     @property
-    def begin_index(self) -> Optional[int]:
+    def begin_index(self) -> int | None:
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
@@ -123,27 +132,18 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
 
     # --- the bridge -------------------------------------------------------------------------------
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """z = c(t) x (diff2flow); x unchanged for ``objective="fm"``."""
+        """What the network sees at the current point: z = c(t) x (diff2flow, diffusion); x (fm)."""
         t, _ = self._current()
-        if self.config.objective == "fm":
-            return sample
-        c = float(bridge_coefficients(self.schedule, torch.tensor(t, dtype=torch.float64))["scale"])
-        # z = c(t) x
-        return sample * c
+        z, _ = self.model.network_input(sample, t)
+        return z.to(sample.dtype)
 
     def velocity(self, model_output: torch.Tensor, sample: torch.Tensor, t: float) -> torch.Tensor:
-        """v at (x, t) from the raw (already guided) output: x1_hat - eps_hat (diff2flow) or the output
-        itself (fm); computed in float32 or better."""
-        if self.config.objective == "fm":
-            return model_output.float()
-        coef = bridge_coefficients(self.schedule, torch.tensor(t, dtype=torch.float64))
-        # z = c(t) x, then v = x1_hat(o, z) - eps_hat(o, z)
-        z = sample.float() * float(coef["scale"])
-        return velocity_from_output(model_output.float(), z, float(coef["alpha"]), float(coef["sigma"]),
-                                    self.config.prediction_type)
+        """v at (x, t) from the raw (already guided) output (``Parametrization.velocity_from_output``)."""
+        return self.model.velocity_from_output(model_output, sample.float(), t)
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
-             **kwargs) -> SchedulerOutput | tuple:
+    def step(
+        self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True, **kwargs
+    ) -> SchedulerOutput | tuple:
         """One FM Euler step:  x <- x + (t_{k+1} - t_k) v(x, t_k).  Returns the next pipeline state x."""
         t, t_next = self._current()
         v = self.velocity(model_output, sample, t)
@@ -174,14 +174,15 @@ class Diff2FlowHeunScheduler(Diff2FlowEulerScheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         super().set_timesteps(num_inference_steps, device)
-        self._saved: Optional[tuple[torch.Tensor, torch.Tensor, float]] = None
+        self._saved: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
     @property
     def state_in_first_order(self) -> bool:
         return self._saved is None
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
-             **kwargs) -> SchedulerOutput | tuple:
+    def step(
+        self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True, **kwargs
+    ) -> SchedulerOutput | tuple:
         t, t_next = self._current()
         v = self.velocity(model_output, sample, t)
         if self._saved is None:

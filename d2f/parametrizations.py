@@ -1,107 +1,224 @@
-"""From a network to a velocity field ``velocity_fn(x, t) -> v`` for ``d2f.sampling``.
+"""One object per parametrisation: how a network's output becomes an FM velocity, and how it is trained.
 
-Two parametrisations (math page, section 6), chosen by the run's ``objective``:
+As in k-diffusion's ``external.py`` model wrappers (and minRF's ``RF``), each class keeps its velocity (what
+the samplers integrate) and its loss (what training minimises) side by side, so the two cannot drift apart.
+The objectives, the samplers, the pipeline and the diffusers scheduler all go through these classes.
 
-- **Diff2Flow** (``diff2flow``, and any untouched diffusion model, ``diffusion``): the network is the
-  diffusion model. At FM time t it is called on the aligned sample at the fractional timestep,
+``net(z, timestep, cond) -> o`` is any callable returning the raw network output (``unet_net`` adapts a
+diffusers UNet); ``timestep`` is a float tensor (B,), fractional timesteps allowed.
 
-      o = net(c(t) * x, tau(t), cond),      v = x1_hat(o) - eps_hat(o)     (sections 3 and 4)
+=====================  ================================  ==================================  ===========
+class                  the network sees (z, timestep)     velocity from the output o          loss target
+=====================  ================================  ==================================  ===========
+``Diff2FlowModel``     (c(t) x_t, tau(t))                 x1_hat(o) - eps_hat(o)              u = x1 - x0
+``NaiveFMModel``       (x_t, (1 - t)(N - 1))              o                                   u = x1 - x0
+``DiffusionModel``     as Diff2FlowModel                  as Diff2FlowModel                   eps, v or x1
+=====================  ================================  ==================================  ===========
 
-  with t clamped to [t_min, t_max] (section 5).
-- **Naive FM** (``fm``): the network itself is the velocity, called on the unscaled sample at the
-  timestep that t maps to linearly:   v = net(x, (1 - t) * (N - 1), cond).
-
-Classifier-free guidance is applied to the raw output, o = o_u + w (o_c - o_u); v is affine in o, so
-this equals guidance on v (section 4). With guidance w = 1 the unconditional branch is skipped; with a
-text batch of B prompts the network runs once per call on 2B samples ([uncond; cond], as diffusers'
-pipelines batch it), so a sampler step costs exactly one network call.
-
-``net(z, tau, cond)`` is any callable returning the raw output; ``unet_forward(unet)`` adapts a
-diffusers ``UNet2DConditionModel`` (``cond`` = the text encoder's hidden states).
+(docs/math.md §6-§8). Conventions: **t = 0 is noise, t = 1 is data**; t outside the covered range
+[t_min, t_max] is clamped for tau, c, alpha and sigma alike (§5). Whatever precision the network runs in,
+the bridge, the targets and the loss are computed in float32 or better (§13).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from d2f.core._tensor import at_least_float32, per_sample
+from d2f.core.schedule import Schedule, check_prediction_type
+from d2f.core.timemap import bridge_coefficients, t_of_tau, t_range
+from d2f.core.velocity import check_bridge, fm_velocity
 from d2f.errors import UserError
-from d2f.schedule import Schedule
-from d2f.timemap import per_sample, bridge_coefficients
-from d2f.velocity import check_bridge, velocity_from_output
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-OBJECTIVES = ("diff2flow", "fm", "diffusion")
+T_SAMPLINGS = ("uniform", "logit-normal")
 
 
-def unet_forward(unet) -> Net:
-    """``net(z, tau, cond)`` for a diffusers UNet: ``unet(z, tau, encoder_hidden_states=cond).sample``,
-    with the fractional timestep tau passed as float (not rounded) and z cast to the UNet's dtype."""
-    def net(z: torch.Tensor, tau: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return unet(z.to(unet.dtype), tau, encoder_hidden_states=cond, return_dict=False)[0]
+def unet_net(unet, dtype: torch.dtype | None = None) -> Net:
+    """``net(z, timestep, cond)`` for a diffusers ``UNet2DConditionModel`` (``cond`` = the text encoder's hidden
+    states): the fractional timestep is passed as a float (not rounded); z is cast to ``dtype`` if given (for
+    sampling a half-precision UNet; training leaves the cast to autocast)."""
+
+    def net(z: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return unet(z if dtype is None else z.to(dtype), timestep, encoder_hidden_states=cond, return_dict=False)[0]
+
     return net
 
 
-def guided_output(net: Net, z: torch.Tensor, tau: torch.Tensor, cond: torch.Tensor,
-                  uncond: torch.Tensor | None, guidance: float) -> torch.Tensor:
-    """The raw network output with classifier-free guidance (Ho & Salimans 2022):
+@dataclass
+class LossOutput:
+    """``loss``: scalar, differentiable; ``per_sample``: (B,) mean squared error of each sample;
+    ``t``: (B,) FM time of each sample (for the loss logged in bins of t)."""
 
-        o = o_u + w (o_c - o_u)
-
-    computed in one call on the batch [uncond; cond]; ``uncond`` None or ``w = 1`` gives just o_c."""
-    if uncond is None or guidance == 1.0:
-        return net(z, tau, cond)
-    o_u, o_c = net(torch.cat([z, z]), torch.cat([tau, tau]), torch.cat([uncond, cond])).chunk(2)
-    # o = o_u + w (o_c - o_u)
-    return o_u + guidance * (o_c - o_u)
+    loss: torch.Tensor
+    per_sample: torch.Tensor
+    t: torch.Tensor
 
 
-def diff2flow_velocity(net: Net, schedule: Schedule, cond: torch.Tensor, uncond: torch.Tensor | None = None,
-                       guidance: float = 1.0, prediction_type: str | None = None):
-    """The velocity field of a diffusion network through the Diff2Flow bridge:
-
-        z = c(t) x,   o = guided net(z, tau(t), cond),   v = x1_hat(o, z) - eps_hat(o, z)
-
-    ``prediction_type`` defaults to the schedule's. Returns ``velocity_fn(x, t)``."""
-    prediction_type = prediction_type or schedule.prediction_type
-    check_bridge(schedule, prediction_type)
-
-    def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
-        coef = bridge_coefficients(schedule, torch.full((x.shape[0],), float(t), dtype=torch.float64))
-        # z = c(t) x   (in float32 or better, the bridge is never computed in half precision)
-        z = per_sample(coef["scale"], x).to(x.device, torch.float32) * x.float()
-        # o = net(z, tau(t), cond), fractional tau
-        o = guided_output(net, z, coef["tau"].to(x.device, torch.float32), cond, uncond, guidance)
-        # v = x1_hat - eps_hat
-        v = velocity_from_output(o.float(), z, coef["alpha"].float(), coef["sigma"].float(), prediction_type)
-        return v.to(x.dtype)
-
-    return velocity_fn
+def mse(prediction: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> LossOutput:
+    """Per-sample ||prediction - target||^2 averaged over the C*H*W elements, then over the batch (float32)."""
+    per_sample_loss = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
+    return LossOutput(per_sample_loss.mean(), per_sample_loss, t)
 
 
-def naive_fm_velocity(net: Net, num_train_timesteps: int, cond: torch.Tensor, uncond: torch.Tensor | None = None,
-                guidance: float = 1.0):
-    """The velocity field of a naive-FM network (objective ``fm``): the raw output at timestep
-    (1 - t)(N - 1) on the unscaled x is the velocity.
+def check_t_sampling(t_sampling: str) -> str:
+    if t_sampling not in T_SAMPLINGS:
+        raise UserError(f"unknown t sampling {t_sampling!r}; use one of {', '.join(T_SAMPLINGS)}")
+    return t_sampling
 
-        v = guided net(x, (1 - t) (N - 1), cond)
+
+def _batch_times(t, x: torch.Tensor) -> torch.Tensor:
+    """t (a float, a scalar tensor or (B,)) as a float64 tensor (B,) on the CPU (the schedule's device)."""
+    t = torch.as_tensor(t, dtype=torch.float64).cpu()
+    return t.expand(x.shape[0]) if t.dim() == 0 else t
+
+
+class Parametrization:
+    """The shared skeleton of the FM parametrisations; subclasses say what the network sees
+    (``network_input``) and how its output reads as a velocity (``velocity_from_output``).
+
+    ``name``: the objective that trains it; ``sampler``: how a model trained with it is sampled by default;
+    ``t_start``: the FM time where its sampling starts."""
+
+    name = ""
+    sampler = "euler"
+
+    def __init__(self, schedule: Schedule, prediction_type: str | None = None):
+        self.schedule = schedule
+        self.prediction_type = check_prediction_type(prediction_type or schedule.prediction_type)
+
+    @property
+    def t_start(self) -> float:
+        """FM models were trained on all of [0, 1]: sampling starts at pure noise, t = 0 (§10)."""
+        return 0.0
+
+    def network_input(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, timestep): what the network is called on at the FM state x_t (B, ...) and time t."""
+        raise NotImplementedError
+
+    def velocity_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        """The FM velocity v_hat (B, ...) at (x_t, t) from the raw (possibly guided) network output."""
+        raise NotImplementedError
+
+    def velocity(self, net: Net, x_t: torch.Tensor, t, cond) -> torch.Tensor:
+        """v_hat(x_t, t) = velocity_from_output(net(network_input(x_t, t), cond)): one network call."""
+        z, timestep = self.network_input(x_t, t)
+        return self.velocity_from_output(net(z, timestep, cond), x_t, t)
+
+    def sample_time(
+        self, batch_size: int, t_sampling: str = "uniform", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The ``time`` argument of ``loss`` for a batch: FM time t (B,), float32, on the CPU.
+
+        ``uniform``: t ~ U[0, 1]; ``logit-normal``: t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024)."""
+        if check_t_sampling(t_sampling) == "uniform":
+            # t ~ U[0, 1]
+            return torch.rand(batch_size, generator=generator)
+        # t = sigmoid(n),  n ~ N(0, 1)
+        return torch.sigmoid(torch.randn(batch_size, generator=generator))
+
+    def loss(self, net: Net, data: torch.Tensor, noise: torch.Tensor, time: torch.Tensor, cond) -> LossOutput:
+        """Flow matching on the straight path (§8): one forward of ``net`` on the batch.
+
+        ``data`` x1 and ``noise`` x0 are (B, C, H, W); ``time`` is the FM time t (B,) from ``sample_time``.
+
+            x_t = t x1 + (1 - t) x0,    loss = mean || v_hat(x_t, t) - (x1 - x0) ||^2
+        """
+        t = time.to(torch.float32)
+        data, noise = data.float(), noise.float()
+        tt = per_sample(t, data)
+        # x_t = t x1 + (1 - t) x0
+        x_t = tt * data + (1 - tt) * noise
+        # u = x1 - x0
+        return mse(self.velocity(net, x_t, t, cond), data - noise, t)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.schedule!r}, prediction_type={self.prediction_type!r})"
+
+
+class Diff2FlowModel(Parametrization):
+    """A diffusion network read as an FM model through the Diff2Flow bridge (§6-§7):
+
+    z = c(t) x_t,   o = net(z, tau(t), cond),   v_hat = x1_hat(o, z) - eps_hat(o, z)
     """
-    def velocity_fn(x: torch.Tensor, t: float) -> torch.Tensor:
-        # tau = (1 - t)(N - 1): t = 0 (noise) -> N - 1, t = 1 (data) -> 0
-        tau = torch.full((x.shape[0],), (1 - float(t)) * (num_train_timesteps - 1), dtype=torch.float32,
-                         device=x.device)
-        return guided_output(net, x, tau, cond, uncond, guidance).to(x.dtype)
 
-    return velocity_fn
+    name = "diff2flow"
+
+    def __init__(self, schedule: Schedule, prediction_type: str | None = None):
+        super().__init__(schedule, prediction_type)
+        check_bridge(schedule, self.prediction_type)
+
+    def network_input(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        coef = bridge_coefficients(self.schedule, _batch_times(t, x_t))
+        dtype = at_least_float32(x_t.dtype)
+        # z = c(t) x_t,  timestep = tau(t) (fractional, never rounded)
+        z = per_sample(coef.scale, x_t).to(dtype) * x_t.to(dtype)
+        return z, coef.tau.to(x_t.device, dtype)
+
+    def velocity_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        # v_hat = x1_hat - eps_hat at z = c(t) x_t
+        return fm_velocity(
+            self.schedule, output.to(at_least_float32(output.dtype)), x_t, _batch_times(t, x_t), self.prediction_type
+        )
 
 
-def velocity_for(objective: str, net: Net, schedule: Schedule, cond: torch.Tensor,
-                 uncond: torch.Tensor | None = None, guidance: float = 1.0):
-    """``naive_fm_velocity`` for ``fm``, ``diff2flow_velocity`` for ``diff2flow`` and ``diffusion`` (a diffusion
-    model samples through the bridge: its FM ODE is its DDIM ODE, math page section 8)."""
-    if objective not in OBJECTIVES:
-        raise UserError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-    if objective == "fm":
-        return naive_fm_velocity(net, schedule.num_train_timesteps, cond, uncond, guidance)
-    return diff2flow_velocity(net, schedule, cond, uncond, guidance)
+class NaiveFMModel(Parametrization):
+    """Naive flow matching (the baseline, §8): the raw output is the velocity, on the unscaled x_t, at the
+    timestep that t maps to linearly, (1 - t)(N - 1): t = 1 (data) is timestep 0, t = 0 (noise) is N - 1.
+    The paper's code passes the raw t in [0, 1) instead; mapping t onto the timestep range the network
+    was trained on is the fairer baseline, and the one every d2f benchmark reports. No prediction type."""
+
+    name = "fm"
+
+    def network_input(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = at_least_float32(x_t.dtype)
+        # timestep = (1 - t)(N - 1)
+        timestep = (1 - _batch_times(t, x_t)) * (self.schedule.num_train_timesteps - 1)
+        return x_t.to(dtype), timestep.to(x_t.device, dtype)
+
+    def velocity_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        # v_hat = o
+        return output.to(at_least_float32(output.dtype))
+
+
+class DiffusionModel(Diff2FlowModel):
+    """The model's own diffusion objective (the baseline that finetunes as diffusion, §8). It samples through
+    the bridge like ``Diff2FlowModel`` (its FM ODE is its DDIM ODE, §11), from t_min, where DDIM starts: it
+    never saw t < t_min. Its loss is the native one, against eps, v = alpha eps - sigma x1, or x1."""
+
+    name = "diffusion"
+    sampler = "ddim"
+
+    @property
+    def t_start(self) -> float:
+        """t_min = t(N - 1): a diffusion model knows only the covered range (§10)."""
+        return t_range(self.schedule)[0]
+
+    def sample_time(
+        self, batch_size: int, t_sampling: str = "uniform", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The integer timestep i ~ U{0..N-1} (B,), as floats (``t_sampling`` does not apply)."""
+        return torch.randint(0, self.schedule.num_train_timesteps, (batch_size,), generator=generator).float()
+
+    def loss(self, net: Net, data: torch.Tensor, noise: torch.Tensor, time: torch.Tensor, cond) -> LossOutput:
+        """``time`` is the timestep i (B,). With z = alpha_i x1 + sigma_i eps, the target is eps,
+        v = alpha_i eps - sigma_i x1, or x1, by prediction type. The returned ``t`` is t(i), for logging."""
+        i = time.to(torch.float64).round()
+        alpha, sigma = self.schedule.alpha(i).float(), self.schedule.sigma(i).float()
+        data, noise = data.float(), noise.float()
+        a, s = per_sample(alpha, data), per_sample(sigma, data)
+        # z = alpha_i x1 + sigma_i eps
+        z = a * data + s * noise
+        o = net(z, i.float().to(data.device), cond)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            # v = alpha_i eps - sigma_i x1
+            target = a * noise - s * data
+        else:
+            target = data
+        # t(i) = alpha_i / (alpha_i + sigma_i)
+        return mse(o, target, t_of_tau(self.schedule, i).float())

@@ -1,8 +1,9 @@
-"""Property tests of the math core against the math page (../shared/diff2flow-math.md) and closed forms.
+"""Property tests of the math core against docs/math.md and closed forms.
 
-Everything runs in float64 unless the test is about another dtype. Section numbers refer to the math page.
+Everything runs in float64 unless the test is about another dtype. Section numbers (§N) refer to docs/math.md.
 """
 
+import dataclasses
 import json
 import math
 
@@ -11,9 +12,27 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2f import (PREDICTION_TYPES, Schedule, UserError, bridge_coefficients, check_bridge, clamp_t, diffusion_to_fm,
-                 estimates, fm_to_diffusion, fm_velocity, from_flowmatch, is_clamped, output_from_velocity, scale,
-                 t_of_tau, t_range, tau_of_t, to_flowmatch, velocity_from_output)
+from d2f import (
+    PREDICTION_TYPES,
+    Schedule,
+    UserError,
+    bridge_coefficients,
+    check_bridge,
+    clamp_t,
+    diffusion_to_fm,
+    estimates,
+    fm_to_diffusion,
+    fm_velocity,
+    from_flowmatch,
+    is_clamped,
+    output_from_velocity,
+    scale,
+    t_of_tau,
+    t_range,
+    tau_of_t,
+    to_flowmatch,
+    velocity_from_output,
+)
 
 F64 = torch.float64
 SCHEDULES = {
@@ -36,7 +55,8 @@ def ideal_output(prediction_type, data, noise, alpha, sigma):
     return {"epsilon": noise, "v_prediction": alpha * noise - sigma * data, "sample": data}[prediction_type]
 
 
-# --- 1. round trips ------------------------------------------------------------------------------
+# --- 1. round trips (§4) ------------------------------------------------------------------------------
+
 
 @given(schedule_names, st.floats(0.0, 999.0))
 def test_tau_t_tau_round_trip(name, tau):
@@ -53,7 +73,8 @@ def test_t_tau_t_round_trip_inside_covered_range(name, u):
     assert t_of_tau(schedule, tau_of_t(schedule, tensor(t))).item() == pytest.approx(t, rel=1e-10, abs=1e-12)
 
 
-# --- 2. monotone, and the table is diffusers' own ---------------------------------------------------
+# --- 2. monotone, and the table is diffusers' own (§3-§4) ---------------------------------------------------
+
 
 @given(schedule_names, st.floats(0.0, 998.0), st.floats(1e-3, 1.0))
 def test_t_strictly_decreasing_in_tau(name, tau, step):
@@ -61,13 +82,16 @@ def test_t_strictly_decreasing_in_tau(name, tau, step):
     assert t_of_tau(schedule, tensor(tau + step)) < t_of_tau(schedule, tensor(tau))
 
 
-@pytest.mark.parametrize("config", [
-    {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"beta_schedule": "squaredcos_cap_v2"},
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True},
-    {"beta_schedule": "linear", "num_train_timesteps": 250},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True},
+        {"beta_schedule": "linear", "num_train_timesteps": 250},
+    ],
+)
 def test_alpha_squared_is_diffusers_alphas_cumprod(config):
     from diffusers import DDPMScheduler
 
@@ -92,7 +116,7 @@ def test_sd15_numbers_of_the_math_page():
     schedule = Schedule.preset("sd15")
     t_min, t_max = t_range(schedule)
     assert t_min == pytest.approx(0.0640, abs=5e-5) and t_max == pytest.approx(0.9717, abs=5e-5)
-    # c peaks at sqrt(2) where abar = 1/2, i.e. t = 1/2; the math page says tau ~ 354
+    # c peaks at sqrt(2) where abar = 1/2, i.e. t = 1/2; docs/math.md §6: tau ~ 354
     tau_half = tau_of_t(schedule, tensor(0.5)).item()
     assert tau_half == pytest.approx(354, abs=0.5)
     assert scale(schedule, tensor(0.5)).item() == pytest.approx(math.sqrt(2), abs=1e-12)
@@ -109,7 +133,8 @@ def test_log_snr_is_piecewise_linear(name, i, w):
         assert schedule.log_snr(tensor(i + w)).item() == pytest.approx((lo + w * (hi - lo)).item(), abs=1e-9)
 
 
-# --- 3. alpha^2 + sigma^2 = 1 ---------------------------------------------------------------------
+# --- 3. alpha^2 + sigma^2 = 1 (§3) ---------------------------------------------------------------------
+
 
 @given(schedule_names, st.floats(0.0, 999.0))
 def test_alpha_sigma_on_the_unit_circle(name, tau):
@@ -121,7 +146,8 @@ def test_alpha_sigma_on_the_unit_circle(name, tau):
         assert 0 < alpha.item() and sigma.item() < 1
 
 
-# --- 4. interpolant alignment --------------------------------------------------------------------
+# --- 4. interpolant alignment (§6) --------------------------------------------------------------------
+
 
 @settings(max_examples=50)
 @given(schedule_names, st.floats(0.0, 999.0), st.integers(0, 2**31 - 1))
@@ -148,7 +174,8 @@ def test_scale_between_one_and_sqrt2(name, t):
     assert 1 - 1e-12 <= c <= math.sqrt(2) + 1e-12
 
 
-# --- 5. velocity from each prediction type ------------------------------------------------------------
+# --- 5. velocity from each prediction type (§7) ------------------------------------------------------------
+
 
 @settings(max_examples=60)
 @given(schedule_names, st.floats(0.0, 999.0), st.integers(0, 2**31 - 1), st.sampled_from(PREDICTION_TYPES))
@@ -171,14 +198,15 @@ def test_ideal_output_gives_the_true_velocity(name, tau, seed, prediction_type):
 @given(st.floats(0.0, 999.0), st.integers(0, 2**31 - 1))
 def test_prediction_types_agree_and_fm_coordinate_forms(tau, seed):
     """Outputs describing the same (x1_hat, eps_hat) give one velocity, and v_hat = (x_t - eps_hat)/t
-    = (x1_hat - x_t)/(1 - t) in FM coordinates (section 4)."""
+    = (x1_hat - x_t)/(1 - t) in FM coordinates (§7)."""
     schedule = SCHEDULES["sd15"]
     g = torch.Generator().manual_seed(seed)
     data, noise = torch.randn(2, 1, 8, generator=g, dtype=F64)  # any (x1_hat, eps_hat), not only the truth
     alpha, sigma = schedule.alpha(tensor(tau)), schedule.sigma(tensor(tau))
     z = alpha * data + sigma * noise
-    velocities = [velocity_from_output(ideal_output(p, data, noise, alpha, sigma), z, alpha, sigma, p)
-                  for p in PREDICTION_TYPES]
+    velocities = [
+        velocity_from_output(ideal_output(p, data, noise, alpha, sigma), z, alpha, sigma, p) for p in PREDICTION_TYPES
+    ]
     for v in velocities[1:]:
         torch.testing.assert_close(v, velocities[0], rtol=1e-8, atol=1e-8)
     t = t_of_tau(schedule, tensor(tau))
@@ -201,7 +229,8 @@ def test_schedule_not_decreasing_in_snr_is_a_clear_error():
         Schedule.from_config({"beta_schedule": "sigmoid"})
 
 
-# --- 6. finite everywhere on [0, 1] ---------------------------------------------------------------
+# --- 6. finite everywhere on [0, 1] (§5) ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["sd15", "sd2-v", "cosine", "linear"])
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
@@ -215,14 +244,14 @@ def test_bridge_finite_at_and_beyond_the_ends(name, prediction_type, dtype):
     v = fm_velocity(schedule, output, x_t, t, prediction_type)
     assert v.dtype == dtype and torch.isfinite(v).all()
     coef = bridge_coefficients(schedule, t)
-    assert all(torch.isfinite(c).all() for c in coef.values())
+    assert all(torch.isfinite(c).all() for c in dataclasses.astuple(coef))
     exact_t = torch.tensor([0.0, t_min / 2, t_min, 0.5, t_max, (t_max + 1) / 2, 1.0], dtype=F64)
     assert is_clamped(schedule, exact_t).tolist() == [True, True, False, False, False, True, True]
     # clamping: beyond the ends the bridge is the bridge at the end
     exact = bridge_coefficients(schedule, exact_t)
     for key in ("tau", "alpha", "sigma", "scale"):
-        torch.testing.assert_close(exact[key][:2], exact[key][2].expand(2))
-        torch.testing.assert_close(exact[key][-2:], exact[key][-3].expand(2))
+        torch.testing.assert_close(getattr(exact, key)[:2], getattr(exact, key)[2].expand(2))
+        torch.testing.assert_close(getattr(exact, key)[-2:], getattr(exact, key)[-3].expand(2))
 
 
 def test_dtype_and_device_preserved():
@@ -234,7 +263,8 @@ def test_dtype_and_device_preserved():
         assert schedule.alpha(t).dtype == dtype and schedule.sigma(t).dtype == dtype
 
 
-# --- 7. zero terminal SNR -------------------------------------------------------------------------
+# --- 7. zero terminal SNR (§12) -------------------------------------------------------------------------
+
 
 def test_zero_terminal_snr_reaches_pure_noise():
     schedule = SCHEDULES["sd2-v-ztsnr"]
@@ -255,7 +285,8 @@ def test_epsilon_on_zero_terminal_snr_is_refused():
     check_bridge(schedule, "v_prediction")
 
 
-# --- 8. guidance commutes with the conversion -------------------------------------------------------
+# --- 8. guidance commutes with the conversion (§7) -------------------------------------------------------
+
 
 @settings(max_examples=30)
 @given(st.sampled_from(PREDICTION_TYPES), st.floats(0.0, 999.0), st.floats(0.0, 15.0), st.integers(0, 2**31 - 1))
@@ -268,15 +299,18 @@ def test_guidance_on_output_equals_guidance_on_velocity(prediction_type, tau, w,
     torch.testing.assert_close(v(o_u + w * (o_c - o_u)), v(o_u) + w * (v(o_c) - v(o_u)), rtol=1e-9, atol=1e-8)
 
 
-# --- 9. the FM ODE is the DDIM ODE (section 8) ------------------------------------------------------
+# --- 9. the FM ODE is the DDIM ODE (§11) ------------------------------------------------------
+
 
 def gaussian_network(mu, d, prediction_type):
     """The exact optimal output for data ~ N(mu, d^2) (per element): with z = alpha x1 + sigma eps,
     E[eps|z] = sigma (z - alpha mu) / (alpha^2 d^2 + sigma^2), E[x1|z] = (z - sigma E[eps|z]) / alpha."""
+
     def net(z, alpha, sigma):
         r = (z - alpha * mu) / (alpha**2 * d**2 + sigma**2)
         eps, x1 = sigma * r, mu + alpha * d**2 * r
         return ideal_output(prediction_type, x1, eps, alpha, sigma)
+
     return net
 
 
@@ -298,9 +332,8 @@ def fm_euler_end(schedule, net, prediction_type, z_start, steps):
     x = z_start / scale(schedule, ts[0])
     for t, t_next in zip(ts[:-1], ts[1:]):
         coef = bridge_coefficients(schedule, t)
-        z = coef["scale"] * x
-        v = velocity_from_output(net(z, coef["alpha"], coef["sigma"]), z, coef["alpha"], coef["sigma"],
-                                 prediction_type)
+        z = coef.scale * x
+        v = velocity_from_output(net(z, coef.alpha, coef.sigma), z, coef.alpha, coef.sigma, prediction_type)
         x = x + (t_next - t) * v
     return scale(schedule, ts[-1]) * x
 
@@ -318,8 +351,13 @@ def ddim_end(schedule, net, prediction_type, z_start, steps):
 
 
 @settings(max_examples=8, deadline=None)
-@given(st.sampled_from(["sd15", "sd2-v", "cosine"]), st.sampled_from(PREDICTION_TYPES),
-       st.floats(-1.0, 1.0), st.floats(0.2, 1.5), st.integers(0, 2**31 - 1))
+@given(
+    st.sampled_from(["sd15", "sd2-v", "cosine"]),
+    st.sampled_from(PREDICTION_TYPES),
+    st.floats(-1.0, 1.0),
+    st.floats(0.2, 1.5),
+    st.integers(0, 2**31 - 1),
+)
 def test_fm_euler_and_ddim_reach_the_analytic_end_point(name, prediction_type, mu, d, seed):
     schedule = SCHEDULES[name]
     mu, d = tensor(mu), tensor(d)
@@ -344,13 +382,15 @@ def test_fm_euler_error_shrinks_first_order():
     z_start = torch.linspace(-2, 2, 9, dtype=F64)
     net = gaussian_network(mu, d, prediction_type)
     exact = analytic_end(schedule, mu, d, z_start)
-    errors = [(fm_euler_end(schedule, net, prediction_type, z_start, k) - exact).abs().max().item()
-              for k in (100, 200, 400)]
+    errors = [
+        (fm_euler_end(schedule, net, prediction_type, z_start, k) - exact).abs().max().item() for k in (100, 200, 400)
+    ]
     assert errors[0] > errors[1] > errors[2]
     assert 1.6 < errors[0] / errors[1] < 2.5 and 1.6 < errors[1] / errors[2] < 2.5
 
 
-# --- 10. diffusers FlowMatch orientation -------------------------------------------------------------
+# --- 10. diffusers FlowMatch orientation (§1) -------------------------------------------------------------
+
 
 @given(unit, st.integers(0, 2**31 - 1))
 def test_flowmatch_orientation_round_trip(t, seed):
@@ -383,9 +423,16 @@ def test_flowmatch_step_agrees_with_diffusers_scheduler():
 
 # --- configs from folders -------------------------------------------------------------------------------
 
+
 def test_schedule_from_a_model_folder(tmp_path):
-    config = {"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-              "beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "v_prediction"}
+    config = {
+        "_class_name": "PNDMScheduler",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+    }
     (tmp_path / "scheduler").mkdir()
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     schedule = Schedule.from_pretrained(tmp_path)

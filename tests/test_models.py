@@ -7,13 +7,17 @@ from typer.testing import CliRunner
 
 from d2f.cli import app
 from d2f.errors import UserError
-from d2f.models import builtin_models, check_resolution, resolve_model, hub_file
+from d2f.pipeline.models import builtin_models, check_resolution, hub_file, resolve_model
 
 
 def make_folder(root, missing=()):
-    files = {"model_index.json": "{}", "scheduler/scheduler_config.json": "{}",
-             "unet/config.json": json.dumps({"block_out_channels": [32, 64], "sample_size": 8}),
-             "vae/config.json": json.dumps({"block_out_channels": [32, 64, 64]}), "text_encoder/config.json": "{}"}
+    files = {
+        "model_index.json": "{}",
+        "scheduler/scheduler_config.json": "{}",
+        "unet/config.json": json.dumps({"block_out_channels": [32, 64], "sample_size": 8}),
+        "vae/config.json": json.dumps({"block_out_channels": [32, 64, 64]}),
+        "text_encoder/config.json": "{}",
+    }
     for name, text in files.items():
         if name not in missing:
             (root / name).parent.mkdir(parents=True, exist_ok=True)

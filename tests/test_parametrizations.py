@@ -1,10 +1,10 @@
-"""The three objectives against a hand computation from the math page (section 6), and a few steps of each.
+"""The three parametrisations (docs/math.md §8): their losses against a hand computation, their velocity
+and loss written once, the objective registry, and a few training steps of each.
 
 The hand computation is independent of d2f's schedule code: alpha, sigma, the time map and its inverse
-are recomputed here in numpy float64 straight from the betas (sections 0-3), and the loss from the
-tables of section 4. The "network" of the hand check is a fixed function of (z, timestep, cond) that
-records what it was called with, so a wrong input, a wrong (or rounded) timestep or a wrong target
-changes the number.
+are recomputed here in numpy float64 straight from the betas (§3-§5), and the loss from the table of §7.
+The "network" of the hand check is a fixed function of (z, timestep, cond) that records what it was called
+with, so a wrong input, a wrong (or rounded) timestep or a wrong target changes the number.
 """
 
 from __future__ import annotations
@@ -13,22 +13,23 @@ import numpy as np
 import pytest
 import torch
 
+from d2f.core.schedule import Schedule
 from d2f.errors import UserError
-from d2f.objectives import OBJECTIVES, diff2flow, diffusion, fm, get_objective, sample_time
-from d2f.schedule import Schedule
+from d2f.objectives import OBJECTIVES, check_objective, parametrization
+from d2f.parametrizations import Diff2FlowModel, DiffusionModel, NaiveFMModel
 
 N = 1000
 
 
 def sd_tables():
     """abar, lam for SD's schedule (scaled_linear 0.00085-0.012), numpy float64."""
-    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, N) ** 2
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, N) ** 2
     abar = np.cumprod(1 - betas)
     return abar, np.log(abar / (1 - abar))
 
 
 def hand_bridge(t):
-    """(tau, alpha, sigma, c) of FM time t by the math page: clamp t to [t(N-1), t(0)], lam = 2 logit(t),
+    """(tau, alpha, sigma, c) of FM time t by docs/math.md §4-§5: clamp t to [t(N-1), t(0)], lam = 2 logit(t),
     tau by linear interpolation inside the lam segment, alpha = sqrt(sigmoid(lam)), c = alpha + sigma."""
     _, lam_table = sd_tables()
     t_table = 1 / (1 + np.exp(-lam_table / 2))
@@ -68,20 +69,22 @@ def as64(x):
 def test_diff2flow_loss_is_the_hand_computation(batch, prediction_type):
     data, noise, cond, t = batch
     net = RecordingNet()
-    out = diff2flow(net, data, noise, t, cond, Schedule.preset("sd15"), prediction_type)
+    out = Diff2FlowModel(Schedule.preset("sd15"), prediction_type).loss(net, data, noise, t, cond)
 
     x1, x0, tt = as64(data), as64(noise), t.double().numpy()
     tau, alpha, sigma, c = hand_bridge(tt)
     b = (slice(None), None, None, None)
-    x_t = tt[b] * x1 + (1 - tt[b]) * x0                       # x_t = t x1 + (1-t) x0
-    z = c[b] * x_t                                              # z = c(t) x_t
+    x_t = tt[b] * x1 + (1 - tt[b]) * x0  # x_t = t x1 + (1-t) x0
+    z = c[b] * x_t  # z = c(t) x_t
     np.testing.assert_allclose(as64(net.z), z, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(as64(net.timestep), tau, rtol=1e-5, atol=1e-3)  # fractional, not rounded
     o = 0.7 * z + 1e-3 * tau[b] + as64(cond).mean(axis=(1, 2))[b]
     a, s = alpha[b], sigma[b]
-    x1_hat, eps_hat = {"epsilon": ((z - s * o) / a, o),
-                       "v_prediction": (a * z - s * o, s * z + a * o),
-                       "sample": (o, (z - a * o) / s)}[prediction_type]
+    x1_hat, eps_hat = {
+        "epsilon": ((z - s * o) / a, o),
+        "v_prediction": (a * z - s * o, s * z + a * o),
+        "sample": (o, (z - a * o) / s),
+    }[prediction_type]
     per_sample = ((x1_hat - eps_hat - (x1 - x0)) ** 2).reshape(5, -1).mean(1)  # ||v_hat - (x1 - x0)||^2
     np.testing.assert_allclose(as64(out.per_sample), per_sample, rtol=1e-4)
     np.testing.assert_allclose(float(out.loss), per_sample.mean(), rtol=1e-4)
@@ -91,11 +94,11 @@ def test_diff2flow_loss_is_the_hand_computation(batch, prediction_type):
 def test_fm_loss_is_the_hand_computation(batch):
     data, noise, cond, t = batch
     net = RecordingNet()
-    out = fm(net, data, noise, t, cond, Schedule.preset("sd15"), "epsilon")
+    out = NaiveFMModel(Schedule.preset("sd15")).loss(net, data, noise, t, cond)
     x1, x0, tt = as64(data), as64(noise), t.double().numpy()
     b = (slice(None), None, None, None)
     x_t = tt[b] * x1 + (1 - tt[b]) * x0
-    timestep = (1 - tt) * (N - 1)                               # naive FM: (1-t)(N-1), unscaled x_t
+    timestep = (1 - tt) * (N - 1)  # naive FM: (1-t)(N-1), unscaled x_t
     np.testing.assert_allclose(as64(net.z), x_t, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(as64(net.timestep), timestep, rtol=1e-6)
     o = 0.7 * x_t + 1e-3 * timestep[b] + as64(cond).mean(axis=(1, 2))[b]
@@ -109,13 +112,13 @@ def test_diffusion_loss_is_the_hand_computation(batch, prediction_type):
     data, noise, cond, _ = batch
     i = torch.tensor([0.0, 1.0, 354.0, 700.0, 999.0])
     net = RecordingNet()
-    out = diffusion(net, data, noise, i, cond, Schedule.preset("sd15"), prediction_type)
+    out = DiffusionModel(Schedule.preset("sd15"), prediction_type).loss(net, data, noise, i, cond)
     abar, _ = sd_tables()
     ii = i.long().numpy()
     b = (slice(None), None, None, None)
     a, s = np.sqrt(abar[ii])[b], np.sqrt(1 - abar[ii])[b]
     x1, eps = as64(data), as64(noise)
-    z = a * x1 + s * eps                                        # z = alpha_i x1 + sigma_i eps
+    z = a * x1 + s * eps  # z = alpha_i x1 + sigma_i eps
     np.testing.assert_allclose(as64(net.z), z, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(net.timestep.numpy(), i.numpy())
     o = 0.7 * z + 1e-3 * ii[b] + as64(cond).mean(axis=(1, 2))[b]
@@ -126,25 +129,61 @@ def test_diffusion_loss_is_the_hand_computation(batch, prediction_type):
     np.testing.assert_allclose(as64(out.t), (a / (a + s)).ravel(), rtol=1e-5)
 
 
-def test_objectives_share_one_signature_and_are_chosen_by_name():
+def test_objectives_are_chosen_by_name_from_one_registry():
+    schedule = Schedule.preset("sd15")
     assert set(OBJECTIVES) == {"diff2flow", "fm", "diffusion"}
-    assert get_objective("fm") is fm
+    for name in OBJECTIVES:
+        flow = parametrization(name, schedule)
+        assert flow.name == name and flow.prediction_type == "epsilon"
+    assert parametrization("diffusion", schedule, "v_prediction").prediction_type == "v_prediction"
     with pytest.raises(UserError, match="unknown objective 'flow'.*diff2flow, fm, diffusion"):
-        get_objective("flow")
+        check_objective("flow")
+    with pytest.raises(UserError, match="unknown prediction type"):
+        parametrization("diff2flow", schedule, "velocity")
+
+
+@pytest.mark.parametrize("cls", [Diff2FlowModel, NaiveFMModel])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_fm_loss_is_the_error_of_the_sampling_velocity(batch, cls, prediction_type):
+    """Loss and sampler use one velocity: the loss equals ||velocity(net, x_t, t) - (x1 - x0)||^2 computed
+    through the object's own ``velocity`` (what the samplers integrate), for every t in the batch."""
+    data, noise, cond, t = batch
+    flow = cls(Schedule.preset("sd15"), prediction_type)
+    net = RecordingNet()
+    out = flow.loss(net, data, noise, t, cond)
+    tt = t.reshape(-1, 1, 1, 1)
+    v = torch.stack(
+        [
+            flow.velocity(net, (tt * data + (1 - tt) * noise)[k : k + 1], float(t[k]), cond[k : k + 1])[0]
+            for k in range(len(t))
+        ]
+    )
+    expected = (v - (data - noise)).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(out.per_sample, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_diffusion_model_samples_through_the_bridge_from_t_min():
+    schedule = Schedule.preset("sd15")
+    diffusion, bridge = DiffusionModel(schedule), Diff2FlowModel(schedule)
+    assert (diffusion.sampler, bridge.sampler) == ("ddim", "euler")
+    assert bridge.t_start == 0.0 and NaiveFMModel(schedule).t_start == 0.0
+    assert diffusion.t_start == pytest.approx(0.06404, abs=1e-4)  # t_min of SD's schedule
+    x, o = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    torch.testing.assert_close(diffusion.velocity_from_output(o, x, 0.3), bridge.velocity_from_output(o, x, 0.3))
 
 
 def test_sample_time():
     schedule = Schedule.preset("sd15")
     g = torch.Generator().manual_seed(0)
-    t = sample_time("diff2flow", 4000, schedule, "uniform", g)
+    t = Diff2FlowModel(schedule).sample_time(4000, "uniform", g)
     assert t.min() >= 0 and t.max() <= 1 and abs(t.mean() - 0.5) < 0.02
-    ln = sample_time("fm", 4000, schedule, "logit-normal", g)
+    ln = NaiveFMModel(schedule).sample_time(4000, "logit-normal", g)
     # t = sigmoid(n): the middle is denser than under uniform sampling
     assert ((ln > 0.25) & (ln < 0.75)).float().mean() > 0.65
-    i = sample_time("diffusion", 4000, schedule, "uniform", g)
+    i = DiffusionModel(schedule).sample_time(4000, "uniform", g)
     assert torch.equal(i, i.round()) and i.min() >= 0 and i.max() <= N - 1 and len(i.unique()) > 900
     with pytest.raises(UserError, match="unknown t sampling"):
-        sample_time("diff2flow", 2, schedule, "beta", g)
+        Diff2FlowModel(schedule).sample_time(2, "beta", g)
 
 
 @pytest.mark.parametrize("objective", ["diff2flow", "fm", "diffusion"])
@@ -159,8 +198,8 @@ def test_a_few_steps_lower_each_objective(tiny_sd_eps, objective):
     data = torch.randn(4, 4, 8, 8, generator=g)
     noise = torch.randn(4, 4, 8, 8, generator=g)
     cond = torch.randn(4, 16, 32, generator=g)
-    time = sample_time(objective, 4, schedule, "uniform", g)
-    fn = get_objective(objective)
+    flow = parametrization(objective, schedule, "epsilon")
+    time = flow.sample_time(4, "uniform", g)
 
     def net(z, timestep, c):
         return unet(z, timestep, encoder_hidden_states=c).sample
@@ -168,7 +207,7 @@ def test_a_few_steps_lower_each_objective(tiny_sd_eps, objective):
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
     losses = []
     for _ in range(12):
-        out = fn(net, data, noise, time, cond, schedule, "epsilon")
+        out = flow.loss(net, data, noise, time, cond)
         opt.zero_grad()
         out.loss.backward()
         opt.step()

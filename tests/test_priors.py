@@ -13,11 +13,18 @@ from d2f.world.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, caption_words
 
 ASSETS = Path(priors.__file__).resolve().parent.parent / "assets"
 EXPECTED_FILES = [
-    "model_index.json", "d2f_build.json",
-    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/config.json", "text_encoder/model.safetensors",
-    "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+    "model_index.json",
+    "d2f_build.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
     "scheduler/scheduler_config.json",
 ]
 
@@ -36,6 +43,7 @@ def load(folder):
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
 
 def test_each_caption_word_is_one_token_and_other_words_still_tokenize(tmp_path):
     from transformers import CLIPTokenizer
@@ -57,8 +65,11 @@ def test_each_caption_word_is_one_token_and_other_words_still_tokenize(tmp_path)
 
 # ----------------------------------------------------------------------------- shipped priors
 
-@pytest.mark.parametrize("name,prediction_type,scheduler", [("tiny-shapes-eps", "epsilon", "PNDMScheduler"),
-                                                            ("tiny-shapes-v", "v_prediction", "DDIMScheduler")])
+
+@pytest.mark.parametrize(
+    "name,prediction_type,scheduler",
+    [("tiny-shapes-eps", "epsilon", "PNDMScheduler"), ("tiny-shapes-v", "v_prediction", "DDIMScheduler")],
+)
 def test_shipped_prior_loads_with_plain_diffusers(name, prediction_type, scheduler):
     folder = ASSETS / name
     missing = [f for f in EXPECTED_FILES if not (folder / f).is_file()]
@@ -108,11 +119,28 @@ def test_shared_vae_reconstructs_both_domains():
 
 # ----------------------------------------------------------------------------- the recipe
 
+
 def test_rebuild_recipe_for_a_few_steps(tmp_path):
     threads = torch.get_num_threads()
     try:
-        build.main(["--output", str(tmp_path), "--only", "vae", "--only", "priors", "--vae-steps", "2",
-                    "--prior-steps", "2", "--num-images", "32", "--batch-size", "8"])
+        build.main(
+            [
+                "--output",
+                str(tmp_path),
+                "--only",
+                "vae",
+                "--only",
+                "priors",
+                "--vae-steps",
+                "2",
+                "--prior-steps",
+                "2",
+                "--num-images",
+                "32",
+                "--batch-size",
+                "8",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)  # build runs on one thread; leave the session's setting alone
     vae = None
@@ -121,8 +149,13 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
         assert pipe.scheduler.config.prediction_type == prediction_type
         record = json.loads((tmp_path / name / "d2f_build.json").read_text())
         assert record["recipe"]["steps"] == 2 and record["vae"]["steps"] == 2
-        out = pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, output_type="pt",
-                   generator=torch.Generator().manual_seed(0)).images
+        out = pipe(
+            "a red circle",
+            num_inference_steps=2,
+            guidance_scale=5.0,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        ).images
         assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
         vae = pipe.vae
     # scaling_factor = 1/std(latents): scaled posterior samples of the training images have unit std

@@ -1,6 +1,6 @@
 """``d2f sample``: outputs, defaults, the run-folder contract, and one-line errors with exit code 2.
 
-The central check (issue 4): a plain diffusers ``StableDiffusionPipeline`` + ``load_lora_weights(run)`` +
+The central check: a plain diffusers ``StableDiffusionPipeline`` + ``load_lora_weights(run)`` +
 ``Diff2FlowEulerScheduler`` gives the same images as ``d2f sample --lora run`` for the same seed, prompts,
 steps and guidance.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_run
+from helpers import write_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -40,16 +40,29 @@ def test_run_folder_sampled_by_plain_diffusers_equals_d2f_sample(tiny_run, tmp_p
 
     prompts = ["a red circle", "a blue cross", "a yellow square"]
     args = [a for p in prompts for a in ("--prompt", p)]
-    result = d2f_sample("--lora", tiny_run, *args, "--steps", 6, "--guidance", 5, "--seed", 11,
-                        "--output-dir", tmp_path / "singles", "--json")
+    result = d2f_sample(
+        "--lora",
+        tiny_run,
+        *args,
+        "--steps",
+        6,
+        "--guidance",
+        5,
+        "--seed",
+        11,
+        "--output-dir",
+        tmp_path / "singles",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["settings"]["model"] == json.loads((tiny_run / "d2f_run.json").read_text())["base_model"]
     mine = np.stack([np.asarray(Image.open(p)) for p in out["images"]])
 
     run = json.loads((tiny_run / "d2f_run.json").read_text())
-    pipe = StableDiffusionPipeline.from_pretrained(run["base_model_source"], safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        run["base_model_source"], safety_checker=None, requires_safety_checker=False
+    )
     pipe.load_lora_weights(tiny_run)
     pipe.scheduler = Diff2FlowEulerScheduler.from_config(pipe.scheduler.config)
     gens = [torch.Generator().manual_seed(11 + i) for i in range(3)]
@@ -59,8 +72,20 @@ def test_run_folder_sampled_by_plain_diffusers_equals_d2f_sample(tiny_run, tmp_p
     assert mine.shape == theirs.shape
     assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
     # and the LoRA really is applied: the base model alone gives other images
-    base = d2f_sample("--model", run["base_model"], *args, "--steps", 6, "--guidance", 5, "--seed", 11,
-                      "--output-dir", tmp_path / "base", "--json")
+    base = d2f_sample(
+        "--model",
+        run["base_model"],
+        *args,
+        "--steps",
+        6,
+        "--guidance",
+        5,
+        "--seed",
+        11,
+        "--output-dir",
+        tmp_path / "base",
+        "--json",
+    )
     base_images = np.stack([np.asarray(Image.open(p)) for p in json.loads(base.stdout)["images"]])
     assert np.abs(base_images.astype(int) - mine.astype(int)).max() > 10
 
@@ -70,8 +95,19 @@ def test_compare_grid_json_and_latest_run_default(tiny_sd_eps, tmp_path):
     write_run(runs / "old", tiny_sd_eps, seed=1)
     newest = write_run(runs / "new", tiny_sd_eps, seed=2, objective="diffusion")
     os.utime(runs / "old" / "d2f_run.json", (1, 1))  # "latest" is by d2f_run.json's modification time
-    result = d2f_sample("--prompt", "a red circle", "--prompt", "a green cross", "--steps", 3, "--compare",
-                        "--output", "grid.png", "--json", cwd=tmp_path)
+    result = d2f_sample(
+        "--prompt",
+        "a red circle",
+        "--prompt",
+        "a green cross",
+        "--steps",
+        3,
+        "--compare",
+        "--output",
+        "grid.png",
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert "latest run" in out["using"] and Path(out["settings"]["lora"]).name == newest.name
@@ -92,13 +128,16 @@ def test_run_default_sampler_and_human_output(tiny_sd_eps, tmp_path):
     assert (tmp_path / "g.png").is_file()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--steps", 0], "--steps must be at least 1"),
-    (["--guidance", -1], "--guidance must be 0 or more"),
-    (["--sampler", "dpm"], "unknown sampler 'dpm'"),
-    (["--height", 30], "size 30 px does not fit"),
-    (["--num-images", 0], "--num-images must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--steps", 0], "--steps must be at least 1"),
+        (["--guidance", -1], "--guidance must be 0 or more"),
+        (["--sampler", "dpm"], "unknown sampler 'dpm'"),
+        (["--height", 30], "size 30 px does not fit"),
+        (["--num-images", 0], "--num-images must be at least 1"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(tiny_sd_eps, tmp_path, args, message):
     result = d2f_sample("--model", tiny_sd_eps, "--prompt", "a red circle", *args, "--output", tmp_path / "g.png")
     assert result.exit_code == 2, result.output
@@ -112,8 +151,9 @@ def test_no_prompts_on_a_non_builtin_model(tiny_sd_eps, tmp_path):
 
 
 def test_lora_of_another_base_model_names_both(tiny_run, tiny_sd_v, tmp_path):
-    result = d2f_sample("--model", tiny_sd_v, "--lora", tiny_run, "--prompt", "a red circle",
-                        "--output", tmp_path / "g.png")
+    result = d2f_sample(
+        "--model", tiny_sd_v, "--lora", tiny_run, "--prompt", "a red circle", "--output", tmp_path / "g.png"
+    )
     assert result.exit_code == 2, result.output
     base = json.loads((tiny_run / "d2f_run.json").read_text())["base_model"]
     assert "trained on" in result.output and base in result.output and str(tiny_sd_v) in result.output
@@ -128,19 +168,38 @@ def test_bare_lora_file_that_does_not_fit(tmp_path, tiny_run):
     other = {k.replace("up_blocks.1", "up_blocks.3"): v for k, v in weights.items()}
     save_file(other, tmp_path / "other.safetensors")
     base = json.loads((tiny_run / "d2f_run.json").read_text())["base_model"]
-    result = d2f_sample("--model", base, "--lora", tmp_path / "other.safetensors", "--prompt", "a red circle",
-                        "--output", tmp_path / "g.png")
+    result = d2f_sample(
+        "--model",
+        base,
+        "--lora",
+        tmp_path / "other.safetensors",
+        "--prompt",
+        "a red circle",
+        "--output",
+        tmp_path / "g.png",
+    )
     assert result.exit_code == 2 and "another base model" in result.output, result.output
     # a bare file that fits loads fine
     save_file(weights, tmp_path / "fits.safetensors")
-    ok = d2f_sample("--model", base, "--lora", tmp_path / "fits.safetensors", "--prompt", "a red circle",
-                    "--steps", 2, "--output", tmp_path / "g.png")
+    ok = d2f_sample(
+        "--model",
+        base,
+        "--lora",
+        tmp_path / "fits.safetensors",
+        "--prompt",
+        "a red circle",
+        "--steps",
+        2,
+        "--output",
+        tmp_path / "g.png",
+    )
     assert ok.exit_code == 0, ok.output
 
 
 def test_evaluate_needs_world_prompts(tiny_sd_eps, tmp_path):
-    result = d2f_sample("--model", tiny_sd_eps, "--prompt", "a photo of a cat", "--evaluate",
-                        "--output", tmp_path / "g.png")
+    result = d2f_sample(
+        "--model", tiny_sd_eps, "--prompt", "a photo of a cat", "--evaluate", "--output", tmp_path / "g.png"
+    )
     assert result.exit_code == 2 and "--evaluate needs prompts of the built-in world" in result.output
 
 
@@ -149,8 +208,20 @@ def test_evaluate_reports_metrics(tiny_sd_eps, tmp_path):
 
     if not (evaluator.ASSET_DIR / "config.json").is_file():
         pytest.skip("the evaluator's weights are not built in this checkout")
-    result = d2f_sample("--model", tiny_sd_eps, "--prompt", "a red circle", "--prompt", "a blue square",
-                        "--steps", 2, "--evaluate", "--json", "--output", tmp_path / "g.png")
+    result = d2f_sample(
+        "--model",
+        tiny_sd_eps,
+        "--prompt",
+        "a red circle",
+        "--prompt",
+        "a blue square",
+        "--steps",
+        2,
+        "--evaluate",
+        "--json",
+        "--output",
+        tmp_path / "g.png",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)["metrics"]
     assert set(metrics) == {"prompt_accuracy", "domain_accuracy", "fd"}
@@ -168,9 +239,18 @@ def test_full_finetune_run_folder(tiny_sd_eps, tmp_path):
         unet.conv_out.bias.add_(0.5)  # a visibly different "finetuned" UNet
     run = tmp_path / "runs" / "full"
     unet.save_pretrained(run / "unet")
-    (run / "d2f_run.json").write_text(json.dumps(dict(
-        base_model=str(tiny_sd_eps), base_model_source=str(tiny_sd_eps), prediction_type="epsilon",
-        objective="diff2flow", sampler="euler", resolution=32)))
+    (run / "d2f_run.json").write_text(
+        json.dumps(
+            dict(
+                base_model=str(tiny_sd_eps),
+                base_model_source=str(tiny_sd_eps),
+                prediction_type="epsilon",
+                objective="diff2flow",
+                sampler="euler",
+                resolution=32,
+            )
+        )
+    )
     pipe = load_pipeline(lora=str(run))
     assert torch.equal(pipe.unet.conv_out.bias, unet.conv_out.bias)
     finetuned = generate(pipe, ["a red circle"], steps=2, seed=0)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import d2f
+from d2f.core.schedule import Schedule
+from d2f.core.timemap import bridge_coefficients, scale, tau_of_t
+from d2f.core.velocity import output_from_velocity
 from d2f.errors import UserError
-from d2f.schedule import Schedule
-from d2f.timemap import bridge_coefficients, scale, tau_of_t
-from d2f.velocity import output_from_velocity
 
 
 def _pipe(folder):
@@ -46,8 +46,9 @@ def test_from_config_reads_betas_and_prediction_type(tiny_sd_v):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    sched = d2f.Diff2FlowEulerScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                        prediction_type="epsilon", shift=2.0)
+    sched = d2f.Diff2FlowEulerScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="epsilon", shift=2.0
+    )
     sched.save_pretrained(tmp_path)
     again = d2f.Diff2FlowEulerScheduler.from_pretrained(tmp_path)
     assert again.config.shift == 2.0 and again.config.beta_schedule == "scaled_linear"
@@ -56,8 +57,9 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("sampler,cls", [("euler", "Diff2FlowEulerScheduler"), ("heun", "Diff2FlowHeunScheduler")])
-@pytest.mark.parametrize("fixture,objective", [("tiny_sd_eps", "diff2flow"), ("tiny_sd_v", "diff2flow"),
-                                               ("tiny_sd_eps", "diffusion")])
+@pytest.mark.parametrize(
+    "fixture,objective", [("tiny_sd_eps", "diff2flow"), ("tiny_sd_v", "diff2flow"), ("tiny_sd_eps", "diffusion")]
+)
 def test_pipeline_with_scheduler_equals_d2f_loop(fixture, objective, sampler, cls, request):
     """diff2flow: the grid starts at t = 0 from the noise; diffusion (an untouched model): at t_min from
     z = noise at tau = N-1 (init_noise_sigma = 1 / c(t_min))."""
@@ -65,8 +67,9 @@ def test_pipeline_with_scheduler_equals_d2f_loop(fixture, objective, sampler, cl
 
     folder = request.getfixturevalue(fixture)
     prompts = ["a red circle", "a purple cross"]
-    mine = sample_latents(load_pipeline(str(folder)), prompts, sampler=sampler, steps=5, guidance=4.0, seed=3,
-                          objective=objective)
+    mine = sample_latents(
+        load_pipeline(str(folder)), prompts, sampler=sampler, steps=5, guidance=4.0, seed=3, objective=objective
+    )
     pipe = _pipe(folder)
     pipe.scheduler = getattr(d2f, cls).from_config(pipe.scheduler.config, objective=objective)
     assert (pipe.scheduler.init_noise_sigma == 1.0) == (objective == "diff2flow")
@@ -85,8 +88,13 @@ def test_fm_objective_scheduler_equals_d2f_loop(tiny_sd_eps):
     pipe.scheduler = d2f.Diff2FlowEulerScheduler.from_config(pipe.scheduler.config, objective="fm")
     pipe.scheduler.set_timesteps(4)
     assert torch.allclose(pipe.scheduler.timesteps, torch.tensor([999.0, 749.25, 499.5, 249.75]))
-    theirs = pipe(prompts, num_inference_steps=4, guidance_scale=2.0, generator=[torch.Generator().manual_seed(1)],
-                  output_type="latent").images
+    theirs = pipe(
+        prompts,
+        num_inference_steps=4,
+        guidance_scale=2.0,
+        generator=[torch.Generator().manual_seed(1)],
+        output_type="latent",
+    ).images
     assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-5 * float(theirs.abs().max()))
 
 
@@ -106,7 +114,7 @@ def test_heun_layout_matches_diffusers_heun_convention():
         t = sched.points[k][0]
         coef = bridge_coefficients(sched.schedule, torch.tensor(t))
         z = sched.scale_model_input(state, tau)
-        o = output_from_velocity(torch.full_like(x, a + b * t), z, coef["alpha"], coef["sigma"], "epsilon")
+        o = output_from_velocity(torch.full_like(x, a + b * t), z, coef.alpha, coef.sigma, "epsilon")
         state = sched.step(o, tau, state).prev_sample
     # Heun steps on [0, 3/4] exact, last Euler step from 3/4: x + h (a + b 3/4) vs exact x + h (a + b 7/8)
     assert torch.allclose(state, x + a + b / 2 - b * 0.25**2 / 2, atol=1e-6)

@@ -3,8 +3,19 @@
 import numpy as np
 import pytest
 
-from d2f.world.shapes import (COLOURS, DOMAINS, SHAPES, ShapeSpec, all_prompts, caption, draw,
-                              make_dataset, make_specs, parse_prompt, write_imagefolder)
+from d2f.world.shapes import (
+    COLOURS,
+    DOMAINS,
+    SHAPES,
+    ShapeSpec,
+    all_prompts,
+    caption,
+    draw,
+    make_dataset,
+    make_specs,
+    parse_prompt,
+    write_imagefolder,
+)
 
 
 def pixels(image):
@@ -81,8 +92,9 @@ def test_imagefolder_round_trip(tmp_path):
 
     ds = make_dataset(8, "base", seed=5)
     write_imagefolder(ds, tmp_path / "data")
-    back = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "data"), split="train",
-                                 cache_dir=str(tmp_path / "cache"))
+    back = datasets.load_dataset(
+        "imagefolder", data_dir=str(tmp_path / "data"), split="train", cache_dir=str(tmp_path / "cache")
+    )
     assert len(back) == 8
     # imagefolder orders by file name, which is the row index
     assert back["text"] == ds["text"]

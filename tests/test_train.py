@@ -12,15 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_train import read_jsonl, shapes_folder  # noqa: F401 (shapes_folder: a fixture)
+from helpers import read_jsonl
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from d2f.errors import UserError
-from d2f.train import TrainConfig, train
+from d2f.training import TrainConfig, train
 
-FAST = dict(batch_size=4, sample_steps=2, validate_every=0, checkpoint_every=0, warmup_steps=0, lr=1e-3,
-            lora_rank=4, log_every=1)
+FAST = dict(
+    batch_size=4,
+    sample_steps=2,
+    validate_every=0,
+    checkpoint_every=0,
+    warmup_steps=0,
+    lr=1e-3,
+    lora_rank=4,
+    log_every=1,
+)
 
 
 def run(model, data, output, **overrides) -> dict:
@@ -37,11 +45,19 @@ def unet_outputs(unet, seed=0):
 def test_run_folder_contract_and_lora_round_trip(tmp_path, tiny_sd_eps, shapes_folder):
     from diffusers import StableDiffusionPipeline
 
-    from d2f.lora import add_lora
+    from d2f.training.lora import add_lora
 
     out = tmp_path / "run"
-    summary = run(tiny_sd_eps, shapes_folder, out, steps=3, lora_alpha=8, lora_targets="attn+conv",
-                  checkpoint_every=3, validate_every=2)
+    summary = run(
+        tiny_sd_eps,
+        shapes_folder,
+        out,
+        steps=3,
+        lora_alpha=8,
+        lora_targets="attn+conv",
+        checkpoint_every=3,
+        validate_every=2,
+    )
     assert summary["output_dir"] == str(out) and summary["steps"] == 3 and summary["final_loss"] > 0
     assert Path(summary["lora_path"]) == out / "pytorch_lora_weights.safetensors"
     record = json.loads((out / "d2f_run.json").read_text())
@@ -88,8 +104,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_sd_eps, shapes_f
     (half / "trainable.safetensors").write_bytes(b"half written")
     assert sorted(p.name for p in (a / "checkpoints").iterdir()) == ["step_00002", "step_00004"]
     ckpt = b / "checkpoints" / "step_00002"
-    assert {"trainable.safetensors", "optimizer.safetensors", "ema.safetensors", "rng.safetensors",
-            "state.json"} <= {p.name for p in ckpt.iterdir()}
+    assert {"trainable.safetensors", "optimizer.safetensors", "ema.safetensors", "rng.safetensors", "state.json"} <= {
+        p.name for p in ckpt.iterdir()
+    }
 
     run(tiny_sd_eps, shapes_folder, b, resume=True, **settings)
     wa, wb = load_file(a / "pytorch_lora_weights.safetensors"), load_file(b / "pytorch_lora_weights.safetensors")
@@ -119,8 +136,17 @@ def test_full_finetune_v_model_diffusion_bf16_checkpointing(tmp_path, tiny_sd_v,
     from diffusers import UNet2DConditionModel
 
     out = tmp_path / "full"
-    summary = run(tiny_sd_v, shapes_folder, out, steps=2, lora_rank=0, objective="diffusion",
-                  mixed_precision="bf16", gradient_checkpointing=True, t_sampling="logit-normal")
+    summary = run(
+        tiny_sd_v,
+        shapes_folder,
+        out,
+        steps=2,
+        lora_rank=0,
+        objective="diffusion",
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        t_sampling="logit-normal",
+    )
     record = json.loads((out / "d2f_run.json").read_text())
     assert (record["weights"], record["sampler"], record["prediction_type"]) == ("unet", "ddim", "v_prediction")
     assert summary["unet_path"] == str(out / "unet") and summary["lora_path"] is None
@@ -141,20 +167,34 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, tiny_sd_
         assert all(torch.isfinite(v).all() for v in state.values())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--objective", "flow"], "unknown objective 'flow'"),
-    (["--lora-rank", "-1"], "--lora-rank must be >= 0"),
-    (["--lora-targets", "mlp"], "unknown --lora-targets 'mlp'"),
-    (["--resolution", "20"], "size 20 px does not fit this model"),
-    (["--mixed-precision", "fp8"], "unknown --mixed-precision"),
-    (["--resume"], "nothing to resume in"),
-    (["--data", "/nonexistent/folder"], "data folder /nonexistent/folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--objective", "flow"], "unknown objective 'flow'"),
+        (["--lora-rank", "-1"], "--lora-rank must be >= 0"),
+        (["--lora-targets", "mlp"], "unknown --lora-targets 'mlp'"),
+        (["--resolution", "20"], "size 20 px does not fit this model"),
+        (["--mixed-precision", "fp8"], "unknown --mixed-precision"),
+        (["--resume"], "nothing to resume in"),
+        (["--data", "/nonexistent/folder"], "data folder /nonexistent/folder does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_eps, shapes_folder, args, message):
     from d2f.cli import app
 
-    base = ["train", "--model", str(tiny_sd_eps), "--data", str(shapes_folder), "--output", str(tmp_path / "r"),
-            "--steps", "1", "--batch-size", "2"]
+    base = [
+        "train",
+        "--model",
+        str(tiny_sd_eps),
+        "--data",
+        str(shapes_folder),
+        "--output",
+        str(tmp_path / "r"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]
     result = CliRunner().invoke(app, base + args)
     assert result.exit_code == 2, result.output
     errors = [l for l in result.stderr.splitlines() if l.strip()]
@@ -170,13 +210,41 @@ def test_existing_run_and_changed_settings_are_refused(tmp_path, tiny_sd_eps, sh
         run(tiny_sd_eps, shapes_folder, out, steps=1, resume=True, lr=1e-2)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder):
     """torchrun with 2 processes: accelerate runs MULTI_CPU over gloo; each process draws its own batch."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "d2f", "train", "--model", str(tiny_sd_eps), "--data", str(shapes_folder), "--output", str(out),
-           "--steps", "2", "--batch-size", "2", "--sample-steps", "2", "--validate-every", "0",
-           "--checkpoint-every", "2", "--lora-rank", "4", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "d2f",
+        "train",
+        "--model",
+        str(tiny_sd_eps),
+        "--data",
+        str(shapes_folder),
+        "--output",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--sample-steps",
+        "2",
+        "--validate-every",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--lora-rank",
+        "4",
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

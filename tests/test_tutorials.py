@@ -40,8 +40,9 @@ def _code_cells(nb):
 
 def test_tutorials_exist():
     assert NOTEBOOKS, f"no tutorial notebooks in {TUTORIALS}"
-    assert [p.stem for p in NOTEBOOKS] == [p.stem for p in SCRIPTS], \
+    assert [p.stem for p in NOTEBOOKS] == [p.stem for p in SCRIPTS], (
         "every tutorials/NN_name.py needs its executed NN_name.ipynb (python tutorials/build.py) and vice versa"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -51,8 +52,9 @@ def test_committed_notebook_is_a_top_to_bottom_run(path):
     cells = _code_cells(nb)
     assert cells, f"{path.name} has no code cells"
     counts = [cell.execution_count for cell in cells]
-    assert counts == list(range(1, len(cells) + 1)), \
+    assert counts == list(range(1, len(cells) + 1)), (
         f"{path.name}: execution counts {counts} are not 1..{len(cells)}; rebuild it with tutorials/build.py"
+    )
     assert sum(bool(cell.outputs) for cell in cells) >= len(cells) // 2, f"{path.name} was saved without outputs"
     errors = [out for cell in cells for out in cell.outputs if out.output_type == "error"]
     assert not errors, f"{path.name} was saved with an error: {errors[0].get('ename')}: {errors[0].get('evalue')}"
@@ -77,8 +79,13 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=NOTEBOOK_BUDGET_S, record_timing=False,
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=NOTEBOOK_BUDGET_S,
+        record_timing=False,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     deadline = time.monotonic() + NOTEBOOK_BUDGET_S
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):

@@ -27,7 +27,7 @@
 # 3. Understand *zero terminal SNR*: why SD's last timestep is not pure noise, what that leaks (with a
 #    measurement on real images), and what rescaling the schedule changes.
 #
-# **Conventions** (fixed in the project's math page; used by every d2f docstring):
+# **Conventions** (fixed in docs/math.md; used by every d2f docstring):
 #
 # | symbol | meaning |
 # | --- | --- |
@@ -53,7 +53,7 @@ import torch
 
 import d2f
 from d2f import Schedule, t_range
-from d2f.schedule import PRESETS, make_betas
+from d2f.core.schedule import PRESETS, make_betas
 
 torch.set_printoptions(precision=6, sci_mode=False)
 print("d2f", d2f.__version__, "| torch", torch.__version__)
@@ -69,7 +69,7 @@ print("d2f", d2f.__version__, "| torch", torch.__version__)
 # and the noised sample is `z_i = sqrt(abar_i) * x1 + sqrt(1 - abar_i) * eps`.
 #
 # diffusers knows three beta schedules. Stable Diffusion uses `scaled_linear`: `sqrt(beta)` linear
-# from `sqrt(0.00085)` to `sqrt(0.012)`, N = 1000. `d2f.schedule.make_betas` builds the same tables:
+# from `sqrt(0.00085)` to `sqrt(0.012)`, N = 1000. `d2f.core.schedule.make_betas` builds the same tables:
 
 # %%
 N = 1000
@@ -119,9 +119,9 @@ assert gap < 1e-6
 #     z = alpha * x1 + sigma * eps,    alpha^2 + sigma^2 = 1
 #
 # Notebook 2 will need the schedule *between* integer timesteps: an FM time `t` maps to a fractional
-# `tau` such as 353.89. d2f interpolates the **log-SNR** (section 1.3) linearly in tau and derives alpha
-# and sigma from it, so `alpha^2 + sigma^2 = 1` holds at every tau and the table is reproduced exactly at
-# integers.
+# `tau` such as 353.89. d2f interpolates the **log-SNR** (section 1.3; docs/math.md §3) linearly in tau
+# and derives alpha and sigma from it, so `alpha^2 + sigma^2 = 1` holds at every tau and the table is
+# reproduced exactly at integers.
 
 # %%
 taus = torch.tensor([0.0, 1.0, 250.0, 353.89, 500.0, 750.0, 998.5, 999.0], dtype=torch.float64)
@@ -159,7 +159,7 @@ print("ok: table reproduced at integers; alpha^2 + sigma^2 = 1 at 10,000 random 
 
 # %%
 lam_table = sd15.log_snr_table
-print("lam_0 = %.3f   lam_{N-1} = %.3f" % (lam_table[0], lam_table[-1]))
+print(f"lam_0 = {lam_table[0]:.3f}   lam_{{N-1}} = {lam_table[-1]:.3f}")
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
 tau_fine = torch.linspace(0, N - 1, 2001, dtype=torch.float64)
@@ -260,7 +260,7 @@ print(f"SD schedule, tau = N-1: mean(z) tells light from dark for {acc_sd:.1%} o
 
 # %% [markdown]
 # The per-pixel SNR at tau = N-1 is 0.0047, yet a one-number classifier is nearly perfect. The fix of
-# Lin et al. (section 9 of the math page) rescales alpha so that the last step is pure noise while the
+# Lin et al. (docs/math.md §12) rescales alpha so that the last step is pure noise while the
 # first step stays put:
 #
 #     alpha'_i = (alpha_i - alpha_{N-1}) * alpha_0 / (alpha_0 - alpha_{N-1}),     abar' = alpha'^2
@@ -325,7 +325,7 @@ except UserError as err:
 # ## 1.6 The whole schedule in one figure
 #
 # `d2f inspect-schedule --preset sd15 --plot schedule.png` draws the figure below (the library function
-# is `d2f.inspect_schedule.plot_schedule`). Its right-hand panels preview notebook 2: the FM time `t`
+# is `d2f.cli.inspect_schedule.plot_schedule`). Its right-hand panels preview notebook 2: the FM time `t`
 # that each tau corresponds to, and the scale `c`. The grey bands are FM times that no diffusion
 # timestep reaches; the numbers come from `schedule_report`, the JSON of `--json`.
 
@@ -335,7 +335,7 @@ from pathlib import Path
 
 from IPython.display import Image, display
 
-from d2f.inspect_schedule import plot_schedule, schedule_report
+from d2f.cli.inspect_schedule import plot_schedule, schedule_report
 
 png = plot_schedule(sd15, Path(tempfile.mkdtemp()) / "sd15.png", title="SD 1.5 schedule (d2f inspect-schedule)")
 display(Image(filename=str(png), width=760))
@@ -343,7 +343,7 @@ report = schedule_report(sd15)
 print({k: report[k] for k in ("prediction_type", "t_min", "t_max", "scale_max", "scale_max_tau")})
 
 # %% [markdown]
-# **Check yourself.** The covered FM range of SD is [0.0640, 0.9717] (the math page's numbers), and it
+# **Check yourself.** The covered FM range of SD is [0.0640, 0.9717] (docs/math.md §4), and it
 # reaches t = 0 only with zero terminal SNR.
 
 # %%

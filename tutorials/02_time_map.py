@@ -29,7 +29,7 @@
 #    latents** of a built-in model, against diffusers' own noising, that `c(t) * x_t` is the diffusion
 #    sample.
 #
-# Symbols as in notebook 1 and the math page: **t = 0 is noise, t = 1 is data**; tau = 0 is data,
+# Symbols as in notebook 1 and docs/math.md: **t = 0 is noise, t = 1 is data**; tau = 0 is data,
 # tau = N-1 is noise; `x1` data, `x0 = eps` noise.
 
 # %%
@@ -42,8 +42,18 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from d2f import (Schedule, bridge_coefficients, clamp_t, diffusion_to_fm, fm_to_diffusion, is_clamped,
-                 scale, t_of_tau, t_range, tau_of_t)
+from d2f import (
+    Schedule,
+    bridge_coefficients,
+    clamp_t,
+    diffusion_to_fm,
+    fm_to_diffusion,
+    is_clamped,
+    scale,
+    t_of_tau,
+    t_range,
+    tau_of_t,
+)
 
 torch.set_printoptions(precision=5, sci_mode=False)
 sched = Schedule.preset("sd15")
@@ -89,9 +99,9 @@ tau_grid = torch.linspace(0, N - 1, 50_001, dtype=torch.float64)
 assert bool((t_of_tau(sched, tau_grid).diff() < 0).all()), "t(tau) must be strictly decreasing"
 
 t_min, t_max = t_range(sched)
-assert (tau_of_t(sched, t_rand) - rand_tau).abs().max() < 1e-8          # tau -> t -> tau
+assert (tau_of_t(sched, t_rand) - rand_tau).abs().max() < 1e-8  # tau -> t -> tau
 rand_t = t_min + torch.rand(20_000, generator=g, dtype=torch.float64) * (t_max - t_min)
-assert (t_of_tau(sched, tau_of_t(sched, rand_t)) - rand_t).abs().max() < 1e-12   # t -> tau -> t
+assert (t_of_tau(sched, tau_of_t(sched, rand_t)) - rand_t).abs().max() < 1e-12  # t -> tau -> t
 print("ok: t = alpha/(alpha+sigma) = sigmoid(lam/2), strictly decreasing, exact inverse both ways")
 
 # %% [markdown]
@@ -131,7 +141,7 @@ print(f"t_min = t(N-1) = {t_min:.4f}      t_max = t(0) = {t_max:.4f}")
 # %% [markdown]
 # An FM sampler starts at `t = 0` (pure noise) and ends at `t = 1` (data); both ends lie outside. There
 # is no timestep whose input is *pure* noise (notebook 1: SD's last step keeps 6.8 % of the signal), nor
-# one whose input is perfectly clean. d2f **clamps** (math page, section 5): for `t` outside the range it
+# one whose input is perfectly clean. d2f **clamps** (docs/math.md §5): for `t` outside the range it
 # uses `t_eff = clip(t, t_min, t_max)` for tau, alpha, sigma and the scale alike, so the bridge is finite
 # on all of [0, 1]. `bridge_coefficients` returns all of them from one lookup:
 
@@ -140,19 +150,25 @@ ts = torch.tensor([0.0, 0.03, t_min, 0.5, t_max, 0.99, 1.0], dtype=torch.float64
 coef = bridge_coefficients(sched, ts)
 print(f"{'t':>7} {'clamped':>8} {'t_eff':>7} {'tau':>8} {'alpha':>7} {'sigma':>7} {'c':>7}")
 for k in range(len(ts)):
-    print(f"{ts[k]:7.4f} {str(bool(is_clamped(sched, ts[k]))):>8} {coef['t_eff'][k]:7.4f} {coef['tau'][k]:8.2f} "
-          f"{coef['alpha'][k]:7.4f} {coef['sigma'][k]:7.4f} {coef['scale'][k]:7.4f}")
+    print(
+        f"{ts[k]:7.4f} {str(bool(is_clamped(sched, ts[k]))):>8} {coef.t_eff[k]:7.4f} {coef.tau[k]:8.2f} "
+        f"{coef.alpha[k]:7.4f} {coef.sigma[k]:7.4f} {coef.scale[k]:7.4f}"
+    )
 
 # %% [markdown]
 # **Check yourself.** Outside the range everything equals its value at the nearest end; inside, nothing
 # is clamped.
 
 # %%
-assert torch.equal(clamp_t(sched, ts), coef["t_eff"])
-assert float(coef["tau"][0]) == N - 1 and float(coef["tau"][-1]) == 0.0
+assert torch.equal(clamp_t(sched, ts), coef.t_eff)
+assert float(coef.tau[0]) == N - 1 and float(coef.tau[-1]) == 0.0
 for key in ("tau", "alpha", "sigma", "scale"):
-    assert coef[key][0] == coef[key][1] == coef[key][2], key      # t = 0, 0.03 and t_min share one timestep
-    assert torch.isclose(coef[key][-1], coef[key][-2]) and torch.isclose(coef[key][-1], coef[key][-3]), key
+    assert getattr(coef, key)[0] == getattr(coef, key)[1] == getattr(coef, key)[2], (
+        key
+    )  # t = 0, 0.03 and t_min share one timestep
+    assert torch.isclose(getattr(coef, key)[-1], getattr(coef, key)[-2]) and torch.isclose(
+        getattr(coef, key)[-1], getattr(coef, key)[-3]
+    ), key
 assert is_clamped(sched, ts).tolist() == [True, True, False, False, False, True, True]
 print("ok")
 
@@ -208,7 +224,7 @@ print("scaling_factor =", vae.config.scaling_factor)
 specs = make_specs(64, "base", seed=7)
 pixels = torch.from_numpy(np.stack([np.asarray(draw(s)) for s in specs])).permute(0, 3, 1, 2).float() / 127.5 - 1
 with torch.no_grad():
-    x1 = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor    # data, (64, 4, 8, 8)
+    x1 = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # data, (64, 4, 8, 8)
     recon = vae.decode(x1[:8] / vae.config.scaling_factor).sample
 print("data x1:", tuple(x1.shape), f"mean {x1.mean():.3f}  std {x1.std():.3f}")
 
@@ -239,16 +255,16 @@ B = x1.shape[0]
 noise = torch.randn(x1.shape, generator=torch.Generator().manual_seed(1))
 t_b = t_min + torch.rand(B, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * (t_max - t_min)
 t_ = t_b.float().view(B, 1, 1, 1)
-x_t = t_ * x1 + (1 - t_) * noise                                   # the FM interpolant
+x_t = t_ * x1 + (1 - t_) * noise  # the FM interpolant
 
-z, tau_b = fm_to_diffusion(sched, x_t, t_b)                        # z = c(t) x_t, at tau(t)
+z, tau_b = fm_to_diffusion(sched, x_t, t_b)  # z = c(t) x_t, at tau(t)
 alpha_b, sigma_b = sched.alpha(tau_b).view(B, 1, 1, 1), sched.sigma(tau_b).view(B, 1, 1, 1)
-z_diffusion = alpha_b * x1 + sigma_b * noise                       # the diffusion sample at tau(t)
+z_diffusion = alpha_b * x1 + sigma_b * noise  # the diffusion sample at tau(t)
 err = (z - z_diffusion).abs().max().item()
 print(f"max |c(t) x_t - (alpha x1 + sigma eps)| = {err:.2e}   (float32 latents, |z| up to {z.abs().max():.1f})")
 assert err < 1e-5
 
-x_back, t_back = diffusion_to_fm(sched, z, tau_b)                  # and back: x_t = z/(alpha+sigma), t = t(tau)
+x_back, t_back = diffusion_to_fm(sched, z, tau_b)  # and back: x_t = z/(alpha+sigma), t = t(tau)
 assert (x_back - x_t).abs().max() < 1e-5 and (t_back.double() - t_b).abs().max() < 1e-6
 print("ok, and diffusion_to_fm inverts it")
 
@@ -262,14 +278,16 @@ from diffusers import DDPMScheduler
 
 ddpm = DDPMScheduler.from_pretrained(prior, subfolder="scheduler")
 assert torch.equal(Schedule.from_pretrained(prior).alphas_cumprod, sched.alphas_cumprod)  # the prior uses SD's schedule
-steps = torch.linspace(0, N - 1, B).round().long()                 # 64 timesteps from 0 to 999
+steps = torch.linspace(0, N - 1, B).round().long()  # 64 timesteps from 0 to 999
 z_ddpm = ddpm.add_noise(x1, noise, steps)
 t_i = t_of_tau(sched, steps.double())
 x_t_i = t_i.float().view(B, 1, 1, 1) * x1 + (1 - t_i.float().view(B, 1, 1, 1)) * noise
 z_fm, tau_i = fm_to_diffusion(sched, x_t_i, t_i)
 err = (z_fm - z_ddpm).abs().max().item()
-print(f"max |c(t) x_t - DDPMScheduler.add_noise| over timesteps 0..999: {err:.2e};"
-      f" recovered timesteps off by at most {(tau_i.double() - steps).abs().max():.1e}")
+print(
+    f"max |c(t) x_t - DDPMScheduler.add_noise| over timesteps 0..999: {err:.2e};"
+    f" recovered timesteps off by at most {(tau_i.double() - steps).abs().max():.1e}"
+)
 assert err < 1e-5 and (tau_i.double() - steps).abs().max() < 1e-6
 
 # %% [markdown]
@@ -307,9 +325,11 @@ fig.tight_layout()
 
 inside_line = ~is_clamped(sched, t_line)
 spread = torch.tensor(std_scaled)[inside_line]
-lo, hi = sorted((1.0, x1.std().item()))          # the spreads of the noise and of the data
-print(f"std of c(t) x_t on the covered range: {spread.min():.3f} .. {spread.max():.3f} "
-      f"(noise 1, data {x1.std():.3f});  of the raw x_t: down to {min(std_fm):.3f}")
+lo, hi = sorted((1.0, x1.std().item()))  # the spreads of the noise and of the data
+print(
+    f"std of c(t) x_t on the covered range: {spread.min():.3f} .. {spread.max():.3f} "
+    f"(noise 1, data {x1.std():.3f});  of the raw x_t: down to {min(std_fm):.3f}"
+)
 assert bool(((spread > lo - 0.03) & (spread < hi + 0.03)).all())
 assert min(std_fm) < 0.85 * lo
 
@@ -327,7 +347,9 @@ z_path, tau_path = fm_to_diffusion(sched, x_path, t_show)
 with torch.no_grad():
     dec_x = vae.decode(x_path / vae.config.scaling_factor).sample
     dec_z = vae.decode(z_path / vae.config.scaling_factor).sample
-show([dec_x, dec_z], ["x_t", "c(t) x_t"], [f"t={a:.2f}\ntau={b:.0f}" for a, b in zip(t_show.tolist(), tau_path.tolist())])
+show(
+    [dec_x, dec_z], ["x_t", "c(t) x_t"], [f"t={a:.2f}\ntau={b:.0f}" for a, b in zip(t_show.tolist(), tau_path.tolist())]
+)
 
 # %% [markdown]
 # ## Summary

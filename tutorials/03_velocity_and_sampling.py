@@ -34,16 +34,23 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's noteb
 
 import time
 
+import diffusers
 import matplotlib.pyplot as plt
 import torch
+import transformers
 
-from d2f import (Schedule, bridge_coefficients, estimates, fm_to_diffusion, fm_velocity, output_from_velocity,
-                 t_range, velocity_from_output)
+from d2f import (
+    Schedule,
+    bridge_coefficients,
+    estimates,
+    fm_to_diffusion,
+    fm_velocity,
+    output_from_velocity,
+    t_range,
+    velocity_from_output,
+)
 from d2f.pipeline import generate, load_pipeline, sample_latents
 from d2f.sampling import ddim_grid, time_grid
-
-import diffusers
-import transformers
 
 diffusers.utils.logging.disable_progress_bar(), transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()  # no "torchvision not installed" notices
@@ -53,8 +60,10 @@ EPS_PRIOR, V_PRIOR = "tiny-shapes-eps", "tiny-shapes-v"
 pipes = {name: load_pipeline(name) for name in (EPS_PRIOR, V_PRIOR)}
 sched = Schedule.from_config(dict(pipes[EPS_PRIOR].scheduler.config))
 for name, pipe in pipes.items():
-    print(f"{name}: prediction_type = {pipe.scheduler.config.prediction_type}, "
-          f"UNet {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f} M parameters")
+    print(
+        f"{name}: prediction_type = {pipe.scheduler.config.prediction_type}, "
+        f"UNet {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f} M parameters"
+    )
 
 # %% [markdown]
 # ## 3.1 Deriving the velocity
@@ -82,30 +91,30 @@ for name, pipe in pipes.items():
 # agree, and `output_from_velocity` must invert the map.
 
 # %%
-from d2f.world.shapes import all_prompts
 from d2f.world.priors import shape_images
+from d2f.world.shapes import all_prompts
 
 pixels, captions = shape_images(32, "base", seed=3)
 vae = pipes[EPS_PRIOR].vae
 with torch.no_grad():
-    data = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor     # x1, (32, 4, 8, 8)
-noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(0))   # x0
+    data = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor  # x1, (32, 4, 8, 8)
+noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(0))  # x0
 B = len(data)
 t_min, t_max = t_range(sched)
 t = t_min + (t_max - t_min) * torch.rand(B, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 coef = bridge_coefficients(sched, t)
 view = lambda s: s.float().view(B, 1, 1, 1)  # noqa: E731  per-sample scalars over (B, 4, 8, 8)
-alpha, sigma, t4 = view(coef["alpha"]), view(coef["sigma"]), view(t)
+alpha, sigma, t4 = view(coef.alpha), view(coef.sigma), view(t)
 x_t = t4 * data + (1 - t4) * noise
 z = alpha * data + sigma * noise
 
 ideal = {"epsilon": noise, "v_prediction": alpha * noise - sigma * data, "sample": data}
 for ptype, o in ideal.items():
-    v = velocity_from_output(o, z, coef["alpha"], coef["sigma"], ptype)
-    x1_hat, eps_hat = estimates(o, z, coef["alpha"], coef["sigma"], ptype)
+    v = velocity_from_output(o, z, coef.alpha, coef.sigma, ptype)
+    x1_hat, eps_hat = estimates(o, z, coef.alpha, coef.sigma, ptype)
     err = (v - (data - noise)).abs().max().item()
     forms = max(((x_t - eps_hat) / t4 - v).abs().max().item(), ((x1_hat - x_t) / (1 - t4) - v).abs().max().item())
-    back = (output_from_velocity(v, z, coef["alpha"], coef["sigma"], ptype) - o).abs().max().item()
+    back = (output_from_velocity(v, z, coef.alpha, coef.sigma, ptype) - o).abs().max().item()
     print(f"{ptype:13s} |v_hat - (x1 - x0)| = {err:.1e}   FM forms {forms:.1e}   inverse {back:.1e}")
     assert err < 1e-4 and forms < 1e-3 and back < 1e-4, ptype
 
@@ -120,6 +129,7 @@ for ptype, o in ideal.items():
 # `(c(t) x_t, tau(t))` for a sweep of `t`, convert with `fm_velocity`, and measure the relative error
 # `||v_hat - (x1 - x0)||^2 / ||x1 - x0||^2`. For contrast, also the reading a *naive* FM finetune starts
 # from: the raw output of the unscaled `x_t` at the linear timestep `(1 - t)(N - 1)` taken as the velocity.
+
 
 # %%
 def text_states(pipe, prompts):
@@ -137,9 +147,9 @@ def velocity_errors(pipe, ts):
     for tk in ts:
         tb = torch.full((B,), float(tk), dtype=torch.float64)
         xk = float(tk) * data + (1 - float(tk)) * noise
-        zk, tau = fm_to_diffusion(sched_p, xk, tb)                          # z = c(t) x_t at tau(t)
+        zk, tau = fm_to_diffusion(sched_p, xk, tb)  # z = c(t) x_t at tau(t)
         o = pipe.unet(zk, tau, encoder_hidden_states=cond).sample
-        bridged.append(rel(fm_velocity(sched_p, o, xk, tb)))                # v_hat = x1_hat - eps_hat
+        bridged.append(rel(fm_velocity(sched_p, o, xk, tb)))  # v_hat = x1_hat - eps_hat
         o_naive = pipe.unet(xk, (1 - tb.float()) * (sched_p.num_train_timesteps - 1), encoder_hidden_states=cond).sample
         naive.append(rel(o_naive))
     return bridged, naive
@@ -154,8 +164,12 @@ for name, (bridged, naive) in errors.items():
     ax.plot(ts_sweep, naive, "x--", ms=4, label=f"{name}: raw output as velocity (naive FM)")
 for lo, hi in ((0, t_min), (t_max, 1)):
     ax.axvspan(lo, hi, color="grey", alpha=0.3)
-ax.set(xlabel="FM time t (0 = noise, 1 = data)", ylabel="relative squared error", yscale="log",
-       title="velocity error of the untouched priors")
+ax.set(
+    xlabel="FM time t (0 = noise, 1 = data)",
+    ylabel="relative squared error",
+    yscale="log",
+    title="velocity error of the untouched priors",
+)
 ax.legend(fontsize=8)
 fig.tight_layout()
 
@@ -201,11 +215,11 @@ assert gap < 1e-3
 # ## 3.3 Sampling the untouched prior as a flow-matching model
 #
 # FM Euler integrates `dx/dt = v_hat(x, t)` from noise (`t = 0`) to data (`t = 1`), one network call per
-# step (math page, section 7):
+# step (docs/math.md §10):
 #
 #     x <- x + (t_{k+1} - t_k) * v_hat(x, t_k)        on a uniform grid 0 = t_0 < ... < t_K = 1
 #
-# **Why this works without training** (math page, section 8): with `v_hat` from 3.1, the FM ODE is the
+# **Why this works without training** (docs/math.md §11): with `v_hat` from 3.1, the FM ODE is the
 # diffusion model's probability-flow ODE, the one DDIM discretises. DDIM steps `d(z/alpha)/ds = eps_hat` with
 # `s = sigma/alpha`; put `xbar = z/alpha`, then `x = t xbar` and `s = (1-t)/t`, and
 # `dx/dt = xbar + t eps_hat ds/dt = (x - eps_hat)/t = v_hat`. One ODE, two coordinate systems. DDIM's
@@ -219,12 +233,22 @@ assert gap < 1e-3
 # noise.
 
 # %%
-prompts = ["a red circle", "a blue square", "a green triangle", "a yellow cross",
-           "a purple circle", "a red square", "a blue triangle", "a green cross"]
+prompts = [
+    "a red circle",
+    "a blue square",
+    "a green triangle",
+    "a yellow cross",
+    "a purple circle",
+    "a red square",
+    "a blue triangle",
+    "a green cross",
+]
 settings = [("euler", 25), ("ddim", 25), ("euler", 8), ("ddim", 8), ("euler", 4), ("ddim", 4)]
 start = time.perf_counter()
-grids = {name: {(s, k): generate(pipe, prompts, sampler=s, steps=k, guidance=7.5, seed=0) for s, k in settings}
-         for name, pipe in pipes.items()}
+grids = {
+    name: {(s, k): generate(pipe, prompts, sampler=s, steps=k, guidance=7.5, seed=0) for s, k in settings}
+    for name, pipe in pipes.items()
+}
 print(f"{len(settings) * len(pipes) * len(prompts)} images in {time.perf_counter() - start:.1f} s")
 
 
@@ -287,7 +311,7 @@ print("ok")
 # %%
 ref_prompts = prompts
 z_start = torch.randn((len(ref_prompts), 4, 8, 8), generator=torch.Generator().manual_seed(42))
-c_min = float(bridge_coefficients(sched, torch.tensor(t_min, dtype=torch.float64))["scale"])
+c_min = float(bridge_coefficients(sched, torch.tensor(t_min, dtype=torch.float64)).scale)
 budgets = (2, 4, 8, 16, 32, 64)
 
 
@@ -302,7 +326,7 @@ start = time.perf_counter()
 table = {}
 for name, pipe in pipes.items():
     ref = end_point(pipe, "ddim", 200)
-    rms = lambda x: ((x - ref) ** 2).mean().sqrt().item()  # noqa: E731
+    rms = lambda x, ref=ref: ((x - ref) ** 2).mean().sqrt().item()  # noqa: E731
     table[name] = {s: [rms(end_point(pipe, s, k)) for k in budgets] for s in ("euler", "ddim")}
     table[name]["euler 200"] = rms(end_point(pipe, "euler", 200))
 print(f"computed in {time.perf_counter() - start:.1f} s\n")
@@ -316,7 +340,7 @@ for name in table:
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
 for axis, name in zip(ax, table):
     for s, marker in (("euler", "o-"), ("ddim", "s--")):
-        axis.loglog(budgets, table[name][s], marker, label=f"FM Euler (uniform in t)" if s == "euler" else "DDIM")
+        axis.loglog(budgets, table[name][s], marker, label="FM Euler (uniform in t)" if s == "euler" else "DDIM")
     axis.set(title=name, xlabel="network calls")
     axis.set_xticks(budgets, [str(k) for k in budgets]), axis.minorticks_off()
     axis.legend()
@@ -325,7 +349,7 @@ fig.tight_layout()
 
 # %% [markdown]
 # **Check yourself.** Both discretisations converge to the same end point: the error falls as the budget
-# grows, and with 200 steps FM Euler lands on DDIM's 200-step end point (the math page's test of the whole
+# grows, and with 200 steps FM Euler lands on DDIM's 200-step end point (docs/math.md §11: the test of the whole
 # bridge, here on trained networks).
 
 # %%

@@ -20,9 +20,9 @@
 #
 # **Learning goals**
 #
-# 1. Write the three objectives (Diff2Flow, naive FM, diffusion) in the math page's symbols and check the
-#    Diff2Flow loss by hand against `d2f.objectives`.
-# 2. Run three short LoRA finetunes of the built-in epsilon prior with `d2f.train` and read their metric
+# 1. Write the three objectives (Diff2Flow, naive FM, diffusion) in the symbols of docs/math.md and check the
+#    Diff2Flow loss by hand against `d2f.parametrizations`.
+# 2. Run three short LoRA finetunes of the built-in epsilon prior with `d2f.training.train` and read their metric
 #    curves (domain accuracy, prompt accuracy, FD from the world's evaluator) and sample grids.
 # 3. Say what the result means, and how it relates to the paper's claim that Diff2Flow transfers a
 #    diffusion prior into flow matching efficiently where naive FM finetuning does not.
@@ -39,22 +39,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import diffusers
 import matplotlib.pyplot as plt
 import torch
+import transformers
 from PIL import Image
 
 from d2f import Schedule, fm_to_diffusion, fm_velocity
-from d2f.objectives import diff2flow, diffusion, fm
+from d2f.parametrizations import Diff2FlowModel, DiffusionModel, NaiveFMModel
 from d2f.pipeline import load_pipeline
-from d2f.train import TrainConfig, train
-
-import diffusers
-import transformers
+from d2f.training import TrainConfig, train
 
 diffusers.utils.logging.disable_progress_bar(), transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()  # no "torchvision not installed" notices
 torch.set_num_threads(1)  # predictable on a shared 2-core machine; on your own machine delete this line
-PRIOR = "tiny-shapes-eps"   # like SD 1.x: epsilon prediction, SD's schedule
+PRIOR = "tiny-shapes-eps"  # like SD 1.x: epsilon prediction, SD's schedule
 
 # %% [markdown]
 # ## 4.1 The task: a new domain for the same prompts
@@ -65,11 +64,12 @@ PRIOR = "tiny-shapes-eps"   # like SD 1.x: epsilon prediction, SD's schedule
 # style finetune of SD does. The evaluator reads the domain of an image, so we can watch the shift happen.
 
 # %%
-from d2f.data import load_data
+from d2f.training.data import load_data
+from d2f.world.data import builtin_data
 
-target_data = load_data("shapes-target", resolution=32)
+target_data = load_data("shapes-target", resolution=32, builtin=builtin_data)
 print(f"{target_data.name}: {len(target_data)} images from {target_data.location}")
-pixels, captions = target_data.pixels(range(16)), target_data.captions[:16]   # (16, 3, 32, 32) in [-1, 1]
+pixels, captions = target_data.pixels(range(16)), target_data.captions[:16]  # (16, 3, 32, 32) in [-1, 1]
 fig, ax = plt.subplots(1, 8, figsize=(9, 1.5))
 for k in range(8):
     ax[k].imshow((pixels[k].permute(1, 2, 0) + 1) / 2), ax[k].set_title(captions[k][2:], fontsize=7), ax[k].axis("off")
@@ -78,7 +78,7 @@ for k in range(8):
 # ## 4.2 Three objectives, one network, one cost
 #
 # Each draws a batch of data `x1` (VAE latents) and noise `x0`, and costs one forward and one backward of the
-# same UNet (math page, section 6):
+# same UNet (docs/math.md §8):
 #
 # * **Diff2Flow**: `t ~ U[0, 1]`, `x_t = t*x1 + (1-t)*x0`, `o = net(c(t)*x_t, tau(t), cond)`,
 #   loss `= mean ||v_hat(o) - (x1 - x0)||^2` with `v_hat = x1_hat - eps_hat` (notebook 3).
@@ -88,7 +88,7 @@ for k in range(8):
 # * **Diffusion**: `i ~ U{0..N-1}`, `z = alpha_i*x1 + sigma_i*eps`, loss against `eps` (this prior's
 #   prediction type). The model stays a diffusion model and samples with DDIM.
 #
-# **Check yourself.** On a fixed batch of real latents, `d2f.objectives.diff2flow` must equal the loss
+# **Check yourself.** On a fixed batch of real latents, `Diff2FlowModel.loss` must equal the loss
 # written out by hand from notebooks 2 and 3, and each objective must call the network exactly once.
 
 # %%
@@ -109,15 +109,15 @@ def net(z, timestep, c):
 
 
 with torch.no_grad():
-    lib = diff2flow(net, x1, x0, t, cond, sched, "epsilon").loss.item()
+    lib = Diff2FlowModel(sched, "epsilon").loss(net, x1, x0, t, cond).loss.item()
     tv = t.view(-1, 1, 1, 1)
     x_t = tv * x1 + (1 - tv) * x0
-    z, tau = fm_to_diffusion(sched, x_t, t.double())             # z = c(t) x_t at tau(t)
+    z, tau = fm_to_diffusion(sched, x_t, t.double())  # z = c(t) x_t at tau(t)
     v_hat = fm_velocity(sched, pipe.unet(z, tau, encoder_hidden_states=cond).sample, x_t, t.double())
     by_hand = ((v_hat - (x1 - x0)) ** 2).mean().item()
-    fm_loss = fm(net, x1, x0, t, cond, sched, "epsilon").loss.item()
+    fm_loss = NaiveFMModel(sched).loss(net, x1, x0, t, cond).loss.item()
     i = torch.randint(0, 1000, (16,), generator=gen).float()
-    diff_loss = diffusion(net, x1, x0, i, cond, sched, "epsilon").loss.item()
+    diff_loss = DiffusionModel(sched, "epsilon").loss(net, x1, x0, i, cond).loss.item()
 print(f"diff2flow: library {lib:.5f}, by hand {by_hand:.5f};  naive fm {fm_loss:.4f};  diffusion {diff_loss:.4f}")
 assert abs(lib - by_hand) < 1e-4 * max(1.0, by_hand)
 assert len(calls) == 3, "one network call per objective"
@@ -131,7 +131,7 @@ assert lib < fm_loss, "through the bridge the prior is a better velocity predict
 #
 # ## 4.3 Three finetunes, same data, seed and budget
 #
-# `d2f.train` is what the `d2f train` command runs. Every run: the built-in eps prior, `shapes-target`, a
+# `d2f.training.train` is what the `d2f train` command runs. Every run: the built-in eps prior, `shapes-target`, a
 # rank-8 LoRA on attention and convolutions, AdamW, the same seed, and the same number of steps and batch
 # size (512 target images, 100 steps of batch 16). Every 50 steps (and at step 0) the trainer samples one
 # image for each of the 24 prompts with the objective's sampler (FM Euler, 25 steps, for Diff2Flow and naive
@@ -142,12 +142,28 @@ assert lib < fm_loss, "through the bridge the prior is a better velocity predict
 # %%
 STEPS, BATCH, VALIDATE = 100, 16, 50
 runs_dir = Path(tempfile.mkdtemp(prefix="d2f-tutorial-04-"))
-common = dict(model=PRIOR, data="shapes-target", max_samples=512, steps=STEPS, batch_size=BATCH, lr=1e-3,
-              lora_rank=8, lora_targets="attn+conv", guidance=7.5, warmup_steps=10, seed=0, validate_every=VALIDATE, eval_samples=24, checkpoint_every=0, log_every=10)
+common = dict(
+    model=PRIOR,
+    data="shapes-target",
+    max_samples=512,
+    steps=STEPS,
+    batch_size=BATCH,
+    lr=1e-3,
+    lora_rank=8,
+    lora_targets="attn+conv",
+    guidance=7.5,
+    warmup_steps=10,
+    seed=0,
+    validate_every=VALIDATE,
+    eval_samples=24,
+    checkpoint_every=0,
+    log_every=10,
+)
 summaries = {}
 for objective in ("diff2flow", "fm", "diffusion"):
     start = time.perf_counter()
-    summaries[objective] = train(TrainConfig(objective=objective, output=str(runs_dir / objective), **common))
+    cfg = TrainConfig(objective=objective, output=str(runs_dir / objective), **common)
+    summaries[objective] = train(cfg, builtin=builtin_data)
     print(f"{objective:10s} {time.perf_counter() - start:5.1f} s   final loss {summaries[objective]['final_loss']:.4f}")
 
 
@@ -170,6 +186,7 @@ for axis, m in zip(ax, metrics + ("training loss (not comparable across objectiv
 ax[0].set(ylim=(-0.05, 1.05)), ax[1].set(ylim=(-0.05, 1.05)), ax[2].set(yscale="log"), ax[3].set(yscale="log")
 ax[0].legend()
 fig.tight_layout()
+
 
 # %%
 def seconds_per_step(objective):

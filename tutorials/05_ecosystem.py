@@ -41,15 +41,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import diffusers
 import matplotlib.pyplot as plt
 import torch
-
-import diffusers
 import transformers
 
 diffusers.utils.logging.disable_progress_bar(), transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()  # no "torchvision not installed" notices
-diffusers.utils.logging.set_verbosity_error()     # no "no LoRA keys for the text encoder" notice
+diffusers.utils.logging.set_verbosity_error()  # no "no LoRA keys for the text encoder" notice
 torch.set_num_threads(1)  # predictable on a shared 2-core machine; on your own machine delete this line
 work = Path(tempfile.mkdtemp(prefix="d2f-tutorial-05-"))
 
@@ -65,18 +64,45 @@ work = Path(tempfile.mkdtemp(prefix="d2f-tutorial-05-"))
 
 # %%
 run = work / "d2f-run"
-command = [sys.executable, "-m", "d2f", "train", "--model", "tiny-shapes-eps", "--data", "shapes-base",
-           "--max-samples", "512", "--objective", "diff2flow", "--steps", "100", "--batch-size", "16",
-           "--lr", "3e-4", "--warmup-steps", "10", "--validate-every", "0",
-           "--checkpoint-every", "0", "--output", str(run), "--json"]
+command = [
+    sys.executable,
+    "-m",
+    "d2f",
+    "train",
+    "--model",
+    "tiny-shapes-eps",
+    "--data",
+    "shapes-base",
+    "--max-samples",
+    "512",
+    "--objective",
+    "diff2flow",
+    "--steps",
+    "100",
+    "--batch-size",
+    "16",
+    "--lr",
+    "3e-4",
+    "--warmup-steps",
+    "10",
+    "--validate-every",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--output",
+    str(run),
+    "--json",
+]
 print("$ d2f " + " ".join(command[3:]))
 start = time.perf_counter()
 env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work)
 assert done.returncode == 0, done.stderr[-3000:]
 summary = json.loads(done.stdout)
-print(f"{time.perf_counter() - start:.0f} s;", json.dumps({k: summary[k] for k in ("final_loss", "metrics_before",
-                                                                                   "metrics_after")}, indent=1))
+print(
+    f"{time.perf_counter() - start:.0f} s;",
+    json.dumps({k: summary[k] for k in ("final_loss", "metrics_before", "metrics_after")}, indent=1),
+)
 print(sorted(p.name for p in run.iterdir()))
 
 # %% [markdown]
@@ -100,7 +126,7 @@ import d2f
 from d2f import Diff2FlowEulerScheduler
 from d2f.sampling import time_grid
 
-base = Path(d2f.__file__).parent / "assets" / "tiny-shapes-eps"     # any SD 1.x/2.x folder or hub id
+base = Path(d2f.__file__).parent / "assets" / "tiny-shapes-eps"  # any SD 1.x/2.x folder or hub id
 pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
 pipe.load_lora_weights(run)
 pipe.scheduler = Diff2FlowEulerScheduler.from_config(pipe.scheduler.config)
@@ -138,19 +164,31 @@ from d2f.pipeline import generate, load_pipeline
 expected = d2f.tau_of_t(pipe.scheduler.schedule, t_grid[:-1]).float()
 assert torch.allclose(pipe.scheduler.timesteps, expected), (pipe.scheduler.timesteps, expected)
 
-prompts = ["a red circle", "a blue square", "a green triangle", "a yellow cross",
-           "a purple circle", "a red square", "a blue triangle", "a green cross"]
+prompts = [
+    "a red circle",
+    "a blue square",
+    "a green triangle",
+    "a yellow cross",
+    "a purple circle",
+    "a red square",
+    "a blue triangle",
+    "a green cross",
+]
 gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-ours = pipe(prompts, num_inference_steps=25, guidance_scale=7.5, generator=gens, height=32, width=32,
-            output_type="pt").images
-d2f_pipe = load_pipeline(lora=run)          # reads d2f_run.json: base model, objective, sampler
+ours = pipe(
+    prompts, num_inference_steps=25, guidance_scale=7.5, generator=gens, height=32, width=32, output_type="pt"
+).images
+d2f_pipe = load_pipeline(lora=run)  # reads d2f_run.json: base model, objective, sampler
 theirs = generate(d2f_pipe, prompts, sampler="euler", steps=25, guidance=7.5, seed=0)
 gap = (ours.float() - theirs).abs().max().item()
-untouched = generate(load_pipeline("tiny-shapes-eps"), prompts, sampler="euler", steps=25, guidance=7.5, seed=0,
-                     objective="diff2flow")
+untouched = generate(
+    load_pipeline("tiny-shapes-eps"), prompts, sampler="euler", steps=25, guidance=7.5, seed=0, objective="diff2flow"
+)
 lora_effect = (theirs - untouched).abs().mean().item()
-print(f"max pixel difference, plain diffusers vs d2f sample: {gap:.2e}  (the LoRA itself changes pixels "
-      f"by {lora_effect:.3f} on average)")
+print(
+    f"max pixel difference, plain diffusers vs d2f sample: {gap:.2e}  (the LoRA itself changes pixels "
+    f"by {lora_effect:.3f} on average)"
+)
 assert gap < 2e-3 and lora_effect > 10 * gap
 
 # %% [markdown]
@@ -174,8 +212,9 @@ eval_prompts = [all_prompts()[k % 24] for k in range(48)]
 def sample(scheduler, steps, prompts_, seed=0):
     pipe.scheduler = scheduler
     gens_ = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts_))]
-    return pipe(prompts_, num_inference_steps=steps, guidance_scale=7.5, generator=gens_, height=32, width=32,
-                output_type="pt").images.float()
+    return pipe(
+        prompts_, num_inference_steps=steps, guidance_scale=7.5, generator=gens_, height=32, width=32, output_type="pt"
+    ).images.float()
 
 
 budgets = [("euler", euler, 2), ("euler", euler, 4), ("heun", heun, 2), ("euler", euler, 8), ("euler", euler, 25)]
@@ -243,16 +282,22 @@ print("ok")
 #   accumulation for an effective batch of 16.
 
 # %%
-SD15 = ("d2f train --model stable-diffusion-v1-5/stable-diffusion-v1-5 --data ./my-images --resolution 512 "
-        "--objective diff2flow --lora-rank 32 --lora-targets attn+conv --lr 1e-4 --warmup-steps 100 --steps 3000 "
-        "--batch-size 4 --grad-accum 4 --mixed-precision bf16 --gradient-checkpointing "
-        "--validate-every 500 --checkpoint-every 500 --output runs/sd15-diff2flow")
-SD21 = ("d2f train --model stabilityai/stable-diffusion-2-1 --data ./my-images --resolution 768 "
-        "--objective diff2flow --lora-rank 32 --lora-targets attn+conv --lr 1e-4 --warmup-steps 100 --steps 3000 "
-        "--batch-size 2 --grad-accum 8 --mixed-precision bf16 --gradient-checkpointing "
-        "--validate-every 500 --checkpoint-every 500 --output runs/sd21-diff2flow")
-SAMPLE = ('d2f sample --lora runs/sd15-diff2flow --prompt "a photo in my style" --num-images 8 --steps 25 '
-          "--guidance 7.5 --output sd15-grid.png")
+SD15 = (
+    "d2f train --model stable-diffusion-v1-5/stable-diffusion-v1-5 --data ./my-images --resolution 512 "
+    "--objective diff2flow --lora-rank 32 --lora-targets attn+conv --lr 1e-4 --warmup-steps 100 --steps 3000 "
+    "--batch-size 4 --grad-accum 4 --mixed-precision bf16 --gradient-checkpointing "
+    "--validate-every 500 --checkpoint-every 500 --output runs/sd15-diff2flow"
+)
+SD21 = (
+    "d2f train --model stabilityai/stable-diffusion-2-1 --data ./my-images --resolution 768 "
+    "--objective diff2flow --lora-rank 32 --lora-targets attn+conv --lr 1e-4 --warmup-steps 100 --steps 3000 "
+    "--batch-size 2 --grad-accum 8 --mixed-precision bf16 --gradient-checkpointing "
+    "--validate-every 500 --checkpoint-every 500 --output runs/sd21-diff2flow"
+)
+SAMPLE = (
+    'd2f sample --lora runs/sd15-diff2flow --prompt "a photo in my style" --num-images 8 --steps 25 '
+    "--guidance 7.5 --output sd15-grid.png"
+)
 BASELINES = "the same SD15 command with --objective fm or --objective diffusion (and another --output)"
 for name, cmd in (("SD 1.5", SD15), ("SD 2.1", SD21), ("sample", SAMPLE)):
     print(f"# {name}\n" + cmd.replace(" --", " \\\n    --") + "\n")
@@ -285,7 +330,7 @@ for cmd in (SD15, SD21, SAMPLE):
     known = {opt for param in sub.params for opt in (*param.opts, *param.secondary_opts)}
     unknown = [a for a in args[2:] if a.startswith("--") and a not in known]
     assert not unknown, (args[1], unknown)
-    sub.make_context(args[1], args[2:])   # parses and type-checks every value, runs nothing
+    sub.make_context(args[1], args[2:])  # parses and type-checks every value, runs nothing
 print("ok: every option exists and parses")
 
 # %% [markdown]
@@ -300,5 +345,5 @@ print("ok: every option exists and parses")
 #   8 Euler steps and breaks below.
 # * The same commands finetune SD 1.5 / SD 2.1 on a GPU; their memory and time were not measured here.
 #
-# This is the last notebook. The math page (`diff2flow-math.md`) has every equation in one place; the
+# This is the last notebook. `docs/math.md` has every equation in one place; the
 # README lists the commands and benchmarks.

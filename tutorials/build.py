@@ -40,8 +40,13 @@ def build(script: Path) -> float:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="d2f-tutorial-") as cwd:
         try:
-            NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
-                           resources={"metadata": {"path": cwd}}).execute()
+            NotebookClient(
+                nb,
+                timeout=CELL_TIMEOUT_S,
+                kernel_name="python3",
+                record_timing=False,
+                resources={"metadata": {"path": cwd}},
+            ).execute()
         except Exception:
             failed = Path(tempfile.gettempdir()) / f"{script.stem}.failed.ipynb"
             nbformat.write(nb, failed)

@@ -1,7 +1,7 @@
-"""What ``d2f inspect-schedule`` shows: a table of the schedule and the time map, and a plot.
+"""``d2f inspect-schedule``: a table of a schedule and the time map, and a plot.
 
 Rows are (tau, t, alpha, sigma, scale c, log-SNR, clamped). A row asked for by FM time t keeps the
-asked t and shows the tau it maps to (after the clamp of section 5).
+asked t and shows the tau it maps to (after the clamp of docs/math.md §5).
 """
 
 from __future__ import annotations
@@ -10,10 +10,14 @@ import math
 from pathlib import Path
 
 import torch
+import typer
+from rich.table import Table
 
+from d2f.cli.app import app, console, friendly, print_json, require_extra
+from d2f.core.schedule import Schedule
+from d2f.core.timemap import is_clamped, t_of_tau, t_range, tau_of_t
 from d2f.errors import UserError
-from d2f.schedule import Schedule
-from d2f.timemap import is_clamped, t_of_tau, t_range, tau_of_t
+from d2f.files import check_writable_dir
 
 
 def _row(schedule: Schedule, tau: float, t: float | None = None) -> dict:
@@ -21,9 +25,15 @@ def _row(schedule: Schedule, tau: float, t: float | None = None) -> dict:
     alpha, sigma = float(schedule.alpha(tau_t)), float(schedule.sigma(tau_t))
     asked_t = t is not None
     t = t if asked_t else float(t_of_tau(schedule, tau_t))
-    return {"tau": tau, "t": t, "alpha": alpha, "sigma": sigma, "scale": alpha + sigma,
-            "log_snr": float(schedule.log_snr(tau_t)),
-            "clamped": bool(is_clamped(schedule, torch.tensor(t))) if asked_t else False}
+    return {
+        "tau": tau,
+        "t": t,
+        "alpha": alpha,
+        "sigma": sigma,
+        "scale": alpha + sigma,
+        "log_snr": float(schedule.log_snr(tau_t)),
+        "clamped": bool(is_clamped(schedule, torch.tensor(t))) if asked_t else False,
+    }
 
 
 def scale_max(schedule: Schedule) -> tuple[float, float]:
@@ -56,9 +66,17 @@ def schedule_report(schedule: Schedule, rows: int = 11, taus: list[float] = (), 
     table += [_row(schedule, float(tau_of_t(schedule, torch.tensor(t, dtype=torch.float64))), t) for t in ts]
     t_min, t_max = t_range(schedule)
     c_max, c_tau = scale_max(schedule)
-    return {"num_train_timesteps": n, "prediction_type": schedule.prediction_type,
-            "beta_schedule": schedule.beta_schedule, "zero_terminal_snr": schedule.zero_terminal_snr,
-            "t_min": t_min, "t_max": t_max, "scale_max": c_max, "scale_max_tau": c_tau, "rows": table}
+    return {
+        "num_train_timesteps": n,
+        "prediction_type": schedule.prediction_type,
+        "beta_schedule": schedule.beta_schedule,
+        "zero_terminal_snr": schedule.zero_terminal_snr,
+        "t_min": t_min,
+        "t_max": t_max,
+        "scale_max": c_max,
+        "scale_max_tau": c_tau,
+        "rows": table,
+    }
 
 
 def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path:
@@ -83,8 +101,9 @@ def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path
     ax[0, 1].plot(tau, t_of_tau(schedule, tau))
     ax[0, 1].axhspan(0, t_min, color="grey", alpha=0.3, label="not covered (clamped)")
     ax[0, 1].axhspan(t_max, 1, color="grey", alpha=0.3)
-    ax[0, 1].set(xlabel="diffusion time tau", ylabel="FM time t", ylim=(0, 1),
-                 title="time map t = alpha / (alpha + sigma)")
+    ax[0, 1].set(
+        xlabel="diffusion time tau", ylabel="FM time t", ylim=(0, 1), title="time map t = alpha / (alpha + sigma)"
+    )
     ax[0, 1].legend()
     ax[1, 0].plot(t, c)
     for lo, hi in ((0, t_min), (t_max, 1)):
@@ -101,3 +120,67 @@ def plot_schedule(schedule: Schedule, path: str | Path, title: str = "") -> Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@app.command("inspect-schedule")
+@friendly
+def inspect_schedule(
+    preset: str | None = typer.Option(None, help="A public SD schedule: sd15, sd2-base or sd2-v (default sd15)."),
+    model: str | None = typer.Option(
+        None, help="A built-in model name, diffusers model folder or hub id: read its scheduler/scheduler_config.json."
+    ),
+    zero_terminal_snr: bool = typer.Option(False, "--zero-terminal-snr", help="Rescale to zero terminal SNR."),
+    rows: int = typer.Option(11, help="Number of evenly spaced taus in the table."),
+    tau: list[float] = typer.Option([], "--tau", help="Add a row at this (fractional) tau. Repeatable."),
+    t: list[float] = typer.Option([], "--t", help="Add a row at this FM time t, with the tau it maps to. Repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    plot: Path | None = typer.Option(None, help="Write a figure of the schedules and the time map to this PNG."),
+):
+    """Show a diffusion schedule, its alpha/sigma, and the map to flow-matching time.
+
+    Example: d2f inspect-schedule --preset sd15 --t 0 --t 0.5 --tau 354.5 --plot schedule.png
+    """
+    if preset and model:
+        raise UserError("give either --preset or --model, not both")
+    if plot is not None:  # checked before any work: an extension-less name gets .png, as matplotlib would save it
+        require_extra("plot", "matplotlib")
+        plot = plot if plot.suffix else plot.with_suffix(".png")
+        if plot.is_dir():
+            raise UserError(f"--plot {plot} is a directory; give a file name such as {plot / 'schedule.png'}")
+        check_writable_dir(plot.parent, "--plot")
+    if model:
+        from d2f.pipeline.models import hub_file, resolve_model
+
+        ref = resolve_model(model)
+        config_path = hub_file(ref, "scheduler/scheduler_config.json")
+        schedule = Schedule.from_pretrained(config_path, zero_terminal_snr=zero_terminal_snr or None)
+        source = ref.name
+    else:
+        schedule = Schedule.preset(preset or "sd15", zero_terminal_snr=zero_terminal_snr)
+        source = preset or "sd15"
+    report = schedule_report(schedule, rows, tau, t)
+    if plot:
+        plot = plot_schedule(schedule, plot, title=f"{source}: {schedule!r}")
+    if as_json:
+        print_json(report)
+        return
+    table = Table(
+        title=f"{source}: prediction_type={report['prediction_type']}, N={report['num_train_timesteps']}, "
+        f"covered t in [{report['t_min']:.4f}, {report['t_max']:.4f}], "
+        f"max scale {report['scale_max']:.5f} at tau {report['scale_max_tau']:.2f}"
+    )
+    for column in ("tau", "t", "alpha", "sigma", "scale c", "log-SNR", "clamped"):
+        table.add_column(column, justify="right")
+    for row in report["rows"]:
+        table.add_row(
+            f"{row['tau']:.3f}",
+            f"{row['t']:.5f}",
+            f"{row['alpha']:.5f}",
+            f"{row['sigma']:.5f}",
+            f"{row['scale']:.5f}",
+            f"{row['log_snr']:.4f}",
+            "yes" if row["clamped"] else "",
+        )
+    console.print(table)
+    if plot:
+        console.print(f"plot written to {plot}")

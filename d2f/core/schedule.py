@@ -1,7 +1,7 @@
 """Diffusion schedules: the alpha/sigma of a discrete-time diffusion model, at fractional timesteps.
 
 A schedule is the table ``abar_i = prod_{k<=i} (1 - beta_k)`` for ``i = 0..N-1`` (diffusers'
-``alphas_cumprod``). From it (math page, sections 0 and 1):
+``alphas_cumprod``). From it (docs/math.md §1 and §3):
 
     lam_i      = log(abar_i / (1 - abar_i))           log signal-to-noise ratio, strictly decreasing
     lam(tau)   = piecewise-linear interpolation of lam_i, tau in [0, N-1]
@@ -12,7 +12,7 @@ Interpolating lam (not alpha or beta) keeps alpha^2 + sigma^2 = 1 at every tau a
 table exactly at integer tau. Tables are float64; results come back in the dtype and on the device
 of ``tau`` (half-precision inputs are computed in float64 first, never in half).
 
-Zero terminal SNR (section 9) makes abar_{N-1} = 0, so lam_{N-1} = -inf and the last segment cannot be
+Zero terminal SNR (§12) makes abar_{N-1} = 0, so lam_{N-1} = -inf and the last segment cannot be
 interpolated in lam. There d2f interpolates the FM time ``t = sigmoid(lam/2)`` linearly instead, from
 t_{N-2} down to exactly 0; it is the same curve wherever lam is finite and keeps the time map strictly
 monotone and exactly invertible on [N-2, N-1].
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from d2f.core._tensor import as_float64
 from d2f.errors import UserError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -34,12 +35,27 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 # Public Stable Diffusion scheduler configs (their scheduler_config.json on the hub).
 PRESETS = {
-    "sd15": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                 num_train_timesteps=1000, prediction_type="epsilon"),
-    "sd2-base": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                     num_train_timesteps=1000, prediction_type="epsilon"),
-    "sd2-v": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                  num_train_timesteps=1000, prediction_type="v_prediction"),
+    "sd15": dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_train_timesteps=1000,
+        prediction_type="epsilon",
+    ),
+    "sd2-base": dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_train_timesteps=1000,
+        prediction_type="epsilon",
+    ),
+    "sd2-v": dict(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+    ),
 }
 
 
@@ -50,8 +66,9 @@ def check_prediction_type(prediction_type: str) -> str:
     return prediction_type
 
 
-def make_betas(beta_schedule: str, num_train_timesteps: int = 1000, beta_start: float = 0.0001,
-               beta_end: float = 0.02) -> torch.Tensor:
+def make_betas(
+    beta_schedule: str, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02
+) -> torch.Tensor:
     """The beta table of a diffusers beta schedule, float64, shape (N,).
 
     - ``linear``:            beta_i linear from beta_start to beta_end
@@ -65,10 +82,11 @@ def make_betas(beta_schedule: str, num_train_timesteps: int = 1000, beta_start: 
     if beta_schedule == "scaled_linear":
         return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
     if beta_schedule == "squaredcos_cap_v2":
+
         def abar(s: float) -> float:
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)],
-                            dtype=torch.float64)
+
+        return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float64)
     raise UserError(f"unknown beta_schedule {beta_schedule!r}; d2f supports {', '.join(BETA_SCHEDULES)}")
 
 
@@ -99,23 +117,27 @@ class Schedule:
         abar = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).flatten().cpu()
         check_prediction_type(self.prediction_type)
         if abar.numel() < 2 or not torch.all((abar >= 0) & (abar < 1)) or bool(torch.any(abar[:-1] <= 0)):
-            raise UserError("alphas_cumprod must have at least 2 entries in (0, 1) "
-                            "(only the last may be 0, for zero terminal SNR)")
+            raise UserError(
+                "alphas_cumprod must have at least 2 entries in (0, 1) (only the last may be 0, for zero terminal SNR)"
+            )
         # lam_i = log(abar_i) - log(1 - abar_i); -inf where abar_{N-1} = 0 (zero terminal SNR)
         lam = abar.log() - torch.log1p(-abar)
         step = lam[1:] - lam[:-1]
         if not torch.all(step < 0):
             i = int(torch.nonzero(step >= 0)[0])
-            raise UserError(f"the schedule is not strictly decreasing in SNR: log-SNR at timestep {i + 1} "
-                            f"({lam[i + 1].item():.6g}) is not below timestep {i} ({lam[i].item():.6g}); "
-                            "d2f needs strictly positive betas")
+            raise UserError(
+                f"the schedule is not strictly decreasing in SNR: log-SNR at timestep {i + 1} "
+                f"({lam[i + 1].item():.6g}) is not below timestep {i} ({lam[i].item():.6g}); "
+                "d2f needs strictly positive betas"
+            )
         object.__setattr__(self, "alphas_cumprod", abar)
         object.__setattr__(self, "log_snr_table", lam)
 
     # --- constructors -------------------------------------------------------------------------
     @classmethod
-    def from_betas(cls, betas, prediction_type: str = "epsilon", beta_schedule: str = "custom",
-                   zero_terminal_snr: bool = False) -> "Schedule":
+    def from_betas(
+        cls, betas, prediction_type: str = "epsilon", beta_schedule: str = "custom", zero_terminal_snr: bool = False
+    ) -> Schedule:
         """abar_i = prod_{k<=i} (1 - beta_k), optionally rescaled to zero terminal SNR."""
         abar = torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), dim=0)
         if zero_terminal_snr:
@@ -123,8 +145,9 @@ class Schedule:
         return cls(abar, prediction_type, beta_schedule, zero_terminal_snr)
 
     @classmethod
-    def from_config(cls, config: dict, prediction_type: str | None = None,
-                    zero_terminal_snr: bool | None = None) -> "Schedule":
+    def from_config(
+        cls, config: dict, prediction_type: str | None = None, zero_terminal_snr: bool | None = None
+    ) -> Schedule:
         """From a diffusers scheduler config dict (``scheduler_config.json``); keys as diffusers
         names them, with diffusers' defaults. ``trained_betas`` wins over ``beta_schedule``."""
         n = int(config.get("num_train_timesteps", 1000))
@@ -132,25 +155,25 @@ class Schedule:
             betas, name = torch.as_tensor(config["trained_betas"], dtype=torch.float64), "trained_betas"
         else:
             name = config.get("beta_schedule", "linear")
-            betas = make_betas(name, n, float(config.get("beta_start", 0.0001)),
-                               float(config.get("beta_end", 0.02)))
+            betas = make_betas(name, n, float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02)))
         ztsnr = config.get("rescale_betas_zero_snr", False) if zero_terminal_snr is None else zero_terminal_snr
-        return cls.from_betas(betas, prediction_type or config.get("prediction_type", "epsilon"),
-                              name, bool(ztsnr))
+        return cls.from_betas(betas, prediction_type or config.get("prediction_type", "epsilon"), name, bool(ztsnr))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **overrides) -> "Schedule":
+    def from_pretrained(cls, folder: str | Path, **overrides) -> Schedule:
         """From a diffusers model folder (``folder/scheduler/scheduler_config.json``) or directly
         from a ``scheduler_config.json`` / scheduler folder."""
         folder = Path(folder)
         for path in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json", folder):
             if path.is_file():
                 return cls.from_config(json.loads(path.read_text()), **overrides)
-        raise UserError(f"no scheduler config in {folder}: expected {folder}/scheduler/scheduler_config.json "
-                        "(a diffusers model folder)")
+        raise UserError(
+            f"no scheduler config in {folder}: expected {folder}/scheduler/scheduler_config.json "
+            "(a diffusers model folder)"
+        )
 
     @classmethod
-    def preset(cls, name: str, zero_terminal_snr: bool = False) -> "Schedule":
+    def preset(cls, name: str, zero_terminal_snr: bool = False) -> Schedule:
         """A public Stable Diffusion schedule: ``sd15``, ``sd2-base`` or ``sd2-v``."""
         if name not in PRESETS:
             raise UserError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
@@ -165,17 +188,17 @@ class Schedule:
     def log_snr(self, tau: torch.Tensor) -> torch.Tensor:
         """lam(tau): the log-SNR, piecewise linear in tau between the table's integers. ``tau`` is
         clamped to [0, N-1]."""
-        tau64, dtype = _as_float64(tau)
+        tau64, dtype = as_float64(tau)
         return self._log_snr64(tau64).to(dtype)
 
     def alpha(self, tau: torch.Tensor) -> torch.Tensor:
         """alpha(tau) = sqrt(sigmoid(lam(tau))), the signal scale."""
-        tau64, dtype = _as_float64(tau)
+        tau64, dtype = as_float64(tau)
         return torch.sigmoid(self._log_snr64(tau64)).sqrt().to(dtype)
 
     def sigma(self, tau: torch.Tensor) -> torch.Tensor:
         """sigma(tau) = sqrt(sigmoid(-lam(tau))), the noise scale."""
-        tau64, dtype = _as_float64(tau)
+        tau64, dtype = as_float64(tau)
         return torch.sigmoid(-self._log_snr64(tau64)).sqrt().to(dtype)
 
     def _log_snr64(self, tau: torch.Tensor) -> torch.Tensor:
@@ -193,11 +216,7 @@ class Schedule:
         return lam
 
     def __repr__(self) -> str:
-        return (f"Schedule(N={self.num_train_timesteps}, beta_schedule={self.beta_schedule!r}, "
-                f"prediction_type={self.prediction_type!r}, zero_terminal_snr={self.zero_terminal_snr})")
-
-
-def _as_float64(x) -> tuple[torch.Tensor, torch.dtype]:
-    """(x in float64, the dtype to answer in): the input's floating dtype, float64 for ints and floats."""
-    x = torch.as_tensor(x)
-    return x.to(torch.float64), (x.dtype if x.is_floating_point() else torch.float64)
+        return (
+            f"Schedule(N={self.num_train_timesteps}, beta_schedule={self.beta_schedule!r}, "
+            f"prediction_type={self.prediction_type!r}, zero_terminal_snr={self.zero_terminal_snr})"
+        )

@@ -1,7 +1,6 @@
 """The time map between diffusion time tau and flow-matching time t, and interpolant alignment.
 
-Dividing a diffusion sample by (alpha + sigma) gives a point on the straight FM path (math page,
-section 2):
+Dividing a diffusion sample by (alpha + sigma) gives a point on the straight FM path (docs/math.md §4):
 
     z / (alpha + sigma) = t * x1 + (1 - t) * eps        with   t = alpha / (alpha + sigma)
 
@@ -14,10 +13,10 @@ lam = 2 * logit(t), then tau = the piecewise-linear inverse of lam(tau); both di
 t decreases strictly as tau grows. Conventions: **t = 0 is noise, t = 1 is data**.
 
 The schedule only covers t in [t_min, t_max] = [t(N-1), t(0)] (SD: [0.0640, 0.9717]). Outside it no
-diffusion timestep exists, and d2f clamps (section 5): t_eff = clip(t, t_min, t_max) is used for tau,
+diffusion timestep exists, and d2f clamps (§5): t_eff = clip(t, t_min, t_max) is used for tau,
 the scale c, alpha and sigma alike, so everything is finite on all of [0, 1].
 
-Alignment (section 3): the network sees  z = c(t) * x_t  with  c(t) = alpha(tau(t)) + sigma(tau(t)),
+Alignment (§6): the network sees  z = c(t) * x_t  with  c(t) = alpha(tau(t)) + sigma(tau(t)),
 c in [1, sqrt(2)], at the fractional timestep tau(t).
 
 All functions take tensors (any shape, broadcast against each other), compute in float64 and answer in
@@ -26,15 +25,18 @@ the dtype and on the device of their first tensor argument.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from d2f.schedule import Schedule, _as_float64
+from d2f.core._tensor import as_float64, at_least_float32, per_sample
+from d2f.core.schedule import Schedule
 
 
 def t_of_tau(schedule: Schedule, tau: torch.Tensor) -> torch.Tensor:
     """t(tau) = sigmoid(lam(tau) / 2) = alpha / (alpha + sigma); tau clamped to [0, N-1]."""
-    tau64, dtype = _as_float64(tau)
-    return torch.sigmoid(schedule._log_snr64(tau64) / 2).to(dtype)
+    tau64, dtype = as_float64(tau)
+    return torch.sigmoid(schedule.log_snr(tau64) / 2).to(dtype)
 
 
 def t_range(schedule: Schedule) -> tuple[float, float]:
@@ -45,7 +47,7 @@ def t_range(schedule: Schedule) -> tuple[float, float]:
 
 
 def clamp_t(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
-    """t_eff = clip(t, t_min, t_max) (section 5)."""
+    """t_eff = clip(t, t_min, t_max) (§5)."""
     t_min, t_max = t_range(schedule)
     return torch.as_tensor(t).clamp(t_min, t_max)
 
@@ -60,9 +62,9 @@ def is_clamped(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
 def tau_of_t(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     """tau(t): the exact inverse of t(tau) on the covered range; t is clamped to [t_min, t_max] first.
 
-        lam = 2 * logit(t_eff),   tau = i + (lam - lam_i) / (lam_{i+1} - lam_i)   for lam_{i+1} <= lam <= lam_i
+    lam = 2 * logit(t_eff),   tau = i + (lam - lam_i) / (lam_{i+1} - lam_i)   for lam_{i+1} <= lam <= lam_i
     """
-    t64, dtype = _as_float64(t)
+    t64, dtype = as_float64(t)
     t64 = clamp_t(schedule, t64)
     table = schedule.log_snr_table.to(t64.device)
     n = schedule.num_train_timesteps
@@ -81,19 +83,33 @@ def tau_of_t(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
 
 def scale(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     """c(t) = alpha(tau(t)) + sigma(tau(t)), with t clamped; in [1, sqrt(2)]."""
-    t64, dtype = _as_float64(t)
+    t64, dtype = as_float64(t)
     tau = tau_of_t(schedule, t64)
     return (schedule.alpha(tau) + schedule.sigma(tau)).to(dtype)
 
 
-def bridge_coefficients(schedule: Schedule, t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Everything the bridge needs at FM time t, in float64: ``t_eff``, ``tau``, ``alpha``,
-    ``sigma`` and ``scale`` (c). One lookup for all, so they always agree on the clamp."""
-    t64, _ = _as_float64(t)
+@dataclass(frozen=True)
+class BridgeCoefficients:
+    """Everything the bridge needs at FM time t, each of shape (B,) (or scalar), float64:
+
+    ``t_eff`` = clip(t, t_min, t_max), ``tau`` = tau(t_eff), ``alpha`` and ``sigma`` at that tau, and
+    ``scale`` = c(t) = alpha + sigma. One lookup for all, so they always agree on the clamp (§5)."""
+
+    t_eff: torch.Tensor
+    tau: torch.Tensor
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    scale: torch.Tensor
+
+
+def bridge_coefficients(schedule: Schedule, t: torch.Tensor) -> BridgeCoefficients:
+    """The ``BridgeCoefficients`` at FM time(s) t (docs/math.md §5-§6)."""
+    t64, _ = as_float64(t)
     t_eff = clamp_t(schedule, t64)
     tau = tau_of_t(schedule, t_eff)
     alpha, sigma = schedule.alpha(tau), schedule.sigma(tau)
-    return {"t_eff": t_eff, "tau": tau, "alpha": alpha, "sigma": sigma, "scale": alpha + sigma}
+    # c(t) = alpha(tau(t)) + sigma(tau(t))
+    return BridgeCoefficients(t_eff=t_eff, tau=tau, alpha=alpha, sigma=sigma, scale=alpha + sigma)
 
 
 def fm_to_diffusion(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,24 +120,14 @@ def fm_to_diffusion(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor) -> t
     ``z`` keeps the dtype of ``x_t``; ``tau`` is float32-or-better (diffusers' UNet takes float timesteps).
     """
     coef = bridge_coefficients(schedule, t)
-    c = per_sample(coef["scale"], x_t)
-    return (c * x_t.to(torch.float64)).to(x_t.dtype), coef["tau"].to(at_least_float32(x_t.dtype))
+    # z = c(t) x_t
+    z = per_sample(coef.scale, x_t) * x_t.to(torch.float64)
+    return z.to(x_t.dtype), coef.tau.to(at_least_float32(x_t.dtype))
 
 
 def diffusion_to_fm(schedule: Schedule, z: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, t) for the diffusion sample z at timestep tau:  x_t = z / (alpha + sigma),  t = t(tau)."""
-    tau64, _ = _as_float64(tau)
+    tau64, _ = as_float64(tau)
     c = schedule.alpha(tau64) + schedule.sigma(tau64)
     x_t = z.to(torch.float64) / per_sample(c, z)
     return x_t.to(z.dtype), t_of_tau(schedule, tau64).to(at_least_float32(z.dtype))
-
-
-def per_sample(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-sample coefficient of shape (B,) (or a scalar) to broadcast over x (B, ...)."""
-    coef = coef.to(x.device)
-    return coef.reshape(coef.shape + (1,) * (x.dim() - coef.dim())) if coef.dim() else coef
-
-
-def at_least_float32(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the bridge computes in: float64 for float64 inputs, float32 for everything else (never half)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32

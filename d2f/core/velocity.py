@@ -1,4 +1,4 @@
-"""The FM velocity from a diffusion network's output, and back (math page, section 4).
+"""The FM velocity from a diffusion network's output, and back (docs/math.md §7).
 
 Let ``o`` be the network output at the diffusion sample ``z = alpha * x1 + sigma * eps`` and timestep
 tau. Each prediction type gives a data estimate x1_hat and a noise estimate eps_hat:
@@ -33,23 +33,27 @@ from __future__ import annotations
 
 import torch
 
+from d2f.core._tensor import at_least_float32, per_sample
+from d2f.core.schedule import Schedule, check_prediction_type
+from d2f.core.timemap import bridge_coefficients
 from d2f.errors import UserError
-from d2f.schedule import Schedule, check_prediction_type
-from d2f.timemap import at_least_float32, bridge_coefficients, per_sample
 
 
 def check_bridge(schedule: Schedule, prediction_type: str) -> None:
-    """Refuse combinations whose velocity is undefined somewhere on [0, 1] (section 5): an epsilon
+    """Refuse combinations whose velocity is undefined somewhere on [0, 1] (§5): an epsilon
     model on a zero-terminal-SNR schedule has alpha_{N-1} = 0, and x1_hat = (z - sigma o) / alpha
     divides by zero at the noise end."""
     check_prediction_type(prediction_type)
     if prediction_type == "epsilon" and float(schedule.alphas_cumprod[-1]) == 0.0:
-        raise UserError("an epsilon-prediction model is undefined at the noise end of a zero-terminal-SNR "
-                        "schedule (alpha = 0 there); use v_prediction, or turn zero terminal SNR off")
+        raise UserError(
+            "an epsilon-prediction model is undefined at the noise end of a zero-terminal-SNR "
+            "schedule (alpha = 0 there); use v_prediction, or turn zero terminal SNR off"
+        )
 
 
-def estimates(output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-              prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+def estimates(
+    output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x1_hat, eps_hat) from the network output ``o`` at z (shapes (B, ...)); computed in float32+."""
     check_prediction_type(prediction_type)
     dtype = at_least_float32(output.dtype)
@@ -65,15 +69,17 @@ def estimates(output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma:
     return o, (z - alpha * o) / sigma
 
 
-def velocity_from_output(output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-                         prediction_type: str) -> torch.Tensor:
+def velocity_from_output(
+    output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """v_hat = x1_hat - eps_hat, in the dtype of ``output``."""
     data, noise = estimates(output, z, alpha, sigma, prediction_type)
     return (data - noise).to(output.dtype)
 
 
-def output_from_velocity(velocity: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-                         prediction_type: str) -> torch.Tensor:
+def output_from_velocity(
+    velocity: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """The network output (eps, v or x1) that has FM velocity ``velocity`` at z; inverse of
     ``velocity_from_output``."""
     check_prediction_type(prediction_type)
@@ -87,8 +93,9 @@ def output_from_velocity(velocity: torch.Tensor, z: torch.Tensor, alpha: torch.T
     return native.to(velocity.dtype)
 
 
-def fm_velocity(schedule: Schedule, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                prediction_type: str | None = None) -> torch.Tensor:
+def fm_velocity(
+    schedule: Schedule, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str | None = None
+) -> torch.Tensor:
     """The whole bridge at FM time t: the velocity of the output of ``net(c(t) x_t, tau(t))``.
 
     ``t`` has shape (B,) (or is a scalar); it is clamped to [t_min, t_max], so the result is finite on
@@ -96,9 +103,11 @@ def fm_velocity(schedule: Schedule, output: torch.Tensor, x_t: torch.Tensor, t: 
     """
     prediction_type = prediction_type or schedule.prediction_type
     check_bridge(schedule, prediction_type)
-    coef = bridge_coefficients(schedule, torch.as_tensor(t, device=x_t.device))
-    z = per_sample(coef["scale"], x_t) * x_t.to(torch.float64)
-    return velocity_from_output(output, z, coef["alpha"], coef["sigma"], prediction_type)
+    coef = bridge_coefficients(schedule, t)
+    # z = c(t) x_t, in float32 or better
+    dtype = at_least_float32(output.dtype)
+    z = per_sample(coef.scale, x_t).to(dtype) * x_t.to(dtype)
+    return velocity_from_output(output, z, coef.alpha, coef.sigma, prediction_type)
 
 
 def to_flowmatch(t: torch.Tensor, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,4 +118,3 @@ def to_flowmatch(t: torch.Tensor, velocity: torch.Tensor) -> tuple[torch.Tensor,
 def from_flowmatch(sigma: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """diffusers FlowMatch (sigma, model output) -> d2f (t, v):  t = 1 - sigma,  v = -output."""
     return 1 - sigma, -output
-

@@ -14,13 +14,18 @@ from pathlib import Path
 
 from d2f.errors import UserError
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 BUILTIN_DESCRIPTIONS = {
     "tiny-shapes-eps": "tiny SD-1.x-style prior (epsilon prediction) trained on the shapes world's base domain",
     "tiny-shapes-v": "tiny SD-2.x-style prior (v prediction) trained on the shapes world's base domain",
 }
-PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
-                  "text_encoder/config.json")
+PIPELINE_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,15 @@ def builtin_models() -> list[dict]:
     for name in builtin_names():
         folder = ASSETS / name
         scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        rows.append({"name": name, "path": str(folder), "prediction_type": scheduler.get("prediction_type", "epsilon"),
-                     "resolution": native_resolution(folder), "description": BUILTIN_DESCRIPTIONS[name]})
+        rows.append(
+            {
+                "name": name,
+                "path": str(folder),
+                "prediction_type": scheduler.get("prediction_type", "epsilon"),
+                "resolution": native_resolution(folder),
+                "description": BUILTIN_DESCRIPTIONS[name],
+            }
+        )
     return rows
 
 
@@ -64,14 +76,18 @@ def resolve_model(model: str) -> ModelRef:
     if model in BUILTIN_DESCRIPTIONS:
         folder = ASSETS / model
         if not (folder / "model_index.json").is_file():
-            raise UserError(f"built-in model {model!r} is not built in this install ({folder} is missing); "
-                            "rebuild it with `python -m d2f.world.build`")
+            raise UserError(
+                f"built-in model {model!r} is not built in this install ({folder} is missing); "
+                "rebuild it with `python -m d2f.world.build`"
+            )
         return ModelRef(model, str(folder), builtin=True)
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
         if not path.is_dir():
-            raise UserError(f"model folder {model} does not exist; give a built-in name "
-                            f"({', '.join(BUILTIN_DESCRIPTIONS)}), a diffusers folder or a hub id like owner/name")
+            raise UserError(
+                f"model folder {model} does not exist; give a built-in name "
+                f"({', '.join(BUILTIN_DESCRIPTIONS)}), a diffusers folder or a hub id like owner/name"
+            )
         missing = [f for f in PIPELINE_FILES if not (path / f).is_file()]
         if missing:
             raise UserError(f"{model} is not a complete diffusers model folder: missing {', '.join(missing)}")
@@ -88,9 +104,11 @@ def hub_file(model: ModelRef, filename: str) -> Path:
     try:
         return Path(hf_hub_download(model.source, filename))
     except Exception as exc:  # offline, unknown repo, gated: all the same to the user
-        raise UserError(f"could not get {filename} of hub model {model.source!r} ({type(exc).__name__}): "
-                        "it is not cached and the hub cannot be reached; pass a local diffusers folder "
-                        "with --model PATH") from None
+        raise UserError(
+            f"could not get {filename} of hub model {model.source!r} ({type(exc).__name__}): "
+            "it is not cached and the hub cannot be reached; pass a local diffusers folder "
+            "with --model PATH"
+        ) from None
 
 
 def resolution_multiple(folder: str | Path) -> int:
@@ -108,5 +126,7 @@ def check_resolution(folder: str | Path, height: int, width: int | None = None) 
     for side in (height, width if width is not None else height):
         if side <= 0 or side % multiple:
             lower = max(multiple, side // multiple * multiple)
-            raise UserError(f"size {side} px does not fit this model: the VAE and UNet need a multiple of "
-                            f"{multiple} px (e.g. {lower} or {lower + multiple})")
+            raise UserError(
+                f"size {side} px does not fit this model: the VAE and UNet need a multiple of "
+                f"{multiple} px (e.g. {lower} or {lower + multiple})"
+            )

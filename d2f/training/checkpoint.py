@@ -46,7 +46,7 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     for path in folder.iterdir():
         if path.is_dir() and path.name.startswith(PREFIX) and (path / "state.json").is_file():
             try:
-                found.append((int(path.name[len(PREFIX):]), path))
+                found.append((int(path.name[len(PREFIX) :]), path))
             except ValueError:
                 continue
     return sorted(found)
@@ -82,9 +82,16 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(folder: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, lr_scheduler,
-                    ema: dict[str, torch.Tensor] | None = None, extra: dict | None = None,
-                    keep: int | None = None) -> Path:
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer,
+    lr_scheduler,
+    ema: dict[str, torch.Tensor] | None = None,
+    extra: dict | None = None,
+    keep: int | None = None,
+) -> Path:
     """Write ``folder/step_XXXXX`` atomically and keep only the newest ``keep`` checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
@@ -124,8 +131,9 @@ def load_checkpoint(path: Path) -> dict:
         out["ema"] = load_file(path / "ema.safetensors") if (path / "ema.safetensors").is_file() else None
         out["rng"] = load_file(path / "rng.safetensors")
     except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); delete it to resume "
-                        "from the one before") from None
+        raise UserError(
+            f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); delete it to resume from the one before"
+        ) from None
     return out
 
 

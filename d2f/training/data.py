@@ -2,9 +2,9 @@
 
 ``--data`` is one of
 
-- a built-in name, ``shapes-base`` or ``shapes-target`` (the shapes world, ``world/shapes.py``). It is
-  written once as an imagefolder to a cache folder and then loaded exactly like a user's folder, so the
-  built-in demo runs through the same code path as real data;
+- a built-in name that the ``builtin`` resolver knows (``d2f.world.builtin_data``: ``shapes-base``,
+  ``shapes-target``). The world writes it once as an imagefolder to a cache folder, and it is then loaded
+  exactly like a user's folder, so the built-in demo runs through the same code path as real data;
 - a local imagefolder: image files plus a ``metadata.jsonl`` with one ``{"file_name": ..., "text": ...}``
   per line (what ``datasets.load_dataset("imagefolder", data_dir=...)`` reads);
 - a hub dataset name (``owner/name``), loaded with ``datasets.load_dataset(name, split="train")``.
@@ -20,12 +20,9 @@ starts and named in a one-line ``UserError`` (or, with ``skip_bad_images``, skip
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import random
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,14 +32,20 @@ from PIL import Image
 
 from d2f.errors import UserError
 
-BUILTIN_DATA = {"shapes-base": "base", "shapes-target": "target"}
-BUILTIN_NUM_IMAGES = 2048
-BUILTIN_SEED = 7  # the priors were built from generator seeds 0 and 1: seed 7 draws images they never saw
+
+@dataclass
+class BuiltinData:
+    """A named dataset that a world of built-in data provides (``d2f.world.builtin_data``): an imagefolder
+    written for the asked resolution, its domain, the prompts to validate with, and how to score samples
+    (``evaluate(images (B, 3, H, W) in [0, 1], prompts) -> {metric: value}``)."""
+
+    folder: Path
+    domain: str
+    prompts: list[str]
+    evaluate: Callable[[torch.Tensor, list[str]], dict]
 
 
-def cache_root() -> Path:
-    """Where d2f caches generated data: ``$D2F_CACHE`` or ``~/.cache/d2f``."""
-    return Path(os.environ.get("D2F_CACHE", Path.home() / ".cache" / "d2f"))
+BuiltinResolver = Callable[[str, int], "BuiltinData | None"]
 
 
 @dataclass
@@ -53,8 +56,8 @@ class ImageCaptionData:
     dataset: object
     rows: list[int]
     captions: list[str]
-    name: str                    # what the user passed as --data
-    location: str                # the folder or hub id it was loaded from
+    name: str  # what the user passed as --data
+    location: str  # the folder or hub id it was loaded from
     image_column: str
     caption_column: str
     resolution: int
@@ -62,7 +65,7 @@ class ImageCaptionData:
     seed: int = 0
     num_skipped: int = 0
     skipped: list[str] = field(default_factory=list)
-    builtin_domain: str | None = None  # "base"/"target" for the built-in world, else None
+    builtin: BuiltinData | None = None  # what the built-in world says about this data, else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -114,54 +117,52 @@ def _describe(value, row: int) -> str:
     return f"row {row}"
 
 
-def builtin_folder(name: str, resolution: int, num_images: int | None = None, seed: int | None = None) -> Path:
-    """The cache folder of a built-in dataset, written on first use (atomically: into a temporary folder
-    that is then renamed, so concurrent processes and killed runs never see a half-written folder)."""
-    from d2f.world.shapes import make_dataset, write_imagefolder
-
-    num_images = BUILTIN_NUM_IMAGES if num_images is None else num_images
-    seed = BUILTIN_SEED if seed is None else seed
-    folder = cache_root() / "data" / f"{name}-n{num_images}-seed{seed}-{resolution}px"
-    if (folder / "metadata.jsonl").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    write_imagefolder(make_dataset(num_images, BUILTIN_DATA[name], seed, resolution), tmp)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process got there first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def _load_datasets_object(data: str, resolution: int):
-    """(dataset, location, builtin_domain) for ``--data``; UserError for what cannot be loaded."""
+def _load_datasets_object(data: str, resolution: int, builtin: BuiltinResolver | None):
+    """(dataset, location, BuiltinData or None) for ``--data``; UserError for what cannot be loaded."""
     import datasets
 
-    if data in BUILTIN_DATA:
-        folder = builtin_folder(data, resolution)
-        return datasets.load_dataset("imagefolder", data_dir=str(folder), split="train"), str(folder), BUILTIN_DATA[data]
+    known = builtin(data, resolution) if builtin is not None else None
+    if known is not None:
+        dataset = datasets.load_dataset("imagefolder", data_dir=str(known.folder), split="train")
+        return dataset, str(known.folder), known
     path = Path(data).expanduser()
     if path.exists() or data.startswith((".", "/", "~")) or data.count("/") != 1:
         if not path.is_dir():
-            raise UserError(f"data folder {data} does not exist; give a built-in name ({', '.join(BUILTIN_DATA)}), "
-                            "an imagefolder (images + metadata.jsonl) or a hub dataset like owner/name")
+            names = ", ".join(getattr(builtin, "names", ()))
+            raise UserError(
+                f"data folder {data} does not exist; give "
+                + (f"a built-in name ({names}), " if names else "")
+                + "an imagefolder (images + metadata.jsonl) or a hub dataset like owner/name"
+            )
         try:
             dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
         except FileNotFoundError:
-            raise UserError(f"no images in {data}: an imagefolder holds image files (png, jpg, ...) and a "
-                            "metadata.jsonl with {\"file_name\": ..., \"text\": ...} per line") from None
+            raise UserError(
+                f"no images in {data}: an imagefolder holds image files (png, jpg, ...) and a "
+                'metadata.jsonl with {"file_name": ..., "text": ...} per line'
+            ) from None
         return dataset, str(path.resolve()), None
     try:
         return datasets.load_dataset(data, split="train"), data, None
     except Exception as exc:  # offline, unknown, gated, no train split: all the same to the user
-        raise UserError(f"could not load hub dataset {data!r} ({type(exc).__name__}); check the name and the "
-                        "network, or pass a local imagefolder with --data PATH") from None
+        raise UserError(
+            f"could not load hub dataset {data!r} ({type(exc).__name__}); check the name and the "
+            "network, or pass a local imagefolder with --data PATH"
+        ) from None
 
 
-def load_data(data: str = "shapes-target", *, image_column: str = "image", caption_column: str = "text",
-              resolution: int = 32, center_crop: bool = True, max_samples: int | None = None,
-              skip_bad_images: bool = False, seed: int = 0) -> ImageCaptionData:
+def load_data(
+    data: str = "shapes-target",
+    *,
+    image_column: str = "image",
+    caption_column: str = "text",
+    resolution: int = 32,
+    center_crop: bool = True,
+    max_samples: int | None = None,
+    skip_bad_images: bool = False,
+    seed: int = 0,
+    builtin: BuiltinResolver | None = None,
+) -> ImageCaptionData:
     """Load and check ``--data`` (see the module doc). Raises ``UserError`` for missing or empty data, a
     missing image or caption column (listing the columns there are), an unreadable image (naming the
     file; ``skip_bad_images`` skips and counts them instead) and a bad ``max_samples``."""
@@ -171,16 +172,19 @@ def load_data(data: str = "shapes-target", *, image_column: str = "image", capti
         raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     if resolution < 1:
         raise UserError(f"--resolution must be positive, got {resolution}")
-    dataset, location, domain = _load_datasets_object(data, resolution)
+    dataset, location, known = _load_datasets_object(data, resolution, builtin)
     if isinstance(dataset, datasets.DatasetDict):  # a hub dataset without a train split is caught above
         dataset = dataset["train"]
     columns = list(dataset.column_names)
-    for kind, column, flag in (("image", image_column, "--image-column"),
-                               ("caption", caption_column, "--caption-column")):
+    for kind, column, flag in (
+        ("image", image_column, "--image-column"),
+        ("caption", caption_column, "--caption-column"),
+    ):
         if column not in columns:
             hint = " (an imagefolder needs a metadata.jsonl with a caption per file)" if kind == "caption" else ""
-            raise UserError(f"no {kind} column {column!r} in {data}; its columns are {', '.join(columns)}: "
-                            f"pass {flag} NAME{hint}")
+            raise UserError(
+                f"no {kind} column {column!r} in {data}; its columns are {', '.join(columns)}: pass {flag} NAME{hint}"
+            )
     if len(dataset) == 0:
         raise UserError(f"{data} has no rows")
     if max_samples is not None:
@@ -195,8 +199,10 @@ def load_data(data: str = "shapes-target", *, image_column: str = "image", capti
         except Exception as exc:
             where = _describe(value, row)
             if not skip_bad_images:
-                raise UserError(f"cannot read image {where} ({type(exc).__name__}); fix or remove it, or pass "
-                                "--skip-bad-images to skip unreadable images") from None
+                raise UserError(
+                    f"cannot read image {where} ({type(exc).__name__}); fix or remove it, or pass "
+                    "--skip-bad-images to skip unreadable images"
+                ) from None
             skipped.append(where)
             continue
         text = example[caption_column]
@@ -206,12 +212,18 @@ def load_data(data: str = "shapes-target", *, image_column: str = "image", capti
         captions.append("" if text is None else str(text))
     if not rows:
         raise UserError(f"no readable images in {data} ({len(skipped)} unreadable, e.g. {skipped[0]})")
-    return ImageCaptionData(dataset, rows, captions, data, location, image_column, caption_column, resolution,
-                            center_crop, seed, len(skipped), skipped, domain)
-
-
-def fingerprint(data: ImageCaptionData) -> str:
-    """A short hash of what the trainer sees (rows, captions, preprocessing): resume checks it."""
-    h = hashlib.sha256(repr((data.location, data.rows, data.captions, data.resolution, data.center_crop,
-                             data.seed)).encode())
-    return h.hexdigest()[:16]
+    return ImageCaptionData(
+        dataset,
+        rows,
+        captions,
+        data,
+        location,
+        image_column,
+        caption_column,
+        resolution,
+        center_crop,
+        seed,
+        len(skipped),
+        skipped,
+        known,
+    )

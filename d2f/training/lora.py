@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from d2f.errors import UserError
+from d2f.pipeline.run_folder import LORA_FILE, UNET_DIR
 
 ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "conv"]
 TARGETS = {"attn": ATTN_TARGETS, "attn+conv": ATTN_TARGETS + CONV_TARGETS}
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 def check_lora_settings(rank: int, alpha: float | None, targets: str) -> None:
@@ -58,8 +58,9 @@ def add_lora(unet, rank: int = 4, alpha: float | None = None, targets: str = "at
         unet.requires_grad_(True)
         return [p for p in unet.parameters()]
     unet.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=True,
-                        target_modules=TARGETS[targets])
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=True, target_modules=TARGETS[targets]
+    )
     unet.add_adapter(config)
     return [p for p in unet.parameters() if p.requires_grad]
 
@@ -82,16 +83,16 @@ def save_weights(unet, folder: str | Path, rank: int) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        unet.save_pretrained(folder / "unet", safe_serialization=True)
-        return folder / "unet"
+        unet.save_pretrained(folder / UNET_DIR, safe_serialization=True)
+        return folder / UNET_DIR
     from diffusers import StableDiffusionPipeline
 
     metadata = unet.peft_config["default"].to_dict()
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=trainable_state(unet, rank),
-                                              safe_serialization=True, weight_name=LORA_WEIGHT_NAME,
-                                              unet_lora_adapter_metadata=metadata)
-    return folder / LORA_WEIGHT_NAME
-
-
-def count_parameters(params) -> int:
-    return sum(p.numel() for p in params)
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=trainable_state(unet, rank),
+        safe_serialization=True,
+        weight_name=LORA_FILE,
+        unet_lora_adapter_metadata=metadata,
+    )
+    return folder / LORA_FILE

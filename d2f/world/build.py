@@ -15,49 +15,40 @@ Stages, in order (``priors.py`` has the recipe and why):
    evaluator's ``prompt_accuracy``; the numbers go into each prior's ``d2f_build.json``.
 5. ``grid``: a PNG with one row of samples per prior (``--grid``, default ``docs/priors.png``).
 
-The shipped priors were trained in three stages (1500 steps at lr 1e-3, then ``--resume`` 1200 at
-1e-3 and 1200 at 5e-4); each ``d2f_build.json`` lists them under ``history``. The default here is
-one run of the same length (3900 steps, one warmup-cosine schedule at 1e-3). Measured on the shared
-2-core machine (load 5-8 from other work): VAE 600 steps 12 min; each prior about 0.3-0.75 s/step
-with the two priors trained in parallel processes.
-
-Runs on one CPU thread by default: on a shared 2-core machine, two threads that compete with other
-processes are many times slower than one (measured: 3.4 s vs 0.36 s per prior step).
+The shipped priors were trained in three stages; each ``d2f_build.json`` lists them under ``history``,
+and ``benchmarks/results/world_build.md`` has the times measured for a build. Runs on one CPU thread by
+default (see that file for why).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from d2f.versions import versions
 from d2f.world import priors
+from d2f.world.components import save_prior
 
 STAGES = ("vae", "priors", "evaluator", "quality", "grid")
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages that shape the weights, for the build record."""
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "diffusers", "transformers", "tokenizers", "safetensors", "numpy", "pillow"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def _progress(console, label: str, total: int):
     """A rich progress bar and a ``log(step, loss)`` callback that advances it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn(f"{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                   TimeElapsedColumn(), console=console, transient=False)
+    bar = Progress(
+        TextColumn(f"{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
     task = bar.add_task(label, total=total, loss="-")
 
     def log(step: int, loss: float):
@@ -74,16 +65,24 @@ def build_vae(out: Path, args, console) -> Path:
     start = time.time()
     bar, log = _progress(console, "vae", args.vae_steps)
     with bar:
-        vae, loss = priors.train_vae(args.vae_steps, num_images=args.num_images, batch_size=args.batch_size,
-                                     seed=args.seed, log=log)
+        vae, loss = priors.train_vae(
+            args.vae_steps, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed, log=log
+        )
     folder = out / "_build" / "vae"
     vae.save_pretrained(folder, safe_serialization=True)
     (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
-    record = dict(steps=args.vae_steps, num_images_per_domain=args.num_images, batch_size=args.batch_size,
-                  seed=args.seed, final_loss=round(loss, 5), scaling_factor=vae.config.scaling_factor,
-                  reconstruction_mse={d: round(priors.reconstruction_mse(vae, d, min(256, args.num_images)), 5)
-                                      for d in ("base", "target")},
-                  seconds=round(time.time() - start, 1))
+    record = dict(
+        steps=args.vae_steps,
+        num_images_per_domain=args.num_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        final_loss=round(loss, 5),
+        scaling_factor=vae.config.scaling_factor,
+        reconstruction_mse={
+            d: round(priors.reconstruction_mse(vae, d, min(256, args.num_images)), 5) for d in ("base", "target")
+        },
+        seconds=round(time.time() - start, 1),
+    )
     (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"vae: {record}")
     return folder
@@ -112,37 +111,51 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        init = (UNet2DConditionModel.from_pretrained(out / name / "unet"),
-                CLIPTextModel.from_pretrained(out / name / "text_encoder"))
+        init = (
+            UNet2DConditionModel.from_pretrained(out / name / "unet"),
+            CLIPTextModel.from_pretrained(out / name / "text_encoder"),
+        )
         old = json.loads((out / name / "d2f_build.json").read_text())
         history = old.get("history", []) + [{k: old[k] for k in ("recipe", "final_loss", "train_seconds")}]
     bar, log = _progress(console, name, args.prior_steps)
     with bar:
-        unet, text_encoder, loss = priors.train_prior(vae, tokenizer, prediction_type, args.prior_steps,
-                                                      num_images=args.num_images, batch_size=args.batch_size,
-                                                      lr=args.lr, seed=args.seed + len(history), log=log,
-                                                      init=init)
+        unet, text_encoder, loss = priors.train_prior(
+            vae,
+            tokenizer,
+            prediction_type,
+            args.prior_steps,
+            num_images=args.num_images,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed + len(history),
+            log=log,
+            init=init,
+        )
     seconds = time.time() - start
-    folder = priors.save_prior(out / name, vae, text_encoder, tokenizer, unet, prediction_type)
+    folder = save_prior(out / name, vae, text_encoder, tokenizer, unet, prediction_type)
     record = {
         "name": name,
         "command": f"python -m d2f.world.build --output {out} --only priors --priors {name} "
-                   f"--prior-steps {args.prior_steps} --lr {args.lr}" + (" --resume" if args.resume else ""),
+        f"--prior-steps {args.prior_steps} --lr {args.lr}" + (" --resume" if args.resume else ""),
         "prediction_type": prediction_type,
         "recipe": {
             "unet": "UNet2DConditionModel (32,64,64), layers_per_block 1, cross-attention 64, from scratch",
             "text_encoder": "CLIPTextModel hidden 64, 2 layers, d2f byte-level BPE tokenizer, from scratch",
             "objective": f"diffusion, {prediction_type} target, i ~ U{{0..999}}, SD betas scaled_linear 0.00085-0.012",
             "data": f"{args.num_images} base-domain images (seed {args.seed + 1}), VAE posterior sample each step",
-            "steps": args.prior_steps, "batch_size": args.batch_size, "lr": args.lr,
+            "steps": args.prior_steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
             "optimizer": "AdamW(weight_decay=0.01), 5% warmup, cosine to 0.1x, grad clip 1.0",
-            "caption_dropout": 0.1, "ema_decay": 0.999, "seed": args.seed,
+            "caption_dropout": 0.1,
+            "ema_decay": 0.999,
+            "seed": args.seed,
         },
         "vae": json.loads(vae_record.read_text()) if vae_record.is_file() else str(vae_folder),
         "final_loss": round(loss, 5),
         "train_seconds": round(seconds, 1),
         "threads": torch.get_num_threads(),
-        "versions": versions(),
+        "versions": versions(("torch", "diffusers", "transformers", "tokenizers", "safetensors", "numpy", "pillow")),
         "quality": None,
         "history": history,  # earlier runs this one continued from (--resume), oldest first
         "total_steps": args.prior_steps + sum(h["recipe"]["steps"] for h in history),
@@ -155,8 +168,13 @@ def build_prior(out: Path, name: str, args, console) -> Path:
 def measure_quality(out: Path, name: str, args, console) -> dict:
     """Score a saved prior and write the numbers into its ``d2f_build.json``."""
     folder, evaluator = out / name, out / "evaluator"
-    quality = priors.evaluate_prior(folder, num_samples=args.eval_samples, guidance=args.guidance, seed=args.seed,
-                                    evaluator=evaluator if (evaluator / "config.json").is_file() else None)
+    quality = priors.evaluate_prior(
+        folder,
+        num_samples=args.eval_samples,
+        guidance=args.guidance,
+        seed=args.seed,
+        evaluator=evaluator if (evaluator / "config.json").is_file() else None,
+    )
     path = folder / "d2f_build.json"
     record = json.loads(path.read_text()) if path.is_file() else {"name": name}
     record["quality"] = quality
@@ -197,13 +215,19 @@ def main(argv=None) -> None:
     p.add_argument("--priors", default=",".join(priors.PRIORS), help="comma-separated priors to build")
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--prior-steps", type=int, default=3900)
-    p.add_argument("--evaluator-steps", type=int, default=800)  # the shipped evaluator's recipe (d2f/assets/evaluator/d2f_build.json)
+    p.add_argument(
+        "--evaluator-steps", type=int, default=800
+    )  # the shipped evaluator's recipe (d2f/assets/evaluator/d2f_build.json)
     p.add_argument("--num-images", type=int, default=4096, help="images per domain")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="prior learning rate")
     p.add_argument("--eval-samples", type=int, default=64)
-    p.add_argument("--guidance", type=float, default=5.0,
-                   help="CFG scale for quality and grid (7.5 oversaturates these tiny priors, the v one most)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=5.0,
+        help="CFG scale for quality and grid (7.5 oversaturates these tiny priors, the v one most)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="priors: continue from the weights in --output")
     p.add_argument("--threads", type=int, default=1)
@@ -222,7 +246,7 @@ def main(argv=None) -> None:
         for name in names:
             build_prior(out, name, args, console)
     if "evaluator" in stages:
-        from d2f.world.evaluator import train_evaluator
+        from d2f.world.evaluator_training import train_evaluator
 
         train_evaluator(out / "evaluator", steps=args.evaluator_steps, seed=args.seed, log=console.print)
     if "quality" in stages:

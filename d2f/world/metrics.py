@@ -49,8 +49,10 @@ def _parse(prompts: list[str], n: int) -> list[tuple[str, str]]:
     for p in prompts:
         sc = parse_prompt(p)
         if sc is None:
-            raise ValueError(f"prompt {p!r} is not a caption of the shapes world; "
-                             f"captions look like 'a red circle' (see d2f.world.shapes.all_prompts())")
+            raise ValueError(
+                f"prompt {p!r} is not a caption of the shapes world; "
+                f"captions look like 'a red circle' (see d2f.world.shapes.all_prompts())"
+            )
         parsed.append(sc)
     return parsed
 
@@ -84,8 +86,7 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     The last trace equals tr((S_a S_b)^1/2) of the usual formula but is the root of a symmetric PSD
     matrix, so ``eigh`` computes it stably (no scipy, no complex parts)."""
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(f"features must be (N, D) and (M, D), got {tuple(feats_a.shape)} and "
-                         f"{tuple(feats_b.shape)}")
+        raise ValueError(f"features must be (N, D) and (M, D), got {tuple(feats_a.shape)} and {tuple(feats_b.shape)}")
     if len(feats_a) < 2 or len(feats_b) < 2:
         raise ValueError("the Frechet distance needs at least 2 samples per set (covariances)")
     a, b = feats_a.double(), feats_b.double()
@@ -120,14 +121,17 @@ def fd(images, prompts: list[str], domain: str, seed: int = 0, evaluator: Evalua
     return frechet_distance(evaluator.embed(x), evaluator.embed(real))
 
 
-def evaluate(images, prompts: list[str], domain: str, seed: int = 0,
-             evaluator: Evaluator | None = None) -> dict[str, float]:
+def evaluate(
+    images, prompts: list[str], domain: str, seed: int = 0, evaluator: Evaluator | None = None
+) -> dict[str, float]:
     """All three metrics: {"prompt_accuracy", "domain_accuracy", "fd"} (``fd`` against ``domain``)."""
     x = as_batch(images)
     evaluator = evaluator or load_evaluator()
-    return {"prompt_accuracy": prompt_accuracy(x, prompts, evaluator),
-            "domain_accuracy": domain_accuracy(x, domain, evaluator),
-            "fd": fd(x, prompts, domain, seed, evaluator)}
+    return {
+        "prompt_accuracy": prompt_accuracy(x, prompts, evaluator),
+        "domain_accuracy": domain_accuracy(x, domain, evaluator),
+        "fd": fd(x, prompts, domain, seed, evaluator),
+    }
 
 
 def fd_floor_table(ns=(32, 64, 128, 256), seeds=range(1, 6), evaluator: Evaluator | None = None) -> dict:
@@ -147,8 +151,7 @@ def fd_floor_table(ns=(32, 64, 128, 256), seeds=range(1, 6), evaluator: Evaluato
     table = {}
     for n in ns:
         prompts = [all_prompts()[k % 24] for k in range(n)]
-        cols = {"base_vs_base": [], "target_vs_target": [], "blurred_base_vs_base": [],
-                "base_vs_target": []}
+        cols = {"base_vs_base": [], "target_vs_target": [], "blurred_base_vs_base": [], "base_vs_target": []}
         for s in seeds:
             base, target = (reference_images(prompts, d, s) for d in DOMAINS)
             cols["base_vs_base"].append(fd(base, prompts, "base", 0, evaluator))

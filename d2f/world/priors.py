@@ -1,14 +1,7 @@
 """The built-in priors ``tiny-shapes-eps`` and ``tiny-shapes-v``: tiny Stable Diffusions, made here.
 
-Each prior is a complete diffusers ``StableDiffusionPipeline`` folder (model_index.json, unet/, vae/,
-text_encoder/, tokenizer/, scheduler/), with exactly SD's components at a tiny size:
-
-| component | what | shapes |
-| --- | --- | --- |
-| ``AutoencoderKL`` | 3 blocks, downsamples by 4 | image (B,3,32,32) in [-1,1] <-> latent (B,4,8,8) |
-| ``CLIPTextModel`` | hidden 64, 2 layers, d2f's own tokenizer | ids (B,16) -> states (B,16,64) |
-| ``UNet2DConditionModel`` | (32,64,64), cross-attention 64 | (B,4,8,8), t, (B,16,64) -> (B,4,8,8) |
-| scheduler | SD's betas: scaled_linear 0.00085-0.012, 1000 steps | |
+Each prior is a complete diffusers ``StableDiffusionPipeline`` folder with exactly SD's components at a
+tiny size (``d2f.world.components``).
 
 The recipe, in the order SD was made:
 
@@ -18,7 +11,7 @@ The recipe, in the order SD was made:
    ``scaling_factor = 1/std(latents)`` so that scaled latents have unit variance (SD's 0.18215 is
    the same rule for SD's VAE, not a constant).
 2. **UNet + text encoder**, jointly from scratch, on the *base* domain only, with the diffusion
-   objective of the prior's prediction type (d2f-math section 6, "Diffusion"):
+   objective of the prior's prediction type (docs/math.md §8, "Diffusion"):
    ``i ~ U{0..N-1}``, ``z = alpha_i*x1 + sigma_i*eps``, target ``eps`` (epsilon) or
    ``v = alpha_i*eps - sigma_i*x1`` (v_prediction). Captions are dropped to ``""`` 10% of the
    time so classifier-free guidance works. The shipped weights are an EMA of the trained ones.
@@ -30,76 +23,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from d2f.world.components import RESOLUTION, SD_BETAS, make_text_encoder, make_unet, make_vae
 from d2f.world.shapes import all_prompts, caption, draw, make_specs
 
-RESOLUTION = 32
-SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 PRIORS = {"tiny-shapes-eps": "epsilon", "tiny-shapes-v": "v_prediction"}
 
 Log = Callable[[int, float], None]  # (step, loss) -> None, for progress bars
 
-
-# ----------------------------------------------------------------------------- components
-
-def make_scheduler(prediction_type: str):
-    """SD's noise schedule with the public config of the SD version that used this prediction type:
-    SD 1.5 (PNDM, epsilon) or SD 2.x (DDIM, v_prediction)."""
-    from diffusers import DDIMScheduler, PNDMScheduler
-
-    if prediction_type == "epsilon":
-        pndm = PNDMScheduler(**SD_BETAS, prediction_type="epsilon", steps_offset=1, skip_prk_steps=True,
-                             set_alpha_to_one=False)
-        # SD 1.5's config carries clip_sample=false although PNDM ignores it: DDIMScheduler.from_config
-        # reads it, and DDIM's default (clip x1_hat to [-1, 1]) would wreck unit-variance latents
-        pndm.register_to_config(clip_sample=False)
-        return pndm
-    if prediction_type == "v_prediction":
-        return DDIMScheduler(**SD_BETAS, prediction_type="v_prediction", steps_offset=1, clip_sample=False,
-                             set_alpha_to_one=False)
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon or v_prediction")
-
-
-def make_vae():
-    """AutoencoderKL: 3 blocks (2 downsamplings) -> 32 px images become 8x8x4 latents."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=RESOLUTION,
-                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                         block_out_channels=(32, 32, 64), layers_per_block=1, norm_num_groups=16)
-
-
-def make_text_encoder(tokenizer):
-    """CLIPTextModel sized for 24 captions; positions and special ids come from the tokenizer."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                            num_hidden_layers=2, num_attention_heads=4,
-                            max_position_embeddings=tokenizer.model_max_length,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
-    return CLIPTextModel(config)
-
-
-def make_unet():
-    """UNet2DConditionModel on 8x8x4 latents: 8 -> 4 -> 2, cross-attention in the two finer blocks
-    (SD puts it everywhere but the coarsest block too)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(sample_size=RESOLUTION // 4, in_channels=4, out_channels=4,
-                                block_out_channels=(32, 64, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16)
-
-
-# ----------------------------------------------------------------------------- data
 
 def shape_images(num_images: int, domain: str, seed: int) -> tuple[torch.Tensor, list[str]]:
     """``num_images`` generator images as a float tensor (B,3,32,32) in [-1,1] (the VAE's range),
@@ -147,8 +84,16 @@ class EMA:
 
 # ----------------------------------------------------------------------------- 1. the VAE
 
-def train_vae(steps: int, num_images: int = 4096, batch_size: int = 32, lr: float = 1e-3,
-              kl_weight: float = 1e-4, seed: int = 0, log: Log | None = None):
+
+def train_vae(
+    steps: int,
+    num_images: int = 4096,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-4,
+    seed: int = 0,
+    log: Log | None = None,
+):
     """Train the VAE on ``num_images`` images per domain; set its ``scaling_factor``.
 
     Loss per batch: ``mean((x_hat - x)^2) + kl_weight * KL / (3*32*32)``: the KL (summed over the
@@ -202,9 +147,21 @@ def reconstruction_mse(vae, domain: str, num_images: int = 256, seed: int = 1234
 
 # ----------------------------------------------------------------------------- 2. a prior
 
-def train_prior(vae, tokenizer, prediction_type: str, steps: int, num_images: int = 4096,
-                batch_size: int = 32, lr: float = 1e-3, caption_dropout: float = 0.1,
-                ema_decay: float = 0.999, seed: int = 0, log: Log | None = None, init=None):
+
+def train_prior(
+    vae,
+    tokenizer,
+    prediction_type: str,
+    steps: int,
+    num_images: int = 4096,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    caption_dropout: float = 0.1,
+    ema_decay: float = 0.999,
+    seed: int = 0,
+    log: Log | None = None,
+    init=None,
+):
     """Train UNet + text encoder (from scratch unless ``init``) on base-domain latents. Returns
     ``(unet, text_encoder, final_loss)`` with the EMA weights loaded. ``init``: an optional
     ``(unet, text_encoder)`` pair to continue training instead of starting from scratch.
@@ -223,8 +180,9 @@ def train_prior(vae, tokenizer, prediction_type: str, steps: int, num_images: in
     scale = vae.config.scaling_factor
     # every caption the model sees is one of 24 prompts or "": tokenize them once
     vocab = all_prompts() + [""]
-    ids = tokenizer(vocab, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        vocab, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     index = torch.tensor([vocab.index(c) for c in captions])
 
     unet, text_encoder = init or (make_unet(), make_text_encoder(tokenizer))
@@ -263,27 +221,13 @@ def train_prior(vae, tokenizer, prediction_type: str, steps: int, num_images: in
     return unet, text_encoder, loss_value
 
 
-def save_prior(folder: str | Path, vae, text_encoder, tokenizer, unet, prediction_type: str) -> Path:
-    """Save a complete SD folder (safetensors) that plain ``StableDiffusionPipeline.from_pretrained``
-    loads; the tokenizer's vocab.json and merges.txt go into tokenizer/ as well."""
-    from diffusers import StableDiffusionPipeline
-
-    from d2f.world.tokenizer import write_vocab_files
-
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=make_scheduler(prediction_type), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    folder = Path(folder)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    write_vocab_files(folder / "tokenizer")
-    return folder
-
-
 # ----------------------------------------------------------------------------- quality
 
+
 @torch.no_grad()
-def sample_prior(folder: str | Path, prompts: list[str], steps: int = 25, guidance: float = 7.5,
-                 seed: int = 0, batch: int = 64) -> torch.Tensor:
+def sample_prior(
+    folder: str | Path, prompts: list[str], steps: int = 25, guidance: float = 7.5, seed: int = 0, batch: int = 64
+) -> torch.Tensor:
     """Samples (B,3,32,32) in [0,1] from a saved prior with plain diffusers: the folder's pipeline,
     its scheduler config turned into DDIM, ``output_type="pt"``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -292,21 +236,43 @@ def sample_prior(folder: str | Path, prompts: list[str], steps: int = 25, guidan
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(seed)
-    out = [pipe(prompts[k:k + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-                output_type="pt", height=RESOLUTION, width=RESOLUTION).images for k in range(0, len(prompts), batch)]
+    out = [
+        pipe(
+            prompts[k : k + batch],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gen,
+            output_type="pt",
+            height=RESOLUTION,
+            width=RESOLUTION,
+        ).images
+        for k in range(0, len(prompts), batch)
+    ]
     return torch.cat(out).float().clamp(0, 1)
 
 
-def evaluate_prior(folder: str | Path, num_samples: int = 64, steps: int = 25, guidance: float = 7.5,
-                   seed: int = 0, evaluator: str | Path | None = None) -> dict:
-    """The issue's quality bar: ``prompt_accuracy`` of ``num_samples`` samples over the 24 base
+def evaluate_prior(
+    folder: str | Path,
+    num_samples: int = 64,
+    steps: int = 25,
+    guidance: float = 7.5,
+    seed: int = 0,
+    evaluator: str | Path | None = None,
+) -> dict:
+    """The quality bar of the built-in priors: ``prompt_accuracy`` of ``num_samples`` samples over the 24 base
     prompts (cycled), 25 DDIM steps with guidance, scored by the evaluator at ``evaluator`` (default:
     the shipped one). ``prompt_accuracy`` is ``None`` if no evaluator weights exist yet."""
     prompts = [all_prompts()[k % 24] for k in range(num_samples)]
     start = time.time()
     images = sample_prior(folder, prompts, steps, guidance, seed)
-    record = dict(num_samples=num_samples, ddim_steps=steps, guidance=guidance, seed=seed,
-                  sample_seconds=round(time.time() - start, 1), prompt_accuracy=None)
+    record = dict(
+        num_samples=num_samples,
+        ddim_steps=steps,
+        guidance=guidance,
+        seed=seed,
+        sample_seconds=round(time.time() - start, 1),
+        prompt_accuracy=None,
+    )
     from d2f.world.evaluator import load_evaluator
     from d2f.world.metrics import prompt_accuracy
 

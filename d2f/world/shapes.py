@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -70,8 +70,7 @@ def parse_prompt(text: str) -> tuple[str, str] | None:
     return None
 
 
-def random_spec(rng: random.Random, domain: str, shape: str | None = None,
-                colour: str | None = None) -> ShapeSpec:
+def random_spec(rng: random.Random, domain: str, shape: str | None = None, colour: str | None = None) -> ShapeSpec:
     """Draw the free factors from ``rng``; shape and colour may be fixed (e.g. from a prompt)."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
@@ -95,13 +94,23 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         r *= 0.85  # same visual area as the circle, roughly
         return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     if shape == "triangle":
-        return [(cx + r * math.cos(a), cy + r * math.sin(a))
-                for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
     if shape == "cross":
         w = r * 0.38
-        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w),
-                (cx + r, cy + w), (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r),
-                (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w)]
+        return [
+            (cx - w, cy - r),
+            (cx + w, cy - r),
+            (cx + w, cy - w),
+            (cx + r, cy - w),
+            (cx + r, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + r),
+            (cx - w, cy + r),
+            (cx - w, cy + w),
+            (cx - r, cy + w),
+            (cx - r, cy - w),
+            (cx - w, cy - w),
+        ]
     raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
 
 
@@ -123,8 +132,9 @@ def draw(spec: ShapeSpec, resolution: int = 32) -> Image.Image:
     return image.resize((resolution, resolution), Image.LANCZOS)
 
 
-def make_specs(num_images: int, domain: str = "base", seed: int = 0,
-               prompts: list[str] | None = None) -> list[ShapeSpec]:
+def make_specs(
+    num_images: int, domain: str = "base", seed: int = 0, prompts: list[str] | None = None
+) -> list[ShapeSpec]:
     """``num_images`` specs from ``seed``. With ``prompts``, image k has prompt ``k % len(prompts)``;
     otherwise shape and colour are drawn uniformly too."""
     rng = random.Random(f"{domain}-{seed}")
@@ -176,8 +186,3 @@ def write_imagefolder(dataset, folder: str | Path) -> Path:
             extra = {key: row[key] for key in ("shape", "colour", "domain") if key in row}
             meta.write(json.dumps({"file_name": name, "text": row["text"], **extra}) + "\n")
     return folder
-
-
-def spec_dict(spec: ShapeSpec) -> dict:
-    """A JSON-ready dict of a spec (for logs and tests)."""
-    return asdict(spec)

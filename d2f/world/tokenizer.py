@@ -117,5 +117,12 @@ def build_tokenizer(folder: str | Path | None = None, model_max_length: int = MO
     merges = build_merges(caption_words())
     if folder is not None:
         write_vocab_files(folder)
-    return CLIPTokenizer(vocab=build_vocab(merges), merges=merges, model_max_length=model_max_length,
-                         bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+    return CLIPTokenizer(
+        vocab=build_vocab(merges),
+        merges=merges,
+        model_max_length=model_max_length,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        unk_token=EOS,
+    )

@@ -1,0 +1,66 @@
+"""The typer app shared by the command modules, and how every command reports bad input.
+
+Every command turns a ``UserError`` into one line on stderr and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+from d2f.errors import UserError
+
+app = typer.Typer(
+    name="d2f",
+    help="Turn a pretrained diffusion model into a flow-matching model (Diff2Flow) and finetune it.\n\n"
+    "Conventions: FM time t = 0 is noise, t = 1 is data; diffusion time tau runs 0..N-1 (data to noise).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(command):
+    """Bad input -> one line on stderr, exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def quiet_third_party() -> None:
+    """No tqdm bars or info logs from diffusers, transformers and datasets: d2f shows its own progress, and
+    checks LoRA keys itself (``d2f.pipeline.loading``) instead of relying on diffusers' warnings."""
+    import datasets
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """``UserError`` naming the pip extra to install when one of ``modules`` is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"this needs {', '.join(missing)}, which is not installed: pip install 'd2f[{extra}]'")

@@ -1,0 +1,130 @@
+"""Load a model (and a LoRA or a run) as a diffusers ``StableDiffusionPipeline``.
+
+    pipe = load_pipeline("tiny-shapes-eps", lora="runs/my-run")
+
+With a run folder, the base model defaults to the run's, the LoRA (or full-finetune UNet) is loaded, and
+``pipe.scheduler`` becomes the scheduler the run samples with, so ``pipe(...)`` itself does the right thing.
+``pipe.d2f_run`` holds the run record (None without one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from d2f.errors import UserError
+from d2f.pipeline.models import resolve_model
+from d2f.pipeline.run_folder import resolve_lora
+
+DEFAULT_MODEL = "tiny-shapes-eps"
+
+
+def _same_model(model: str, run: dict) -> bool:
+    if model in (run.get("base_model"), run.get("base_model_source")):
+        return True
+    source = resolve_model(model).source
+    base = run.get("base_model_source") or run["base_model"]
+    return (
+        Path(source).expanduser().resolve() == Path(base).expanduser().resolve()
+        if Path(source).exists()
+        else source == base
+    )
+
+
+def load_pipeline(model: str | None = None, lora: str | Path | None = None, device=None, dtype=None):
+    """A ``StableDiffusionPipeline`` for ``model`` (built-in name, folder or hub id), with ``lora`` loaded.
+
+    With a run folder as ``lora``, ``model`` defaults to the run's base model (another base model is a
+    ``UserError`` naming both), and ``pipe.scheduler`` becomes the scheduler the run samples with
+    (``Diff2FlowEulerScheduler`` with the run's prediction type and objective; DDIM, trailing spacing, for a
+    ``diffusion`` run), so ``pipe(...)`` itself does the right thing. ``pipe.d2f_run`` holds the run's
+    json (None without one)."""
+    from diffusers import StableDiffusionPipeline
+
+    weights, run = resolve_lora(lora) if lora is not None else (None, None)
+    if model is None:
+        model = run["base_model"] if run else DEFAULT_MODEL
+    elif run and not _same_model(model, run):
+        raise UserError(
+            f"the LoRA {lora} was trained on {run['base_model']!r}, not on --model {model!r}; "
+            f"drop --model or pass --model {run['base_model']}"
+        )
+    ref = resolve_model(model)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            ref.source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except OSError as exc:
+        raise UserError(
+            f"could not load model {model!r} from {ref.source} ({type(exc).__name__}): "
+            + (
+                "it is not cached and the hub cannot be reached; pass a local diffusers folder"
+                if not ref.local
+                else str(exc).splitlines()[0]
+            )
+        ) from None
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if weights is not None and weights.is_dir():  # a full finetune: its UNet replaces the base model's
+        from diffusers import UNet2DConditionModel
+
+        pipe.unet = UNet2DConditionModel.from_pretrained(weights, dtype=dtype).to(pipe.unet.device)
+    elif weights is not None:
+        _load_lora(pipe, weights, model)
+    pipe.d2f_run = run
+    if run:
+        pipe.scheduler = run_scheduler(pipe.scheduler.config, run)
+    return pipe
+
+
+def run_scheduler(config, run: dict):
+    """The diffusers scheduler a run is sampled with, from the base model's scheduler config."""
+    from diffusers import DDIMScheduler
+
+    from d2f.diffusers_scheduler import Diff2FlowEulerScheduler
+
+    overrides = dict(prediction_type=run["prediction_type"])
+    schedule = run.get("schedule")
+    if run.get("zero_terminal_snr") or (isinstance(schedule, dict) and schedule.get("zero_terminal_snr")):
+        overrides["rescale_betas_zero_snr"] = True
+    if run["objective"] == "diffusion":
+        return DDIMScheduler.from_config(
+            config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, **overrides
+        )
+    return Diff2FlowEulerScheduler.from_config(config, objective=run["objective"], **overrides)
+
+
+def _lora_modules(keys) -> dict[str, set[str]]:
+    """{"unet": module paths, "text_encoder": ...} named by diffusers- or peft-format LoRA keys."""
+    out: dict[str, set[str]] = {}
+    for key in keys:
+        for suffix in (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha"):
+            if key.endswith(suffix):
+                prefix, _, path = key[: -len(suffix)].partition(".")
+                out.setdefault(prefix, set()).add(path)
+    return out
+
+
+def _load_lora(pipe, weights: Path, model: str) -> None:
+    """``pipe.load_lora_weights``, after checking that every LoRA module exists in this model (diffusers
+    only warns about LoRA keys it cannot place and loads the rest)."""
+    from safetensors import safe_open
+
+    hint = (
+        f"the LoRA {weights} does not fit model {model!r}: it was probably trained on another base model; "
+        "pass that model with --model"
+    )
+    try:
+        with safe_open(str(weights), "pt") as f:
+            keys = list(f.keys())
+    except Exception:
+        raise UserError(f"cannot read {weights} as safetensors; is it a LoRA file?") from None
+    for component, paths in _lora_modules(keys).items():
+        module = getattr(pipe, component, None)
+        names = {n for n, _ in module.named_modules()} if module is not None else set()
+        if component in ("unet", "text_encoder") and not paths <= names:
+            raise UserError(hint)
+    try:
+        pipe.load_lora_weights(str(weights))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise UserError(hint + f" ({type(exc).__name__})") from None

@@ -1,0 +1,61 @@
+"""The run record that ``d2f train`` writes as ``d2f_run.json`` (the schema: ``d2f.pipeline.run_folder``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from d2f.core.timemap import t_range
+from d2f.pipeline.run_folder import LORA_FILE, TIME_CONVENTION, UNET_DIR, write_run_record
+from d2f.versions import versions
+
+PACKAGES = ("d2f", "torch", "diffusers", "transformers", "peft", "accelerate", "datasets", "safetensors")
+
+
+def write_record(run, status: str, summary: dict | None = None) -> None:
+    """Write ``d2f_run.json`` for the run state ``run`` (``d2f.training.loop.Run``); main process only."""
+    cfg, flow, data = run.cfg, run.flow, run.data
+    t_min, t_max = t_range(flow.schedule)
+    record = {
+        "base_model": cfg.model,
+        "base_model_source": run.ref.source,
+        "prediction_type": flow.prediction_type,
+        "objective": cfg.objective,
+        "sampler": flow.sampler,
+        "guidance": cfg.guidance,
+        "sample_steps": cfg.sample_steps,
+        "resolution": data.resolution,
+        "weights": LORA_FILE if cfg.lora_rank else UNET_DIR,
+        "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank, "targets": cfg.lora_targets}
+        if cfg.lora_rank
+        else None,
+        "time_convention": TIME_CONVENTION,
+        "fm_timestep": "(1 - t) * (N - 1) on the unscaled x_t" if cfg.objective == "fm" else None,
+        "seed": cfg.seed,
+        "status": status,
+        "settings": asdict(cfg),
+        "schedule": {
+            "num_train_timesteps": flow.schedule.num_train_timesteps,
+            "beta_schedule": flow.schedule.beta_schedule,
+            "zero_terminal_snr": flow.schedule.zero_terminal_snr,
+            "t_min": t_min,
+            "t_max": t_max,
+            "scheduler_config": {k: v for k, v in run.scheduler_config.items() if not k.startswith("_")},
+        },
+        "data": {
+            "name": data.name,
+            "location": data.location,
+            "num_images": len(data),
+            "skipped_images": data.num_skipped,
+            "image_column": data.image_column,
+            "caption_column": data.caption_column,
+            "domain": data.builtin.domain if data.builtin else None,
+        },
+        "validation_prompts": run.prompts,
+        "trainable_parameters": run.num_trainable,
+        "num_processes": run.acc.num_processes,
+        "device": str(run.acc.device),
+        "versions": versions(PACKAGES),
+    }
+    if summary:
+        record["summary"] = summary
+    write_run_record(run.out, record)

@@ -1,0 +1,58 @@
+"""Validation during training: sample the validation prompts, save a grid, score with the data's evaluator."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from d2f.pipeline import generate, save_grid
+from d2f.pipeline.run_folder import SAMPLES_DIR
+
+
+def validation_prompts(cfg, data) -> list[str]:
+    """``--validation-prompt`` as given, else the built-in world's prompts, else up to 8 training captions."""
+    if cfg.validation_prompts:
+        return list(cfg.validation_prompts)
+    if data.builtin:
+        return list(data.builtin.prompts)
+    return list(dict.fromkeys(c for c in data.captions if c))[:8] or [""]
+
+
+@torch.no_grad()
+def validate(run, step: int) -> dict | None:
+    """Sample the validation prompts with ``d2f.pipeline.generate`` (the objective's own sampler, the EMA
+    weights when on), save ``samples/step_XXXXX.png`` and, for built-in data, score ``eval_samples`` images
+    with its evaluator. Main process only; returns the metrics (None without an evaluator)."""
+    cfg, data = run.cfg, run.data
+    n = max(cfg.eval_samples, len(run.prompts)) if data.builtin else len(run.prompts)
+    prompts = [run.prompts[k % len(run.prompts)] for k in range(n)]
+    run.unet.eval()
+    try:
+        with run.ema.averaged() if run.ema is not None else nullcontext(), run.acc.autocast():
+            images = generate(
+                run.pipe,
+                prompts,
+                sampler=run.flow.sampler,
+                steps=cfg.sample_steps,
+                guidance=cfg.guidance,
+                seed=cfg.seed,
+                height=data.resolution,
+                width=data.resolution,
+                objective=cfg.objective,
+            )
+    finally:
+        run.unet.train()
+    grid = save_grid(
+        images[: len(run.prompts)],
+        run.out / SAMPLES_DIR / f"step_{step:05d}.png",
+        ncols=6 if len(run.prompts) == 24 else None,
+    )
+    record = {"step": step, "kind": "validation", "grid": str(grid.relative_to(run.out))}
+    metrics = None
+    if data.builtin:
+        metrics = {k: float(v) for k, v in data.builtin.evaluate(images, prompts).items()}
+        record.update(metrics)
+    run.log(record)
+    run.callback({"event": "validation", **record})
+    return metrics
