@@ -56,17 +56,47 @@ def test_table_and_plot(tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
 
 
-def test_model_folder(tmp_path):
-    (tmp_path / "scheduler").mkdir()
-    (tmp_path / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps({"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "sample"})
-    )
+def model_folder(folder, scheduler_config: str):
+    """A diffusers folder layout with the given scheduler_config.json text (the other parts are not read)."""
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(scheduler_config)
     for part in ("unet", "vae", "text_encoder"):
-        (tmp_path / part).mkdir()
-        (tmp_path / part / "config.json").write_text("{}")
-    (tmp_path / "model_index.json").write_text("{}")
+        (folder / part).mkdir()
+        (folder / part / "config.json").write_text("{}")
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def test_model_folder(tmp_path):
+    config = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "sample"}
+    model_folder(tmp_path, json.dumps(config))
     report = json.loads(run("inspect-schedule", "--model", str(tmp_path), "--json").stdout)
     assert report["prediction_type"] == "sample" and report["beta_schedule"] == "linear"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{bad", "is not valid JSON"),
+        ("[1, 2]", "is not a scheduler config"),
+        ('{"beta_schedule": "sigmoid"}', "unknown"),
+    ],
+)
+def test_a_broken_scheduler_config_is_one_line(tmp_path, text, message):
+    result = run("inspect-schedule", "--model", str(model_folder(tmp_path, text)))
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_plot_path_is_checked_first_and_gets_the_suffix_it_is_written_with(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    result = run("inspect-schedule", "--plot", str(tmp_path / "file.txt" / "p.png"))
+    assert result.exit_code == 2 and "is a file, not a folder" in result.stderr
+    result = run("inspect-schedule", "--plot", str(tmp_path))
+    assert result.exit_code == 2 and "is a directory" in result.stderr
+    result = run("inspect-schedule", "--plot", str(tmp_path / "schedule"))
+    assert result.exit_code == 0 and (tmp_path / "schedule.png").is_file()
+    assert f"plot written to {tmp_path / 'schedule.png'}" in result.stdout.replace("\n", "")
 
 
 @pytest.mark.parametrize(

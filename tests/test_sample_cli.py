@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import write_run
+from helpers import builtin_prior, write_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -256,3 +256,106 @@ def test_full_finetune_run_folder(tiny_sd_eps, tmp_path):
     finetuned = generate(pipe, ["a red circle"], steps=2, seed=0)
     base = generate(load_pipeline(str(tiny_sd_eps)), ["a red circle"], steps=2, seed=0)
     assert (finetuned - base).abs().max() > 0.01
+
+
+# ------------------------------------------------------------------------------ how a model is sampled
+
+
+def _singles(out: dict) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in out["images"]])
+
+
+def test_an_untouched_model_samples_as_diffusion_from_t_min(tiny_sd_eps, tmp_path):
+    """One rule (d2f.pipeline.pipe_parametrization): a model without a run samples as objective diffusion, so
+    FM Euler starts at t_min where DDIM starts, through the CLI and the library alike."""
+    from d2f.pipeline import generate, load_pipeline, to_pil
+
+    prompts = ["a red circle", "a blue cross"]
+    args = [a for p in prompts for a in ("--prompt", p)]
+    result = d2f_sample(
+        "--model", tiny_sd_eps, *args, "--steps", 3, "--guidance", 3, "--output-dir", tmp_path / "out", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["settings"]["objective"] == "diffusion"
+    pipe = load_pipeline(str(tiny_sd_eps))
+    expected = generate(pipe, prompts, steps=3, guidance=3.0, seed=0, objective="diffusion")
+    from_zero = generate(pipe, prompts, steps=3, guidance=3.0, seed=0, objective="diff2flow")
+    assert np.array_equal(_singles(out), np.stack([np.asarray(im) for im in to_pil(expected)]))
+    assert not np.array_equal(_singles(out), np.stack([np.asarray(im) for im in to_pil(from_zero)]))
+
+
+def test_noise_and_ode_state_are_float32_whatever_the_unet_precision(tiny_sd_eps):
+    from d2f.pipeline import initial_noise, load_pipeline, sample_latents
+
+    fp32, bf16 = load_pipeline(str(tiny_sd_eps)), load_pipeline(str(tiny_sd_eps), dtype=torch.bfloat16)
+    assert bf16.unet.dtype == torch.bfloat16
+    a, b = initial_noise(fp32, 3, 32, 32, seed=4), initial_noise(bf16, 3, 32, 32, seed=4)
+    assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    latents = sample_latents(bf16, ["a red circle"], steps=2, guidance=1.0)
+    assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+
+
+def test_a_run_is_sampled_the_way_it_records(tiny_sd_eps, tmp_path):
+    """A run's recorded guidance and steps (and its sampler) are the defaults; explicit options win; the
+    "using" line says what was used."""
+    run = write_run(tmp_path / "runs" / "r", tiny_sd_eps, objective="diffusion", guidance=2.0, sample_steps=3)
+    result = d2f_sample("--lora", run, "--prompt", "a red circle", "--output", tmp_path / "g.png", "--json")
+    assert result.exit_code == 0, result.output
+    used = json.loads(result.stdout)["settings"]
+    assert (used["guidance"], used["steps"], used["samplers"]) == (2.0, 3, ["ddim"])
+    result = d2f_sample("--lora", run, "--prompt", "a red circle", "--guidance", 4, "--sampler", "euler", "--json")
+    used = json.loads(result.stdout)["settings"]
+    assert (used["guidance"], used["steps"], used["samplers"]) == (4.0, 3, ["euler"])
+    human = d2f_sample("--lora", run, "--prompt", "a red circle", "--output", tmp_path / "h.png")
+    assert human.exit_code == 0 and "objective diffusion" in human.stderr and "guidance 2" in human.stderr
+
+
+def test_non_finite_weights_are_a_clear_error_not_black_images(tiny_run, tiny_sd_eps, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from d2f.errors import UserError
+    from d2f.pipeline import load_pipeline, sample_latents
+
+    weights = load_file(tiny_run / "pytorch_lora_weights.safetensors")
+    key = next(iter(weights))
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    run = tmp_path / "nan-run"
+    run.mkdir()
+    save_file(weights, run / "pytorch_lora_weights.safetensors")
+    (run / "d2f_run.json").write_text((tiny_run / "d2f_run.json").read_text())
+    result = d2f_sample("--lora", run, "--prompt", "a red circle", "--output", tmp_path / "g.png")
+    assert result.exit_code == 2 and "NaN or infinite" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    pipe = load_pipeline(str(tiny_sd_eps))  # non-finite base weights: caught on the latents
+    with torch.no_grad():
+        next(pipe.unet.parameters()).fill_(float("inf"))
+    with pytest.raises(UserError, match="NaN or infinite latents"):
+        sample_latents(pipe, ["a red circle"], steps=2)
+
+
+@pytest.mark.parametrize("case", ["under-a-file", "a-directory", "no-suffix"])
+def test_outputs_are_checked_before_loading(tiny_sd_eps, tmp_path, case):
+    (tmp_path / "file.txt").write_text("x")
+    output = {"under-a-file": tmp_path / "file.txt" / "g.png", "a-directory": tmp_path, "no-suffix": tmp_path / "g"}
+    result = d2f_sample("--model", tiny_sd_eps, "--prompt", "a", "--output", output[case])
+    assert result.exit_code == 2, result.output
+    message = {"under-a-file": "is a file, not a folder", "a-directory": "is a directory", "no-suffix": "suffix"}
+    assert message[case] in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_pickle_weights_are_refused_and_a_wrong_shape_lora_is_one_line(tiny_run, tmp_path):
+    run = tmp_path / "pickled"
+    run.mkdir()
+    (run / "d2f_run.json").write_text((tiny_run / "d2f_run.json").read_text())
+    (run / "pytorch_lora_weights.bin").write_bytes(b"not unpickled")
+    result = d2f_sample("--lora", run, "--prompt", "a", "--output", tmp_path / "g.png")
+    assert result.exit_code == 2 and "pickle" in result.stderr and "safetensors" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    # the same module names, other sizes (the built-in prior's cross-attention is 64 wide, the tiny model's 32):
+    # d2f's one line, not diffusers' pages of size mismatches
+    lora = tiny_run / "pytorch_lora_weights.safetensors"
+    prior = builtin_prior("tiny-shapes-eps")
+    result = d2f_sample("--model", prior, "--lora", lora, "--prompt", "a", "--output", tmp_path / "g.png")
+    assert result.exit_code == 2 and "does not fit model" in result.stderr, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 
 import typer
@@ -24,6 +25,25 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """transformers announces at import that its image processors fall back to PIL without torchvision. d2f
+    never uses them (and must not depend on torchvision), so a user could do nothing about the notice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def _silence_import_notices() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.get_logger()  # configures transformers' handler, which the notice goes through
+    for handler in logging.getLogger("transformers").handlers:
+        handler.addFilter(_NoTorchvisionNotice())
+
+
+_silence_import_notices()
 
 
 def friendly(command):

@@ -144,9 +144,9 @@ def inspect_schedule(
         raise UserError("give either --preset or --model, not both")
     if plot is not None:  # checked before any work: an extension-less name gets .png, as matplotlib would save it
         require_extra("plot", "matplotlib")
-        plot = plot if plot.suffix else plot.with_suffix(".png")
         if plot.is_dir():
             raise UserError(f"--plot {plot} is a directory; give a file name such as {plot / 'schedule.png'}")
+        plot = plot if plot.suffix else plot.with_suffix(".png")
         check_writable_dir(plot.parent, "--plot")
     if model:
         from d2f.pipeline.models import hub_file, resolve_model

@@ -166,7 +166,13 @@ class Schedule:
         folder = Path(folder)
         for path in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json", folder):
             if path.is_file():
-                return cls.from_config(json.loads(path.read_text()), **overrides)
+                try:
+                    config = json.loads(path.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise UserError(f"{path} is not valid JSON ({exc}); restore the model's scheduler config") from None
+                if not isinstance(config, dict):
+                    raise UserError(f"{path} is not a scheduler config (a JSON object with the schedule's keys)")
+                return cls.from_config(config, **overrides)
         raise UserError(
             f"no scheduler config in {folder}: expected {folder}/scheduler/scheduler_config.json "
             "(a diffusers model folder)"

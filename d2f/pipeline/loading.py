@@ -53,7 +53,7 @@ def load_pipeline(model: str | None = None, lora: str | Path | None = None, devi
         pipe = StableDiffusionPipeline.from_pretrained(
             ref.source, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(
             f"could not load model {model!r} from {ref.source} ({type(exc).__name__}): "
             + (
@@ -94,20 +94,25 @@ def run_scheduler(config, run: dict):
     return Diff2FlowEulerScheduler.from_config(config, objective=run["objective"], **overrides)
 
 
-def _lora_modules(keys) -> dict[str, set[str]]:
-    """{"unet": module paths, "text_encoder": ...} named by diffusers- or peft-format LoRA keys."""
-    out: dict[str, set[str]] = {}
+LORA_SUFFIXES = {".lora.down.weight": "in", ".lora_A.weight": "in", ".lora.up.weight": "out", ".lora_B.weight": "out"}
+
+
+def _lora_layers(keys) -> dict[str, tuple[str, str, str]]:
+    """{key: (component, module path, "in" or "out")} for diffusers- or peft-format LoRA weight keys."""
+    out = {}
     for key in keys:
-        for suffix in (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha"):
+        for suffix, side in LORA_SUFFIXES.items():
             if key.endswith(suffix):
-                prefix, _, path = key[: -len(suffix)].partition(".")
-                out.setdefault(prefix, set()).add(path)
+                component, _, path = key[: -len(suffix)].partition(".")
+                out[key] = (component, path, side)
     return out
 
 
-def _load_lora(pipe, weights: Path, model: str) -> None:
-    """``pipe.load_lora_weights``, after checking that every LoRA module exists in this model (diffusers
-    only warns about LoRA keys it cannot place and loads the rest)."""
+def _check_lora(pipe, weights: Path, model: str) -> None:
+    """Before diffusers sees the file (it only warns about LoRA keys it cannot place, and prints pages of size
+    mismatches): every LoRA layer names a module of this model with matching in/out features, and every
+    weight is finite (a diverged run's LoRA would sample black images)."""
+    import torch
     from safetensors import safe_open
 
     hint = (
@@ -116,15 +121,35 @@ def _load_lora(pipe, weights: Path, model: str) -> None:
     )
     try:
         with safe_open(str(weights), "pt") as f:
-            keys = list(f.keys())
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception:
         raise UserError(f"cannot read {weights} as safetensors; is it a LoRA file?") from None
-    for component, paths in _lora_modules(keys).items():
-        module = getattr(pipe, component, None)
-        names = {n for n, _ in module.named_modules()} if module is not None else set()
-        if component in ("unet", "text_encoder") and not paths <= names:
+    for key, (component, path, side) in _lora_layers(tensors).items():
+        modules = dict(getattr(pipe, component).named_modules()) if hasattr(pipe, component) else {}
+        layer = modules.get(path)
+        if layer is None:
             raise UserError(hint)
+        # lora_A / down: (r, in, ...);  lora_B / up: (out, r, ...)
+        size = tensors[key].shape[1] if side == "in" else tensors[key].shape[0]
+        expected = getattr(layer, "in_features" if side == "in" else "out_features", None) or getattr(
+            layer, "in_channels" if side == "in" else "out_channels", None
+        )
+        if expected is not None and size != expected:
+            raise UserError(hint)
+    bad = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise UserError(
+            f"the LoRA {weights} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): it comes from "
+            "a diverged run; use an earlier checkpoint or retrain with a lower --lr"
+        )
+
+
+def _load_lora(pipe, weights: Path, model: str) -> None:
+    """``pipe.load_lora_weights`` after ``_check_lora``."""
+    _check_lora(pipe, weights, model)
     try:
         pipe.load_lora_weights(str(weights))
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise UserError(hint + f" ({type(exc).__name__})") from None
+        raise UserError(
+            f"the LoRA {weights} does not fit model {model!r} ({type(exc).__name__}); pass its base model with --model"
+        ) from None

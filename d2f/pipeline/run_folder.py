@@ -95,10 +95,22 @@ def resolve_lora(lora: str | Path) -> tuple[Path, dict | None]:
             return path / LORA_FILE, run
         if run and (path / UNET_DIR / "config.json").is_file():
             return path / UNET_DIR, run
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.ckpt"))
+        if pickles:
+            raise UserError(_pickle_message(path / pickles[0]))
         raise UserError(f"{path} has no {LORA_FILE}; give a run folder of `d2f train` or a LoRA .safetensors file")
+    if path.is_file() and path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
+        raise UserError(_pickle_message(path))
     if path.is_file() and path.suffix == ".safetensors":
         return path, None
     raise UserError(
         f"LoRA {lora} does not exist or is not a .safetensors file; give a run folder of `d2f train` "
         "or a LoRA .safetensors file"
+    )
+
+
+def _pickle_message(path: Path) -> str:
+    return (
+        f"{path} is a pickle file; d2f loads only safetensors, because unpickling runs code from the file. "
+        "Convert it where you trust it (safetensors.torch.save_file) and pass the .safetensors file"
     )
