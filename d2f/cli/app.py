@@ -22,6 +22,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # --validation_prompt as diffusers' training scripts spell it is --validation-prompt
+    context_settings={"token_normalize_func": lambda token: token.replace("_", "-")},
 )
 console = Console()
 err_console = Console(stderr=True)
