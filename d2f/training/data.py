@@ -5,14 +5,15 @@
 - a built-in name that the ``builtin`` resolver knows (``d2f.world.builtin_data``: ``shapes-base``,
   ``shapes-target``). The world writes it once as an imagefolder to a cache folder, and it is then loaded
   exactly like a user's folder, so the built-in demo runs through the same code path as real data;
-- a local imagefolder: image files plus a ``metadata.jsonl`` with one ``{"file_name": ..., "text": ...}``
-  per line (what ``datasets.load_dataset("imagefolder", data_dir=...)`` reads);
+- a local folder or file in one of the layouts of ``d2f.training.layouts``: an imagefolder with
+  ``metadata.jsonl`` / ``metadata.csv``, images with same-named ``.txt`` captions (kohya's ``N_name/``
+  repeat folders too), a ``save_to_disk`` folder, or a ``.parquet`` / ``.csv`` / ``.jsonl`` file;
 - a hub dataset name (``owner/name``), loaded with ``datasets.load_dataset(name, split="train")``.
 
 Preprocessing, as diffusers' ``train_text_to_image`` does it: resize the shorter side to ``resolution``
 (Lanczos), crop a ``resolution`` square (centre, or a random crop that is drawn once per image from the
-seed), map pixels to [-1, 1] (the VAE's range). ``--random-flip`` mirrors an image with probability 1/2
-at each step; the trainer draws the flips.
+seed), map pixels to [-1, 1] (the VAE's range); transparent pixels are composited on white.
+``--random-flip`` mirrors an image with probability 1/2 at each step; the trainer draws the flips.
 
 Every image is decoded once when the data is loaded, so an unreadable file is found before training
 starts and named in a one-line ``UserError`` (or, with ``skip_bad_images``, skipped and counted).
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 
 from d2f.errors import UserError
+from d2f.training.layouts import load_local
 
 
 @dataclass
@@ -106,6 +108,10 @@ def _open(value) -> Image.Image:
         value = {"path": value}
     source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
     with Image.open(source) as image:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # transparent pixels become white, as image viewers show them (not the black of a dropped alpha)
+            rgba = image.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         return image.convert("RGB")
 
 
@@ -117,7 +123,7 @@ def _describe(value, row: int) -> str:
     return f"row {row}"
 
 
-def _load_datasets_object(data: str, resolution: int, builtin: BuiltinResolver | None):
+def _load_datasets_object(data: str, resolution: int, builtin: BuiltinResolver | None, image_column: str):
     """(dataset, location, BuiltinData or None) for ``--data``; UserError for what cannot be loaded."""
     import datasets
 
@@ -127,20 +133,15 @@ def _load_datasets_object(data: str, resolution: int, builtin: BuiltinResolver |
         return dataset, str(known.folder), known
     path = Path(data).expanduser()
     if path.exists() or data.startswith((".", "/", "~")) or data.count("/") != 1:
-        if not path.is_dir():
+        if not path.exists():
             names = ", ".join(getattr(builtin, "names", ()))
             raise UserError(
                 f"data folder {data} does not exist; give "
                 + (f"a built-in name ({names}), " if names else "")
-                + "an imagefolder (images + metadata.jsonl) or a hub dataset like owner/name"
+                + "an imagefolder (images + metadata.jsonl), images with .txt captions, a data file or a hub "
+                "dataset like owner/name"
             )
-        try:
-            dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
-        except FileNotFoundError:
-            raise UserError(
-                f"no images in {data}: an imagefolder holds image files (png, jpg, ...) and a "
-                'metadata.jsonl with {"file_name": ..., "text": ...} per line'
-            ) from None
+        dataset, _ = load_local(path, image_column)
         return dataset, str(path.resolve()), None
     try:
         return datasets.load_dataset(data, split="train"), data, None
@@ -172,7 +173,7 @@ def load_data(
         raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     if resolution < 1:
         raise UserError(f"--resolution must be positive, got {resolution}")
-    dataset, location, known = _load_datasets_object(data, resolution, builtin)
+    dataset, location, known = _load_datasets_object(data, resolution, builtin, image_column)
     if isinstance(dataset, datasets.DatasetDict):  # a hub dataset without a train split is caught above
         dataset = dataset["train"]
     columns = list(dataset.column_names)
