@@ -359,3 +359,24 @@ def test_pickle_weights_are_refused_and_a_wrong_shape_lora_is_one_line(tiny_run,
     result = d2f_sample("--model", prior, "--lora", lora, "--prompt", "a", "--output", tmp_path / "g.png")
     assert result.exit_code == 2 and "does not fit model" in result.stderr, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_variant_only_folders_need_variant_and_load_in_float32(tiny_sd_eps, tmp_path):
+    """A folder saved with fp16 variant weights (as SD's hub repos are) is refused with the variant named,
+    loads with --variant fp16, and comes back in float32 (not in the stored half precision)."""
+    from diffusers import StableDiffusionPipeline
+
+    from d2f.pipeline import load_pipeline
+
+    folder = tmp_path / "fp16-only"
+    StableDiffusionPipeline.from_pretrained(tiny_sd_eps).to(torch.float16).save_pretrained(folder, variant="fp16")
+    refused = d2f_sample("--model", folder, "--prompt", "a", "--output", tmp_path / "g.png")
+    assert refused.exit_code == 2 and "pass --variant fp16" in refused.stderr, refused.output
+    wrong = d2f_sample("--model", folder, "--variant", "bf16", "--prompt", "a", "--output", tmp_path / "g.png")
+    assert wrong.exit_code == 2 and "no bf16 weights" in wrong.stderr and "fp16" in wrong.stderr
+    ok = d2f_sample(
+        "--model", folder, "--variant", "fp16", "--prompt", "a", "--steps", 2, "--output", tmp_path / "g.png"
+    )
+    assert ok.exit_code == 0, ok.output
+    pipe = load_pipeline(str(folder), variant="fp16")
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == torch.float32

@@ -30,16 +30,67 @@ def _same_model(model: str, run: dict) -> bool:
     )
 
 
-def load_pipeline(model: str | None = None, lora: str | Path | None = None, device=None, dtype=None):
+def load_base_pipeline(model: str, dtype=None, variant: str | None = None, revision: str | None = None):
+    """``StableDiffusionPipeline.from_pretrained`` of a built-in name, folder or hub id, with d2f's rules:
+    weights in ``dtype`` (float32 unless asked: a folder stored in fp16 would otherwise come back in fp16),
+    safetensors only (a pickle is never unpickled), ``variant`` / ``revision`` passed through, and every
+    failure one ``UserError`` that says what to do."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    ref = resolve_model(model)
+    if ref.local:
+        check_variant(Path(ref.source), variant)
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            ref.source,
+            dtype=dtype or torch.float32,
+            variant=variant,
+            revision=revision,
+            use_safetensors=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as exc:
+        reason = (
+            "it is not cached and the hub cannot be reached; pass a local diffusers folder"
+            if not ref.local
+            else str(exc).strip().splitlines()[0]
+        )
+        raise UserError(f"could not load model {model!r} from {ref.source} ({type(exc).__name__}): {reason}") from None
+
+
+def check_variant(folder: Path, variant: str | None) -> None:
+    """A folder whose weights exist only as a variant (``diffusion_pytorch_model.fp16.safetensors``) needs
+    ``--variant``; an asked variant must exist. Names the variants there are."""
+    for component in ("unet", "vae", "text_encoder"):
+        files = [p.name for p in (folder / component).glob("*.safetensors")]
+        plain = [name for name in files if name.count(".") == 1]
+        variants = sorted({name.split(".")[-2] for name in files if name.count(".") == 2})
+        if variant is None and not plain and variants:
+            raise UserError(
+                f"{folder / component} has only {', '.join(variants)} weights: pass --variant {variants[0]}"
+            )
+        if variant is not None and variant not in variants:
+            found = ", ".join(variants) if variants else "none"
+            raise UserError(f"no {variant} weights in {folder / component} (variants there: {found}); drop --variant")
+
+
+def load_pipeline(
+    model: str | None = None,
+    lora: str | Path | None = None,
+    device=None,
+    dtype=None,
+    variant: str | None = None,
+    revision: str | None = None,
+):
     """A ``StableDiffusionPipeline`` for ``model`` (built-in name, folder or hub id), with ``lora`` loaded.
 
     With a run folder as ``lora``, ``model`` defaults to the run's base model (another base model is a
     ``UserError`` naming both), and ``pipe.scheduler`` becomes the scheduler the run samples with
     (``Diff2FlowEulerScheduler`` with the run's prediction type and objective; DDIM, trailing spacing, for a
     ``diffusion`` run), so ``pipe(...)`` itself does the right thing. ``pipe.d2f_run`` holds the run's
-    json (None without one)."""
-    from diffusers import StableDiffusionPipeline
-
+    json (None without one). ``dtype`` (default float32), ``variant`` and ``revision``: ``load_base_pipeline``."""
     weights, run = resolve_lora(lora) if lora is not None else (None, None)
     if model is None:
         model = run["base_model"] if run else DEFAULT_MODEL
@@ -48,27 +99,16 @@ def load_pipeline(model: str | None = None, lora: str | Path | None = None, devi
             f"the LoRA {lora} was trained on {run['base_model']!r}, not on --model {model!r}; "
             f"drop --model or pass --model {run['base_model']}"
         )
-    ref = resolve_model(model)
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            ref.source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"could not load model {model!r} from {ref.source} ({type(exc).__name__}): "
-            + (
-                "it is not cached and the hub cannot be reached; pass a local diffusers folder"
-                if not ref.local
-                else str(exc).splitlines()[0]
-            )
-        ) from None
+    pipe = load_base_pipeline(model, dtype, variant, revision)
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if weights is not None and weights.is_dir():  # a full finetune: its UNet replaces the base model's
         from diffusers import UNet2DConditionModel
 
-        pipe.unet = UNet2DConditionModel.from_pretrained(weights, dtype=dtype).to(pipe.unet.device)
+        pipe.unet = UNet2DConditionModel.from_pretrained(weights, dtype=pipe.unet.dtype, use_safetensors=True).to(
+            pipe.unet.device
+        )
     elif weights is not None:
         _load_lora(pipe, weights, model)
     pipe.d2f_run = run

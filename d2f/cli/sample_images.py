@@ -1,0 +1,214 @@
+"""What ``d2f sample`` does: pick the model, the prompts and the samplers, generate, save, evaluate.
+
+    result = sample_images(SampleSettings(prompts=["a red circle"], steps=25), output="grid.png")
+    result["images"], result["metrics"]
+
+Defaults: with neither a model nor a LoRA, the latest run under ``runs/`` if there is one, else the
+built-in ``tiny-shapes-eps``. With no prompts, a built-in base model uses the world's 24 captions; any
+other model needs prompts. A run is sampled the way it records (``d2f_run.json``: its objective, and its
+``sampler``, ``guidance`` and ``sample_steps`` as the defaults); options given explicitly win. A model
+without a run is an untouched diffusion model (``d2f.pipeline.pipe_parametrization``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from d2f.cli.app import quiet_third_party
+from d2f.errors import UserError
+from d2f.files import check_image_path, check_writable_dir
+from d2f.sampling import get_sampler, network_calls
+
+COMPARE_SAMPLERS = ("euler", "heun", "ddim")
+DEFAULT_GRID = Path("samples/grid.png")
+FALLBACK = {"sampler": "euler", "guidance": 7.5, "steps": 25}  # for a model without a run
+
+
+@dataclass
+class SampleSettings:
+    """``None`` means: the run's recorded value, else ``FALLBACK``."""
+
+    model: str | None = None
+    lora: str | None = None
+    prompts: list[str] = field(default_factory=list)
+    num_images: int | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    guidance: float | None = None
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    shift: float = 1.0
+    compare: bool = False
+    batch_size: int = 64
+    variant: str | None = None
+    revision: str | None = None
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """One prompt per non-empty line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read --prompts-file {path} ({type(exc).__name__})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompts-file {path} has no prompts (one per line)")
+    return prompts
+
+
+def choose_source(model: str | None, lora: str | None, runs_dir: str | Path) -> tuple[str | None, str | None, str]:
+    """(model, lora, a sentence saying what is used) with the defaults of ``d2f sample``."""
+    from d2f.pipeline import DEFAULT_MODEL
+    from d2f.pipeline.run_folder import latest_run
+
+    if model is None and lora is None:
+        run = latest_run(runs_dir)
+        if run is not None:
+            return None, str(run), f"the latest run {run} (no --model or --lora given)"
+        return DEFAULT_MODEL, None, f"the built-in {DEFAULT_MODEL} (no --model, --lora or run under {runs_dir}/)"
+    what = " + ".join(x for x in (model and f"model {model}", lora and f"LoRA {lora}") if x)
+    return model, lora, what
+
+
+def run_defaults(run: dict | None) -> dict:
+    """How a run is meant to be sampled: its recorded sampler, guidance and steps (older records keep the
+    last two in ``settings``), else ``FALLBACK``."""
+    run = run or {}
+    settings = run.get("settings") or {}
+    return {
+        "sampler": run.get("sampler") or FALLBACK["sampler"],
+        "guidance": run.get("guidance", settings.get("guidance", FALLBACK["guidance"])),
+        "steps": run.get("sample_steps", settings.get("sample_steps", FALLBACK["steps"])),
+    }
+
+
+def sample_images(
+    settings: SampleSettings,
+    output: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    evaluate: bool = False,
+    domain: str | None = None,
+    runs_dir: str | Path = "runs",
+    progress: bool = True,
+    log=None,
+) -> dict:
+    """Generate, save and (optionally) evaluate; returns the ``--json`` object: ``images`` (paths),
+    ``settings``, ``seconds``, ``using`` and, with ``evaluate``, ``metrics`` (one dict per sampler with
+    ``--compare``)."""
+    from d2f.pipeline import generate, load_pipeline, pipe_parametrization, save_grid, save_images
+    from d2f.pipeline.generate import check_settings, latent_size
+
+    start = time.time()
+    s = settings
+    for name, value in (("--steps", s.steps), ("--num-images", s.num_images)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if s.guidance is not None and s.guidance < 0:
+        raise UserError(f"--guidance must be 0 or more (1 = no guidance), got {s.guidance}")
+    if s.sampler is not None:
+        get_sampler(s.sampler)
+    if output is None and output_dir is None:
+        output = DEFAULT_GRID
+    if output is not None:
+        check_image_path(Path(output), "--output")
+    if output_dir is not None:
+        check_writable_dir(Path(output_dir), "--output-dir")
+    quiet_third_party()
+    model, lora, using = choose_source(s.model, s.lora, runs_dir)
+    pipe = load_pipeline(model, lora, variant=s.variant, revision=s.revision)
+    run = pipe.d2f_run or {}
+    flow = pipe_parametrization(pipe)
+    defaults = run_defaults(pipe.d2f_run)
+    steps = s.steps if s.steps is not None else defaults["steps"]
+    guidance = s.guidance if s.guidance is not None else defaults["guidance"]
+    samplers = list(COMPARE_SAMPLERS) if s.compare else [s.sampler or defaults["sampler"]]
+    prompts = list(s.prompts)
+    builtin = _builtin_base(model or run.get("base_model"))
+    if not prompts and builtin:
+        from d2f.world.shapes import all_prompts
+
+        prompts = all_prompts()
+    n = s.num_images or len(prompts)
+    prompts = [prompts[k % len(prompts)] for k in range(n)] if prompts else []
+    for name in samplers:
+        check_settings(prompts, name, steps, guidance)
+    height, width, _ = latent_size(pipe, s.height, s.width)
+    if evaluate:
+        data = run.get("data")
+        domain = domain or ((data.get("domain") if isinstance(data, dict) else None) or "base")
+        if domain not in ("base", "target"):
+            raise UserError(f"--domain {domain!r} is not a domain of the built-in world; use base or target")
+        _check_world_prompts(prompts)
+    if log:
+        log(
+            f"using {using}; objective {flow.name}, prediction type {flow.prediction_type}; "
+            f"{'/'.join(samplers)}, {steps} steps, guidance {guidance:g}"
+        )
+
+    rows, paths, metrics = [], [], {}
+    for name in samplers:
+        images = generate(
+            pipe,
+            prompts,
+            sampler=name,
+            steps=steps,
+            guidance=guidance,
+            seed=s.seed,
+            height=height,
+            width=width,
+            shift=s.shift,
+            batch_size=s.batch_size,
+            progress=progress,
+        )
+        rows.append(images)
+        if output_dir is not None:
+            prefix = f"{name}_" if s.compare else ""
+            paths += [str(p) for p in save_images(images, output_dir, prefix)]
+        if evaluate:
+            from d2f.world.metrics import evaluate as world_evaluate
+
+            metrics[name] = world_evaluate(images, prompts, domain)
+    if output is not None:
+        import torch
+
+        grid = torch.cat(rows)
+        paths.insert(0, str(save_grid(grid, output, ncols=len(prompts) if s.compare else None)))
+    record = dict(
+        asdict(s),
+        prompts=prompts,
+        num_images=n,
+        height=height,
+        width=width,
+        objective=flow.name,
+        steps=steps,
+        guidance=guidance,
+        samplers=samplers,
+        network_calls={name: network_calls(name, steps) for name in samplers},
+        model=model or run.get("base_model"),
+        lora=lora,
+    )
+    result = {"images": paths, "settings": record, "seconds": round(time.time() - start, 3), "using": using}
+    if evaluate:
+        result["domain"] = domain
+        result["metrics"] = metrics if s.compare else metrics[samplers[0]]
+    return result
+
+
+def _builtin_base(model: str | None) -> bool:
+    from d2f.pipeline.models import BUILTIN_DESCRIPTIONS
+
+    return model in BUILTIN_DESCRIPTIONS
+
+
+def _check_world_prompts(prompts: list[str]) -> None:
+    from d2f.world.shapes import parse_prompt
+
+    bad = [p for p in prompts if parse_prompt(p) is None]
+    if bad:
+        raise UserError(
+            f"--evaluate needs prompts of the built-in world like 'a red circle'; {bad[0]!r} is not one "
+            "(drop --prompt to use the world's prompts)"
+        )
