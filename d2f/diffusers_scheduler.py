@@ -26,6 +26,15 @@ and its output is the velocity. ``prediction_type``, the betas and ``rescale_bet
 from the config exactly as the model's own scheduler declares them. ``Diff2FlowHeunScheduler`` is the
 Heun variant (``order = 2``, 2K - 1 network calls, the last step Euler), laid out like diffusers'
 ``HeunDiscreteScheduler``: timesteps t_0, t_1, t_1, t_2, t_2, ..., t_{K-1}, t_{K-1}.
+
+Image-to-image and inpainting (``StableDiffusionImg2ImgPipeline``, ``StableDiffusionInpaintPipeline``): for
+strength s the pipeline skips the first k = K - int(s K) steps, keeps ``timesteps[k * order:]``, calls
+``set_begin_index(k * order)`` and starts from ``add_noise(data, noise, timesteps[k * order])``, the FM
+interpolant at t_k (the pipeline state is x, never z):
+
+    add_noise(x1, x0, tau(t_k)) = t_k x1 + (1 - t_k) x0
+
+so strength 1 (t_0 = 0) starts from the noise itself, as text-to-image does.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
+from d2f.core._tensor import at_least_float32, per_sample
 from d2f.core.schedule import Schedule
 from d2f.core.timemap import scale
+from d2f.diffusers_inputs import times_of_timesteps
 from d2f.errors import UserError
 from d2f.objectives import check_objective, parametrization
 from d2f.sampling import time_grid
@@ -117,8 +128,27 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start at evaluation ``begin_index`` (what image-to-image pipelines call)."""
+        """Start at evaluation ``begin_index`` (what image-to-image pipelines call): the first state is then
+        the FM state at t = ``points[begin_index]``'s time, which ``add_noise`` builds."""
         self._begin_index = begin_index
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """The FM state at the grid point that ``timesteps`` name (image-to-image start, inpainting blend):
+
+            x_t = t x1 + (1 - t) x0,      x1 = ``original_samples`` (the VAE latents), x0 = ``noise``
+
+        the straight interpolant, exactly as training draws it (§2), never z; t is the time of the evaluation
+        point with that timestep, the first at or after the next step (``step_index``, else ``begin_index``,
+        else 0), for several points below t_min share tau = N-1 (``d2f.diffusers_inputs.times_of_timesteps``).
+        For an untouched ``diffusion`` model at t = t_min this is the exact FM state of DDIM's start
+        z = alpha_{N-1} x1 + sigma_{N-1} x0 (divided by c), not text-to-image's noise / c(t_min)."""
+        first = self._step_index if self._step_index is not None else (self._begin_index or 0)
+        t = times_of_timesteps(self.model, self.timesteps, [p[0] for p in self.points], timesteps, first)
+        dtype = at_least_float32(original_samples.dtype)
+        x1, x0 = original_samples.to(dtype), noise.to(device=original_samples.device, dtype=dtype)
+        tt = per_sample(t.to(dtype), x1)
+        # x_t = t x1 + (1 - t) x0
+        return (tt * x1 + (1 - tt) * x0).to(original_samples.dtype)
 
     def _current(self) -> tuple[float, float]:
         if self._step_index is None:
