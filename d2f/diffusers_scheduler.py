@@ -34,7 +34,8 @@ interpolant at t_k (the pipeline state is x, never z):
 
     add_noise(x1, x0, tau(t_k)) = t_k x1 + (1 - t_k) x0
 
-so strength 1 (t_0 = 0) starts from the noise itself, as text-to-image does.
+so strength 1 (t_0 = 0) starts from the noise itself, as text-to-image does. Custom ``timesteps=`` (diffusion
+timesteps tau) and ``sigmas=`` (FM noise levels 1 - t) are read by ``d2f.diffusers_inputs.custom_grid``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from d2f.core._tensor import at_least_float32, per_sample
 from d2f.core.schedule import Schedule
 from d2f.core.timemap import scale
-from d2f.diffusers_inputs import times_of_timesteps
+from d2f.diffusers_inputs import custom_grid, times_of_timesteps
 from d2f.errors import UserError
 from d2f.objectives import check_objective, parametrization
 from d2f.sampling import time_grid
@@ -100,18 +101,34 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         """(t, t_next) of each network evaluation: one per Euler step."""
         return list(zip(grid[:-1], grid[1:]))
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """The grid ``time_grid(K, shift)`` and the pipeline's ``timesteps``: tau(t) (fractional, float32)
-        at every network evaluation, or (1 - t)(N - 1) for ``objective="fm"``."""
-        if num_inference_steps < 1:
-            raise UserError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        self.num_inference_steps = num_inference_steps
-        t_start = self.model.t_start
-        self.grid = [float(t) for t in time_grid(num_inference_steps, float(self.config.shift), t_start)]
-        # the pipeline's noise times init_noise_sigma is the FM state at t_start: x = z / c(t_start) when t_start > 0
-        self.init_noise_sigma = (
-            1.0 if t_start == 0 else 1.0 / float(scale(self.schedule, torch.tensor(t_start, dtype=torch.float64)))
-        )
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps=None,
+        sigmas=None,
+    ):
+        """The grid and the pipeline's ``timesteps``: tau(t) (fractional, float32) at every network evaluation,
+        or (1 - t)(N - 1) for ``objective="fm"``.
+
+        The grid is ``time_grid(K, shift, t_start)``, or given: ``timesteps`` = decreasing diffusion timesteps
+        tau_k (t_k = t(tau_k)) or ``sigmas`` = decreasing FM noise levels (t_k = 1 - sigma_k), then t = 1
+        (``d2f.diffusers_inputs.custom_grid``). The pipeline's noise times ``init_noise_sigma`` is the FM state at
+        t_0: the noise itself at t_0 = 0, else the noise read as z at tau(t_0) (where DDIM starts), x = z / c(t_0),
+        as in ``d2f.pipeline.sample_latents``."""
+        if timesteps is None and sigmas is None:
+            if num_inference_steps is None or num_inference_steps < 1:
+                raise UserError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+            grid = [float(t) for t in time_grid(num_inference_steps, float(self.config.shift), self.model.t_start)]
+        else:
+            grid = custom_grid(self.model, timesteps, sigmas)
+            if num_inference_steps not in (None, len(grid) - 1):
+                raise UserError(f"num_inference_steps={num_inference_steps} but {len(grid) - 1} custom points given")
+        self.num_inference_steps = len(grid) - 1
+        self.grid = grid
+        t0 = grid[0]
+        # x = noise at t_0 = 0; else x = z / c(t_0) with z = noise at tau(t_0)
+        self.init_noise_sigma = 1.0 if t0 == 0 else 1.0 / float(scale(self.schedule, torch.tensor(t0).double()))
         self.points = self._eval_points(self.grid)
         ts = torch.tensor([t for t, _ in self.points], dtype=torch.float64)
         _, timesteps = self.model.network_input(torch.zeros(len(ts), 1, dtype=torch.float64), ts)
@@ -202,8 +219,14 @@ class Diff2FlowHeunScheduler(Diff2FlowEulerScheduler):
             points += [(grid[k], grid[k]), steps[k]]
         return points
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        super().set_timesteps(num_inference_steps, device)
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps=None,
+        sigmas=None,
+    ):
+        super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
         self._saved: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
     @property

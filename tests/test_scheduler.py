@@ -300,3 +300,58 @@ def test_inpaint_pipeline_keeps_the_unmasked_region(tiny_sd_eps, cls, strength):
         assert torch.allclose(state[keep], (t * data + (1 - t) * noise)[keep], atol=1e-5), (i, t)
     assert torch.allclose(out[keep], data[keep], atol=1e-6)
     assert torch.isfinite(out).all() and not torch.allclose(out[..., :4], data[..., :4], atol=1e-2)
+
+
+# --- custom grids: timesteps= and sigmas= through the pipeline --------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler,cls", [("euler", "Diff2FlowEulerScheduler"), ("heun", "Diff2FlowHeunScheduler")])
+def test_custom_timesteps_and_sigmas_through_the_pipeline(tiny_sd_eps, sampler, cls):
+    """``pipe(..., timesteps=[...])``: decreasing diffusion timesteps, t_k = t(tau_k), then t = 1; the noise is z at
+    tau_0 (init_noise_sigma = 1 / c(t_0)). ``pipe(..., sigmas=[...])``: FM noise levels, t_k = 1 - sigma_k. Both
+    equal d2f's own loop on that grid."""
+    from d2f.pipeline import load_pipeline, sample_latents
+
+    prompts = ["a red circle", "a purple cross"]
+    schedule = Schedule.from_config(dict(_pipe(tiny_sd_eps).scheduler.config))
+    taus = [999, 700, 400, 100]
+    grids = {
+        "timesteps": d2f.t_of_tau(schedule, torch.tensor(taus, dtype=torch.float64)).tolist() + [1.0],
+        "sigmas": [0.0, 0.3, 0.6, 0.8, 1.0],
+    }
+    for name, given in [("timesteps", taus), ("sigmas", [1.0, 0.7, 0.4, 0.2])]:
+        pipe = _pipe(tiny_sd_eps)
+        pipe.scheduler = getattr(d2f, cls).from_config(pipe.scheduler.config)
+        kwargs = {name: given}
+        theirs = pipe(prompts, guidance_scale=4.0, generator=_gens(2), output_type="latent", **kwargs).images
+        sched = pipe.scheduler
+        assert sched.grid == pytest.approx(grids[name], abs=1e-12) and sched.num_inference_steps == 4
+        t0 = grids[name][0]
+        assert sched.init_noise_sigma == pytest.approx(1.0 if t0 == 0 else 1 / float(scale(schedule, torch.tensor(t0))))
+        if name == "timesteps":
+            assert torch.allclose(sched.timesteps[:: sched.order], torch.tensor(taus, dtype=torch.float32), atol=1e-3)
+        mine = sample_latents(load_pipeline(str(tiny_sd_eps)), prompts, sampler, guidance=4.0, seed=3, ts=grids[name])
+        assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-5 * float(theirs.abs().max())), name
+
+
+@pytest.mark.parametrize(
+    "kwargs,objective,message",
+    [
+        (dict(timesteps=[400, 600, 200]), "diff2flow", "strictly decreasing"),
+        (dict(timesteps=[1500, 10]), "diff2flow", r"lie in \[0, 999\]"),
+        (dict(timesteps=[999, 500, 0]), "fm", "above 0"),
+        (dict(sigmas=[1.0, 0.5, 0.0]), "diff2flow", r"lie in \(0, 1\]"),
+        (dict(sigmas=[0.2, 0.5]), "diff2flow", "strictly decreasing"),
+        (dict(sigmas=[1.0, float("nan")]), "diff2flow", "finite"),
+    ],
+)
+def test_bad_custom_grids_are_refused_with_what_to_pass(tiny_sd_eps, kwargs, objective, message):
+    pipe = _pipe(tiny_sd_eps)
+    pipe.scheduler = d2f.Diff2FlowEulerScheduler.from_config(pipe.scheduler.config, objective=objective)
+    with pytest.raises(UserError, match=message) as err:
+        pipe("a red circle", guidance_scale=4.0, output_type="latent", **kwargs)
+    assert "sigmas=[1.0, 0.75, 0.5, 0.25]" in str(err.value)  # says what to pass instead
+    with pytest.raises(UserError, match="not both"):
+        pipe.scheduler.set_timesteps(timesteps=[999, 500], sigmas=[1.0, 0.5])
+    with pytest.raises(UserError, match="num_inference_steps"):
+        pipe.scheduler.set_timesteps()
