@@ -35,7 +35,8 @@ interpolant at t_k (the pipeline state is x, never z):
     add_noise(x1, x0, tau(t_k)) = t_k x1 + (1 - t_k) x0
 
 so strength 1 (t_0 = 0) starts from the noise itself, as text-to-image does. Custom ``timesteps=`` (diffusion
-timesteps tau) and ``sigmas=`` (FM noise levels 1 - t) are read by ``d2f.diffusers_inputs.custom_grid``.
+timesteps tau) and ``sigmas=`` (FM noise levels 1 - t) are read by ``d2f.diffusers_inputs.custom_grid``; the
+config of a flow-matching scheduler (SD3, Flux) is refused: such a model needs no bridge.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from d2f.core._tensor import at_least_float32, per_sample
 from d2f.core.schedule import Schedule
 from d2f.core.timemap import scale
-from d2f.diffusers_inputs import custom_grid, times_of_timesteps
+from d2f.diffusers_inputs import check_not_flow_config, custom_grid, times_of_timesteps
 from d2f.errors import UserError
 from d2f.objectives import check_objective, parametrization
 from d2f.sampling import time_grid
@@ -95,6 +96,13 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self.set_timesteps(50)
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' ``from_config`` (``from_pretrained`` goes through it too), refusing the config of a
+        flow-matching scheduler (``d2f.diffusers_inputs.check_not_flow_config``)."""
+        check_not_flow_config(config, cls.__name__)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- the grid ---------------------------------------------------------------------------------
     def _eval_points(self, grid: list[float]) -> list[tuple[float, float]]:

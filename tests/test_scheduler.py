@@ -355,3 +355,37 @@ def test_bad_custom_grids_are_refused_with_what_to_pass(tiny_sd_eps, kwargs, obj
         pipe.scheduler.set_timesteps(timesteps=[999, 500], sigmas=[1.0, 0.5])
     with pytest.raises(UserError, match="num_inference_steps"):
         pipe.scheduler.set_timesteps()
+
+
+# --- configs and grids ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ["Diff2FlowEulerScheduler", "Diff2FlowHeunScheduler"])
+def test_flow_matching_config_is_refused(cls, tmp_path):
+    """SD3/Flux's FlowMatch schedulers have no betas; their config would silently give the default linear betas."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FlowMatchHeunDiscreteScheduler,
+    )
+
+    sched_cls = getattr(d2f, cls)
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    without_name = {k: v for k, v in flow.config.items() if k != "_class_name"}
+    flow.save_pretrained(tmp_path)
+    configs = [
+        flow.config,  # by _class_name
+        without_name,  # by FlowMatch-only keys
+        FlowMatchHeunDiscreteScheduler().config,  # only num_train_timesteps and shift
+        {"num_train_timesteps": 1000, "shift": 3.0},  # shift, no betas
+        DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction").config,  # SANA-style
+    ]
+    for config in configs:
+        with pytest.raises(UserError, match="already a flow model and needs no Diff2Flow scheduler"):
+            sched_cls.from_config(config)
+    with pytest.raises(UserError, match="already a flow model"):
+        sched_cls.from_pretrained(tmp_path)
+    # diffusion configs (which may carry use_dynamic_shifting=False etc.) are still accepted
+    for config in [DPMSolverMultistepScheduler().config, EulerDiscreteScheduler(beta_schedule="scaled_linear").config]:
+        assert sched_cls.from_config(config).config.beta_schedule == config["beta_schedule"]
