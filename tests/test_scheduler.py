@@ -389,3 +389,22 @@ def test_flow_matching_config_is_refused(cls, tmp_path):
     # diffusion configs (which may carry use_dynamic_shifting=False etc.) are still accepted
     for config in [DPMSolverMultistepScheduler().config, EulerDiscreteScheduler(beta_schedule="scaled_linear").config]:
         assert sched_cls.from_config(config).config.beta_schedule == config["beta_schedule"]
+
+
+@pytest.mark.parametrize("objective", ["diff2flow", "fm", "diffusion"])
+def test_shifted_grid_starts_where_the_objective_starts(objective):
+    """``shift != 1`` warps the grid inside [t_start, 1]: a diffusion model still starts at t_min (tau = 999, the
+    noise scaled by 1 / c(t_min)), diff2flow and fm at t = 0."""
+    from d2f.sampling import time_grid
+
+    sched = d2f.Diff2FlowEulerScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, objective=objective, shift=3.0
+    )
+    sched.set_timesteps(8)
+    t_start = d2f.t_range(sched.schedule)[0] if objective == "diffusion" else 0.0
+    assert sched.grid[0] == t_start and sched.grid[-1] == 1.0 and sched.points[0][0] == t_start
+    assert sched.grid == time_grid(8, 3.0, t_start).tolist()
+    assert sched.grid[1] - sched.grid[0] < (1 - t_start) / 8  # shifted: denser at the noise end
+    assert sched.timesteps[0] == 999
+    c = float(scale(sched.schedule, torch.tensor(t_start, dtype=torch.float64)))
+    assert sched.init_noise_sigma == pytest.approx(1 / c if objective == "diffusion" else 1.0)
