@@ -26,6 +26,17 @@ and its output is the velocity. ``prediction_type``, the betas and ``rescale_bet
 from the config exactly as the model's own scheduler declares them. ``Diff2FlowHeunScheduler`` is the
 Heun variant (``order = 2``, 2K - 1 network calls, the last step Euler), laid out like diffusers'
 ``HeunDiscreteScheduler``: timesteps t_0, t_1, t_1, t_2, t_2, ..., t_{K-1}, t_{K-1}.
+
+Image-to-image and inpainting (``StableDiffusionImg2ImgPipeline``, ``StableDiffusionInpaintPipeline``): for
+strength s the pipeline skips the first k = K - int(s K) steps, keeps ``timesteps[k * order:]``, calls
+``set_begin_index(k * order)`` and starts from ``add_noise(data, noise, timesteps[k * order])``, the FM
+interpolant at t_k (the pipeline state is x, never z):
+
+    add_noise(x1, x0, tau(t_k)) = t_k x1 + (1 - t_k) x0
+
+so strength 1 (t_0 = 0) starts from the noise itself, as text-to-image does. Custom ``timesteps=`` (diffusion
+timesteps tau) and ``sigmas=`` (FM noise levels 1 - t) are read by ``d2f.diffusers_inputs.custom_grid``; the
+config of a flow-matching scheduler (SD3, Flux) is refused: such a model needs no bridge.
 """
 
 from __future__ import annotations
@@ -34,8 +45,10 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
+from d2f.core._tensor import at_least_float32, per_sample
 from d2f.core.schedule import Schedule
 from d2f.core.timemap import scale
+from d2f.diffusers_inputs import check_not_flow_config, custom_grid, times_of_timesteps
 from d2f.errors import UserError
 from d2f.objectives import check_objective, parametrization
 from d2f.sampling import time_grid
@@ -84,23 +97,46 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: int | None = None
         self.set_timesteps(50)
 
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' ``from_config`` (``from_pretrained`` goes through it too), refusing the config of a
+        flow-matching scheduler (``d2f.diffusers_inputs.check_not_flow_config``)."""
+        check_not_flow_config(config, cls.__name__)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     # --- the grid ---------------------------------------------------------------------------------
     def _eval_points(self, grid: list[float]) -> list[tuple[float, float]]:
         """(t, t_next) of each network evaluation: one per Euler step."""
         return list(zip(grid[:-1], grid[1:]))
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """The grid ``time_grid(K, shift)`` and the pipeline's ``timesteps``: tau(t) (fractional, float32)
-        at every network evaluation, or (1 - t)(N - 1) for ``objective="fm"``."""
-        if num_inference_steps < 1:
-            raise UserError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        self.num_inference_steps = num_inference_steps
-        t_start = self.model.t_start
-        self.grid = [float(t) for t in time_grid(num_inference_steps, float(self.config.shift), t_start)]
-        # the pipeline's noise times init_noise_sigma is the FM state at t_start: x = z / c(t_start) when t_start > 0
-        self.init_noise_sigma = (
-            1.0 if t_start == 0 else 1.0 / float(scale(self.schedule, torch.tensor(t_start, dtype=torch.float64)))
-        )
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps=None,
+        sigmas=None,
+    ):
+        """The grid and the pipeline's ``timesteps``: tau(t) (fractional, float32) at every network evaluation,
+        or (1 - t)(N - 1) for ``objective="fm"``.
+
+        The grid is ``time_grid(K, shift, t_start)``, or given: ``timesteps`` = decreasing diffusion timesteps
+        tau_k (t_k = t(tau_k)) or ``sigmas`` = decreasing FM noise levels (t_k = 1 - sigma_k), then t = 1
+        (``d2f.diffusers_inputs.custom_grid``). The pipeline's noise times ``init_noise_sigma`` is the FM state at
+        t_0: the noise itself at t_0 = 0, else the noise read as z at tau(t_0) (where DDIM starts), x = z / c(t_0),
+        as in ``d2f.pipeline.sample_latents``."""
+        if timesteps is None and sigmas is None:
+            if num_inference_steps is None or num_inference_steps < 1:
+                raise UserError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+            grid = [float(t) for t in time_grid(num_inference_steps, float(self.config.shift), self.model.t_start)]
+        else:
+            grid = custom_grid(self.model, timesteps, sigmas)
+            if num_inference_steps not in (None, len(grid) - 1):
+                raise UserError(f"num_inference_steps={num_inference_steps} but {len(grid) - 1} custom points given")
+        self.num_inference_steps = len(grid) - 1
+        self.grid = grid
+        t0 = grid[0]
+        # x = noise at t_0 = 0; else x = z / c(t_0) with z = noise at tau(t_0)
+        self.init_noise_sigma = 1.0 if t0 == 0 else 1.0 / float(scale(self.schedule, torch.tensor(t0).double()))
         self.points = self._eval_points(self.grid)
         ts = torch.tensor([t for t, _ in self.points], dtype=torch.float64)
         _, timesteps = self.model.network_input(torch.zeros(len(ts), 1, dtype=torch.float64), ts)
@@ -117,8 +153,27 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start at evaluation ``begin_index`` (what image-to-image pipelines call)."""
+        """Start at evaluation ``begin_index`` (what image-to-image pipelines call): the first state is then
+        the FM state at t = ``points[begin_index]``'s time, which ``add_noise`` builds."""
         self._begin_index = begin_index
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """The FM state at the grid point that ``timesteps`` name (image-to-image start, inpainting blend):
+
+            x_t = t x1 + (1 - t) x0,      x1 = ``original_samples`` (the VAE latents), x0 = ``noise``
+
+        the straight interpolant, exactly as training draws it (§2), never z; t is the time of the evaluation
+        point with that timestep, the first at or after the next step (``step_index``, else ``begin_index``,
+        else 0), for several points below t_min share tau = N-1 (``d2f.diffusers_inputs.times_of_timesteps``).
+        For an untouched ``diffusion`` model at t = t_min this is the exact FM state of DDIM's start
+        z = alpha_{N-1} x1 + sigma_{N-1} x0 (divided by c), not text-to-image's noise / c(t_min)."""
+        first = self._step_index if self._step_index is not None else (self._begin_index or 0)
+        t = times_of_timesteps(self.model, self.timesteps, [p[0] for p in self.points], timesteps, first)
+        dtype = at_least_float32(original_samples.dtype)
+        x1, x0 = original_samples.to(dtype), noise.to(device=original_samples.device, dtype=dtype)
+        tt = per_sample(t.to(dtype), x1)
+        # x_t = t x1 + (1 - t) x0
+        return (tt * x1 + (1 - tt) * x0).to(original_samples.dtype)
 
     def _current(self) -> tuple[float, float]:
         if self._step_index is None:
@@ -172,8 +227,14 @@ class Diff2FlowHeunScheduler(Diff2FlowEulerScheduler):
             points += [(grid[k], grid[k]), steps[k]]
         return points
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        super().set_timesteps(num_inference_steps, device)
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps=None,
+        sigmas=None,
+    ):
+        super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
         self._saved: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
     @property

@@ -1,9 +1,9 @@
 """The package's layers: every module imports only from its own layer or the layers below it.
 
 Bottom to top: ``errors``/``files`` and ``core`` (the math) -> ``parametrizations`` -> ``objectives``,
-``guidance``, ``sampling``, ``diffusers_scheduler`` -> ``pipeline`` -> ``training`` -> ``world`` (built-in data,
-priors, evaluator; plugs into training) -> ``cli``. Imports are read from the source (function-level ones
-too), so a lazy import cannot hide an arrow back up.
+``guidance``, ``sampling``, ``diffusers_scheduler`` (with ``diffusers_inputs``) -> ``pipeline`` -> ``training``
+-> ``world`` (built-in data, priors, evaluator; plugs into training) -> ``cli``. Imports are read from the source
+(function-level ones too), so a lazy import cannot hide an arrow back up.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "d2f"
 LAYERS = [
     {"d2f", "d2f.errors", "d2f.files", "d2f.versions", "d2f.core"},
     {"d2f.parametrizations"},
-    {"d2f.objectives", "d2f.guidance", "d2f.sampling", "d2f.diffusers_scheduler"},
+    {"d2f.objectives", "d2f.guidance", "d2f.sampling", "d2f.diffusers_scheduler", "d2f.diffusers_inputs"},
     {"d2f.pipeline"},
     {"d2f.training"},
     {"d2f.world"},
