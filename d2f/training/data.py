@@ -15,12 +15,17 @@ seed), map pixels to [-1, 1] (the VAE's range). ``--random-flip`` mirrors an ima
 at each step; the trainer draws the flips.
 
 Every image is decoded once when the data is loaded, so an unreadable file is found before training
-starts and named in a one-line ``UserError`` (or, with ``skip_bad_images``, skipped and counted).
+starts and named in a one-line ``UserError`` (or, with ``skip_bad_images``, skipped and counted). That pass
+also computes the data's ``fingerprint``: a short hash of what the trainer sees (every kept image's bytes
+and caption, in order, and the preprocessing settings), recorded in the run record so that ``--resume``
+can tell when the data changed under a run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +71,7 @@ class ImageCaptionData:
     num_skipped: int = 0
     skipped: list[str] = field(default_factory=list)
     builtin: BuiltinData | None = None  # what the built-in world says about this data, else None
+    fingerprint: str = ""  # a short hash of the kept images' bytes, the captions and the preprocessing
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -109,6 +115,31 @@ def _open(value) -> Image.Image:
         return image.convert("RGB")
 
 
+def _identity(value) -> bytes:
+    """The bytes that identify an image value: its file's (or stored) bytes, or a decoded image's pixels."""
+    if isinstance(value, Image.Image):
+        return f"{value.mode} {value.size}".encode() + value.tobytes()
+    if isinstance(value, str):
+        value = {"path": value}
+    return value["bytes"] if value.get("bytes") else Path(value["path"]).read_bytes()
+
+
+def _check_metadata(folder: Path) -> None:
+    """A ``metadata.jsonl`` that is not JSON lines is named with its line (datasets' own error does not)."""
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        return
+    for number, line in enumerate(meta.read_text(errors="replace").splitlines(), 1):
+        try:
+            if line.strip() and not isinstance(json.loads(line), dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise UserError(
+                f"{meta} line {number} is not a JSON object ({str(exc).splitlines()[0]}); each line must be like "
+                '{"file_name": "a.png", "text": "a caption"}'
+            ) from None
+
+
 def _describe(value, row: int) -> str:
     if isinstance(value, str):
         return value
@@ -134,12 +165,18 @@ def _load_datasets_object(data: str, resolution: int, builtin: BuiltinResolver |
                 + (f"a built-in name ({names}), " if names else "")
                 + "an imagefolder (images + metadata.jsonl) or a hub dataset like owner/name"
             )
+        _check_metadata(path)
         try:
             dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
         except FileNotFoundError:
             raise UserError(
                 f"no images in {data}: an imagefolder holds image files (png, jpg, ...) and a "
                 'metadata.jsonl with {"file_name": ..., "text": ...} per line'
+            ) from None
+        except Exception as exc:  # datasets / pyarrow errors: a metadata file that does not match the images, ...
+            raise UserError(
+                f"cannot load {data} as an imagefolder ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                'it needs image files and a metadata.jsonl with {"file_name": ..., "text": ...} per line'
             ) from None
         return dataset, str(path.resolve()), None
     try:
@@ -192,9 +229,12 @@ def load_data(
     if isinstance(dataset.features[image_column], datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     rows, captions, skipped = [], [], []
+    # what the trainer sees: the preprocessing, then each kept image and its caption, in order
+    digest = hashlib.sha256(f"resolution={resolution} center_crop={center_crop} seed={seed}".encode())
     for row, example in enumerate(dataset):
         value = example[image_column]
         try:
+            identity = hashlib.sha256(_identity(value)).digest()
             _open(value).load()
         except Exception as exc:
             where = _describe(value, row)
@@ -210,6 +250,7 @@ def load_data(
             text = text[0] if text else ""
         rows.append(row)
         captions.append("" if text is None else str(text))
+        digest.update(identity + captions[-1].encode() + b"\0")
     if not rows:
         raise UserError(f"no readable images in {data} ({len(skipped)} unreadable, e.g. {skipped[0]})")
     return ImageCaptionData(
@@ -226,4 +267,5 @@ def load_data(
         len(skipped),
         skipped,
         known,
+        digest.hexdigest()[:16],
     )
