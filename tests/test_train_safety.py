@@ -105,7 +105,7 @@ def test_a_live_run_holds_its_folder_and_a_dead_ones_lock_is_taken_over(tmp_path
         (old_run / LOCK_FILE).write_text(json.dumps(lock))
         before = snapshot(old_run)
         message = f"is in use by another d2f train (pid {holder.pid} on host {socket.gethostname()}"
-        for flags in (["--overwrite"], ["--resume", "--checkpoint-every", "1"]):
+        for flags in ([], ["--overwrite"], ["--resume", "--checkpoint-every", "1"]):
             assert_one_error(cli(tiny_sd_eps, shapes_folder, old_run, *flags), message)
         assert snapshot(old_run) == before
         # a fresh folder: the second process gets the error and leaves no folder behind

@@ -1,7 +1,7 @@
 """The output folder of a run: checked before anything is loaded, cleared (``--overwrite``) only at the end.
 
-``setup`` runs ``check_output`` first (writable; new, empty, the run to resume, or a run to overwrite:
-nothing is changed), then takes the folder's lock (``d2f.training.lock``), loads the model and the data,
+``setup`` takes the folder's lock (``d2f.training.lock``; a writable folder first), runs ``check_output``
+(new, empty, the run to resume, or a run to overwrite: nothing is changed), loads the model and the data,
 and only then, when nothing is left that could stop the run from starting, calls ``claim_output``: with
 ``--overwrite`` that deletes the old run. A run that cannot start leaves the folder as it was.
 """

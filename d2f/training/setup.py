@@ -1,9 +1,10 @@
 """Everything a training run needs before its first step, and the state the loop carries.
 
-``setup(cfg)`` does the cheap checks first (the settings, the output folder, the folder's lock), then the
-long work (accelerate, the base model, frozen, with the objective's parametrisation, the data and its
-caches, the adapter and the optimizer), and only then changes the folder: ``--overwrite`` deletes the old
-run, leftovers of a killed run go, ``--resume`` restores the latest checkpoint. ``Run`` holds the result.
+``setup(cfg)`` does the cheap checks first (the settings, the output folder's writability, accelerate, the
+folder's lock, what the folder holds), then the long work (the base model, frozen, with the objective's
+parametrisation, the data and its caches, the adapter and the optimizer), and only then changes the
+folder: ``--overwrite`` deletes the old run, leftovers of a killed run go, ``--resume`` restores the latest
+checkpoint. ``Run`` holds the result.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from diffusers.optimization import get_scheduler
 from d2f.core.schedule import Schedule
 from d2f.core.velocity import check_bridge
 from d2f.errors import UserError
+from d2f.files import check_writable_dir
 from d2f.objectives import parametrization
 from d2f.pipeline.models import check_resolution, hub_file, native_resolution, resolve_model
 from d2f.pipeline.run_folder import METRICS_FILE
@@ -89,11 +91,12 @@ def setup(
     and the folder is as it was."""
     check_config(cfg)
     out = Path(cfg.output) if cfg.output else default_output(cfg)
-    previous = check_output(cfg, out)
+    check_writable_dir(out, "--output")  # a file, a path under a file, a read-only folder: before anything
     created = not out.exists()
-    run = Run(cfg, callback or print_notices, _accelerator(cfg), out, previous)
-    run.lock = _take_lock(run)
+    run = Run(cfg, callback or print_notices, _accelerator(cfg), out)
+    run.lock = _take_lock(run)  # first: a live run in the folder is the one error a second process gets
     try:
+        run.previous = check_output(cfg, out)
         _load_model(run)
         _load_data(run, builtin)
         if cfg.resume:
