@@ -43,7 +43,8 @@ from d2f.training.validation import validate
 
 
 class Diverged(UserError):
-    """The loss became NaN or infinite: the run stops and keeps its last checkpoint."""
+    """The loss (or, at a checkpoint, the weights) became NaN or infinite: the run stops; its latest
+    checkpoint is the last finite one."""
 
 
 def train(
