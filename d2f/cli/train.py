@@ -22,6 +22,9 @@ def train(
         None, help="Override the model's prediction type (epsilon, v_prediction, sample)."
     ),
     t_sampling: str = typer.Option("uniform", help="FM time sampling: uniform or logit-normal."),
+    zero_terminal_snr: bool = typer.Option(
+        False, "--zero-terminal-snr", help="Rescale the schedule to zero terminal SNR (v or sample prediction)."
+    ),
     output: str | None = typer.Option(None, help="Run folder (default runs/<model>-<data>-<objective>)."),
     image_column: str = typer.Option("image", help="Image column of the data."),
     caption_column: str = typer.Option("text", help="Caption column of the data."),
@@ -56,8 +59,15 @@ def train(
     guidance: float = typer.Option(2.0, help="Guidance of the validation samples."),
     sample_steps: int = typer.Option(25, help="Sampler steps of the validation samples."),
     checkpoint_every: int = typer.Option(500, help="Checkpoint every N steps (0 = off)."),
+    checkpoints_total_limit: int = typer.Option(2, help="Keep the newest N checkpoints (0 = all)."),
+    log_every: int = typer.Option(10, help="A line of metrics.jsonl every N steps (loss averaged over them)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --output first."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the run in --output (deleted once the new one is ready to start)."
+    ),
+    allow_data_change: bool = typer.Option(
+        False, "--allow-data-change", help="With --resume: continue even though the data changed."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ):
     """Finetune a diffusion model into a flow-matching model (Diff2Flow) with a LoRA.
@@ -79,6 +89,7 @@ def train(
         objective=objective,
         prediction_type=prediction_type,
         t_sampling=t_sampling,
+        zero_terminal_snr=zero_terminal_snr,
         output=output,
         image_column=image_column,
         caption_column=caption_column,
@@ -109,8 +120,11 @@ def train(
         guidance=guidance,
         sample_steps=sample_steps,
         checkpoint_every=checkpoint_every,
+        checkpoints_total_limit=checkpoints_total_limit,
+        log_every=log_every,
         resume=resume,
         overwrite=overwrite,
+        allow_data_change=allow_data_change,
     )
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only rank 0 reports
     with Progress(
@@ -137,12 +151,14 @@ def train(
                 return
             elif event["event"] == "resumed":
                 bar.update(task, completed=event["step"])
-                bar.console.print(f"resumed from {event['checkpoint']}")
+                bar.console.print(event["message"], highlight=False, markup=False)
             elif event["event"] == "validation":
                 scores = ", ".join(
                     f"{k} {event[k]:.3f}" for k in ("prompt_accuracy", "domain_accuracy", "fd") if k in event
                 )
                 bar.console.print(f"step {event['step']}: grid {event['grid']}" + (f" ({scores})" if scores else ""))
+            elif "message" in event:  # a notice: a stale lock taken over, skipped images, a damaged checkpoint...
+                bar.console.print(f"note: {event['message']}", highlight=False, markup=False, soft_wrap=True)
 
         summary = run_training(cfg, callback=show, builtin=builtin_data)
     if not main_process:

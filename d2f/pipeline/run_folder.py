@@ -8,6 +8,7 @@
 | ``metrics.jsonl`` | one JSON object per line: ``kind`` "train" (loss, lr, loss in t-bins) or "validation" |
 | ``samples/step_XXXXX.png`` | validation grids |
 | ``checkpoints/step_XXXXX/`` | resumable checkpoints (``d2f.training.checkpoint``) |
+| ``d2f.lock`` | while a run trains: the pid and host of its process (``d2f.training.lock``) |
 
 The run record (``d2f_run.json``), version ``RUN_RECORD_VERSION``. Keys sampling relies on:
 
@@ -17,6 +18,8 @@ The run record (``d2f_run.json``), version ``RUN_RECORD_VERSION``. Keys sampling
 - ``sampler``, ``guidance``, ``sample_steps``: how the run is meant to be sampled (the defaults of
   ``d2f sample`` for this run); ``resolution``;
 - ``schedule``: ``zero_terminal_snr``, t_min, t_max, the scheduler config the run trained on.
+
+``data.fingerprint`` is a short hash of the training data as the trainer saw it (``--resume`` checks it).
 
 Further keys describe the run (``settings``: every option; ``data``; ``lora``; ``versions``; ``status``:
 running, finished or diverged; ``summary`` once finished).
@@ -37,6 +40,7 @@ UNET_DIR = "unet"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = "d2f.lock"
 RUN_RECORD_VERSION = 1
 REQUIRED_KEYS = ("base_model", "prediction_type", "objective")
 TIME_CONVENTION = "t=0 noise, t=1 data"

@@ -11,6 +11,8 @@
 - ``batches``: the cached VAE / text encodings and the reproducible draws of each step
 - ``lora``: the adapter (peft) and saving it in diffusers' format
 - ``ema``, ``checkpoint``, ``validation``, ``output``, ``record``: the rest of a run's life
+- ``lock`` (one run per folder), ``resume`` and ``metrics`` (a resumed run ends as the uninterrupted one),
+  ``faults`` (the test-only kill hook that checks it)
 """
 
 from d2f.training.config import TrainConfig, check_config

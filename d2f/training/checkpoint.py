@@ -8,7 +8,9 @@ A checkpoint is a folder ``checkpoints/step_XXXXX/``:
 | ``optimizer.safetensors`` | AdamW's per-parameter tensors (``state.<i>.exp_avg``, ...) |
 | ``ema.safetensors`` | the EMA of the trainable parameters (with ``--ema``) |
 | ``rng.safetensors`` | torch's global RNG state (and CUDA's, where there is one) |
-| ``state.json`` | step, the optimizer's param groups and scalar state, the LR scheduler's state, EMA counter |
+| ``state.json`` | step, optimizer groups and scalars, LR scheduler, EMA counter; the log window, metrics lines |
+
+(``metrics lines``: how long ``metrics.jsonl`` was at this step, so that ``--resume`` can cut it back.)
 
 No pickle anywhere: a checkpoint can be loaded without executing anything it contains (accelerate's
 ``save_state`` pickles the optimizer and RNG states, hence this module). The per-step randomness of the
@@ -16,7 +18,10 @@ trainer (batches, noise, t, caption dropout, flips) is drawn from generators see
 the global RNG state is all that is left to carry over.
 
 Atomic: the folder is written under a temporary name (``.tmp-step_XXXXX-<pid>``) and renamed into place
-only when complete, so a killed run never leaves a half checkpoint, and ``latest`` ignores leftovers.
+only when complete, so a killed run never leaves a half checkpoint; ``list_checkpoints`` ignores the
+leftovers and ``remove_leftovers`` (run at the start of a run that holds the folder's lock) deletes them.
+A checkpoint that is damaged anyway (a truncated file, e.g. a full disk or a copy cut short) is a
+``UserError`` from ``load_checkpoint``; ``--resume`` then falls back to the one before.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from d2f.errors import UserError
+from d2f.training.faults import kill_point
 
 PREFIX = "step_"
+LEFTOVERS = (".tmp-", ".old-")  # folders of a write (or a replacement) that a killed run did not finish
 
 
 def checkpoint_name(step: int) -> str:
@@ -55,6 +62,23 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 def latest(folder: Path) -> Path | None:
     found = list_checkpoints(folder)
     return found[-1][1] if found else None
+
+
+def remove_leftovers(folder: Path) -> list[str]:
+    """Delete the half-written checkpoint folders a killed run left behind; returns their names. Only for
+    the run holding the folder's lock: another live run's are not leftovers."""
+    found = [p for p in folder.iterdir() if p.name.startswith(LEFTOVERS)] if folder.is_dir() else []
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(p.name for p in found)
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors holding a NaN or an infinity (one device sync for all of them)."""
+    if not tensors:
+        return []
+    flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).cpu()
+    return [name for name, ok in zip(tensors, flags.tolist()) if not ok]
 
 
 def _optimizer_split(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -98,22 +122,32 @@ def save_checkpoint(
     tmp = folder / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+
+    def written(name: str) -> None:
+        kill_point(f"checkpoint:{final.name}:after={name}")
+
     save_file({k: v.detach().float().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    written("trainable.safetensors")
     tensors, rest = _optimizer_split(optimizer.state_dict())
     save_file(tensors, tmp / "optimizer.safetensors")
+    written("optimizer.safetensors")
     if ema is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, tmp / "ema.safetensors")
+        written("ema.safetensors")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, tmp / "rng.safetensors")
+    written("rng.safetensors")
     state = {"step": step, "optimizer": rest, "lr_scheduler": _jsonable(lr_scheduler.state_dict()), **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    written("state.json")
     if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
         old = folder / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
+    kill_point(f"checkpoint:{final.name}:done")
     if keep:
         for _, path in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
@@ -130,10 +164,11 @@ def load_checkpoint(path: Path) -> dict:
         out["optimizer"] = _optimizer_join(load_file(path / "optimizer.safetensors"), state["optimizer"])
         out["ema"] = load_file(path / "ema.safetensors") if (path / "ema.safetensors").is_file() else None
         out["rng"] = load_file(path / "rng.safetensors")
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(
-            f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); delete it to resume from the one before"
-        ) from None
+        if out["step"] != int(path.name[len(PREFIX) :]):
+            raise ValueError(f"state.json says step {out['step']}")
+    except Exception as exc:  # safetensors raises its own SafetensorError for a truncated file
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"checkpoint {path} is damaged ({type(exc).__name__}: {first})") from None
     return out
 
 

@@ -25,6 +25,7 @@ RESUMABLE_CHANGES = {
     "overwrite",
     "output",
     "eval_samples",
+    "allow_data_change",
 }
 
 
@@ -36,6 +37,7 @@ class TrainConfig:
     data: str = "shapes-target"
     objective: str = "diff2flow"
     prediction_type: str | None = None  # None: the model's scheduler config
+    zero_terminal_snr: bool = False  # rescale the schedule to zero terminal SNR (v or sample prediction)
     t_sampling: str = "uniform"
     output: str | None = None  # None: runs/<model>-<data>-<objective>
     image_column: str = "image"
@@ -73,6 +75,7 @@ class TrainConfig:
     log_every: int = 10
     resume: bool = False
     overwrite: bool = False
+    allow_data_change: bool = False  # --resume even if the data's fingerprint differs from the run's
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -87,7 +90,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.prediction_type is not None:
         check_prediction_type(cfg.prediction_type)
     check_lora_settings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-    for name in ("steps", "batch_size", "grad_accum", "sample_steps"):
+    for name in ("steps", "batch_size", "grad_accum", "sample_steps", "log_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     for name in ("warmup_steps", "validate_every", "checkpoint_every", "checkpoints_total_limit", "eval_samples"):

@@ -16,11 +16,15 @@ seed), map pixels to [-1, 1] (the VAE's range); transparent pixels are composite
 ``--random-flip`` mirrors an image with probability 1/2 at each step; the trainer draws the flips.
 
 Every image is decoded once when the data is loaded, so an unreadable file is found before training
-starts and named in a one-line ``UserError`` (or, with ``skip_bad_images``, skipped and counted).
+starts and named in a one-line ``UserError`` (or, with ``skip_bad_images``, skipped and counted). That pass
+also computes the data's ``fingerprint``: a short hash of what the trainer sees (every kept image's bytes
+and caption, in order, and the preprocessing settings), recorded in the run record so that ``--resume``
+can tell when the data changed under a run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from collections.abc import Callable
@@ -68,6 +72,7 @@ class ImageCaptionData:
     num_skipped: int = 0
     skipped: list[str] = field(default_factory=list)
     builtin: BuiltinData | None = None  # what the built-in world says about this data, else None
+    fingerprint: str = ""  # a short hash of the kept images' bytes, the captions and the preprocessing
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -113,6 +118,15 @@ def _open(value) -> Image.Image:
             rgba = image.convert("RGBA")
             return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         return image.convert("RGB")
+
+
+def _identity(value) -> bytes:
+    """The bytes that identify an image value: its file's (or stored) bytes, or a decoded image's pixels."""
+    if isinstance(value, Image.Image):
+        return f"{value.mode} {value.size}".encode() + value.tobytes()
+    if isinstance(value, str):
+        value = {"path": value}
+    return value["bytes"] if value.get("bytes") else Path(value["path"]).read_bytes()
 
 
 def _describe(value, row: int) -> str:
@@ -193,9 +207,12 @@ def load_data(
     if isinstance(dataset.features[image_column], datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     rows, captions, skipped = [], [], []
+    # what the trainer sees: the preprocessing, then each kept image and its caption, in order
+    digest = hashlib.sha256(f"resolution={resolution} center_crop={center_crop} seed={seed}".encode())
     for row, example in enumerate(dataset):
         value = example[image_column]
         try:
+            identity = hashlib.sha256(_identity(value)).digest()
             _open(value).load()
         except Exception as exc:
             where = _describe(value, row)
@@ -211,6 +228,7 @@ def load_data(
             text = text[0] if text else ""
         rows.append(row)
         captions.append("" if text is None else str(text))
+        digest.update(identity + captions[-1].encode() + b"\0")
     if not rows:
         raise UserError(f"no readable images in {data} ({len(skipped)} unreadable, e.g. {skipped[0]})")
     return ImageCaptionData(
@@ -227,4 +245,5 @@ def load_data(
         len(skipped),
         skipped,
         known,
+        digest.hexdigest()[:16],
     )

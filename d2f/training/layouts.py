@@ -13,6 +13,7 @@ same preprocessing.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def load_local(path: Path, image_column: str = "image"):
             dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
         return dataset, "save_to_disk"
     if any((path / name).is_file() for name in ("metadata.jsonl", "metadata.csv")) or not _has_sidecars(path):
+        _check_metadata(path)
         try:
             dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
         except FileNotFoundError:
@@ -53,6 +55,22 @@ def load_local(path: Path, image_column: str = "image"):
             raise UserError(f"cannot read the imagefolder {path} ({type(exc).__name__}: {_first_line(exc)})") from None
         return dataset, "imagefolder"
     return _sidecar_dataset(path), "captions"
+
+
+def _check_metadata(folder: Path) -> None:
+    """A ``metadata.jsonl`` that is not JSON lines is named with its line (datasets' own error does not)."""
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        return
+    for number, line in enumerate(meta.read_text(errors="replace").splitlines(), 1):
+        try:
+            if line.strip() and not isinstance(json.loads(line), dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise UserError(
+                f"{meta} line {number} is not a JSON object ({str(exc).splitlines()[0]}); each line must be like "
+                '{"file_name": "a.png", "text": "a caption"}'
+            ) from None
 
 
 def _read(load, path: Path):

@@ -6,8 +6,11 @@ One loop for all three objectives (``d2f.objectives``); only the parametrisation
     loss = flow.loss(unet, x1, x0, time, cond)     one UNet forward (d2f.parametrizations)
     backward, clip, AdamW, LR schedule, EMA
 
-``train`` reads top to bottom: set up (output folder, model, data, adapter, optimizer, accelerate),
-resume if asked, validate at step 0, then the loop with logging, validation and checkpoints, then save.
+``train`` reads top to bottom: set up (output folder and its lock, model, data, adapter, optimizer,
+accelerate), resume if asked, validate at step 0, then the loop with logging, validation and checkpoints,
+then save. A run killed at any point (even by SIGKILL, inside a checkpoint write) and resumed ends with the
+weights and ``metrics.jsonl`` of the uninterrupted run (bit-identical on a CPU; timing fields aside):
+``tests/test_train_crash.py`` kills real runs to check it.
 
 Precision: ``--mixed-precision fp16|bf16`` runs the UNet under autocast (accelerate), with the frozen base
 weights in that dtype and the trainable parameters, the optimizer, the EMA, the bridge and the loss in
@@ -17,28 +20,31 @@ fp32. Several processes (``accelerate launch`` or ``torchrun``) each draw their 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
 from d2f.errors import UserError
 from d2f.parametrizations import unet_net
 from d2f.pipeline.run_folder import CHECKPOINTS_DIR, LORA_FILE, SAMPLES_DIR
-from d2f.training.checkpoint import latest, save_checkpoint
-from d2f.training.config import TrainConfig
+from d2f.training.checkpoint import latest, non_finite, save_checkpoint
+from d2f.training.config import TrainConfig, default_output
 from d2f.training.data import BuiltinResolver
+from d2f.training.faults import kill_point
 from d2f.training.lora import save_weights
+from d2f.training.output import finished_summary
 from d2f.training.record import write_record
-from d2f.training.setup import Run, on_main, setup
+from d2f.training.setup import Run, on_main, print_notices, setup
 from d2f.training.validation import validate
-
-T_BINS = 10  # the loss is also logged in 10 bins of FM time t: [0, 0.1), ..., [0.9, 1]
 
 
 class Diverged(UserError):
-    """The loss became NaN or infinite: the run stops and keeps its last checkpoint."""
+    """The loss (or, at a checkpoint, the weights) became NaN or infinite: the run stops; its latest
+    checkpoint is the last finite one."""
 
 
 def train(
@@ -46,52 +52,42 @@ def train(
 ) -> dict:
     """Run (or resume) a training run; returns the summary (also written to ``d2f_run.json``).
 
-    ``callback(event)`` receives progress events ("step", "validation", "resumed"); ``builtin`` resolves
-    built-in data names (``d2f.world.data.builtin_data``: the CLI passes it)."""
+    ``callback(event)`` receives progress events ("step", "validation", "resumed") and notices (events with
+    a ``message``: a stale lock taken over, a damaged checkpoint skipped, images skipped, ...; printed on
+    stderr when no callback is given). ``builtin`` resolves built-in data names
+    (``d2f.world.data.builtin_data``: the CLI passes it)."""
+    callback = callback or print_notices
+    finished = finished_summary(cfg, Path(cfg.output) if cfg.output else default_output(cfg))
+    if finished is not None:  # --resume of a run that already finished: nothing to do
+        callback({"event": "finished", "message": f"the run in {finished['output_dir']} already finished"})
+        return finished
     run, start = setup(cfg, callback, builtin)
-    if run.acc.is_main_process:
-        write_record(run, status="running")
-    run.started = time.perf_counter()
-    if start == 0:
-        run.metrics_before = on_main(run, lambda: validate(run, 0))
+    with run.lock:  # the output folder is this run's until it ends, fails or is interrupted
+        if run.acc.is_main_process:
+            write_record(run, status="running")
+        run.started = time.perf_counter()
+        if start == 0:
+            run.metrics_before = on_main(run, lambda: validate(run, 0))
 
-    bin_sum, bin_count = torch.zeros(T_BINS), torch.zeros(T_BINS)
-    window, last_log = [], time.perf_counter()
-    for step in range(start, cfg.steps):
-        per_sample, t = train_step(run, step)
-        lr = run.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
-        run.lr_scheduler.step()
-        if run.ema is not None:
-            run.ema.update()
-        # the loss in t-bins: bin b holds t in [b/T_BINS, (b+1)/T_BINS)
-        bins = (t * T_BINS).long().clamp(0, T_BINS - 1)
-        bin_sum.index_add_(0, bins, per_sample)
-        bin_count.index_add_(0, bins, torch.ones_like(per_sample))
-        loss = per_sample.mean().item()
-        window.append(loss)
-        run.losses.append(loss)
-        done = step + 1
-        run.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            run.log(
-                {
-                    "step": done,
-                    "kind": "train",
-                    "loss": sum(window) / len(window),
-                    "lr": lr,
-                    "seconds": round(now - run.started, 3),
-                    "steps_per_second": round(len(window) / max(now - last_log, 1e-9), 3),
-                    "loss_t_bins": [round((s / c).item(), 6) if c > 0 else None for s, c in zip(bin_sum, bin_count)],
-                }
-            )
-            bin_sum.zero_(), bin_count.zero_()
-            window, last_log = [], now
-        if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
-            on_main(run, lambda step=done: validate(run, step))
-        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            _checkpoint(run, done)
-    return _finish(run)
+        run.window.start_clock()
+        for step in range(start, cfg.steps):
+            per_sample, t = train_step(run, step)
+            lr = run.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
+            run.lr_scheduler.step()
+            if run.ema is not None:
+                run.ema.update()
+            loss = run.window.add(per_sample, t)  # also sums the loss in bins of t
+            run.losses.append(loss)
+            done = step + 1
+            run.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                run.log(run.window.line(done, lr, run.elapsed()))
+            if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
+                on_main(run, lambda step=done: validate(run, step))
+            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                _checkpoint(run, done)
+            kill_point(f"step:{done}")
+        return _finish(run)
 
 
 def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,19 +113,25 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(losses), torch.cat(times)
 
 
-def _diverged(run: Run, step: int):
+def _diverged(run: Run, step: int, what: str = "the loss", note: str = ""):
 
-    last = latest(run.out / CHECKPOINTS_DIR)
-    kept = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+    last = latest(run.out / CHECKPOINTS_DIR)  # never a non-finite one: ``_checkpoint`` refuses to write those
+    kept = f"the last finite checkpoint is {last}" if last else "no checkpoint was written yet"
     if run.acc.is_main_process:
         write_record(run, status="diverged")
     raise Diverged(
-        f"the loss became NaN or infinite at step {step + 1} (lr {run.lr_scheduler.get_last_lr()[0]:.3g}); "
-        f"{kept}; lower --lr, or use --mixed-precision no"
+        f"{what} became NaN or infinite at step {step + 1} (lr {run.lr_scheduler.get_last_lr()[0]:.3g}); "
+        f"{note}{kept}; lower --lr, or use --mixed-precision no"
     )
 
 
 def _checkpoint(run: Run, step: int) -> None:
+    """Save a checkpoint, unless the weights (or the EMA, or the step's loss) are not finite: a diverged
+    run keeps its last finite checkpoint as its latest, the one ``--resume`` and the error name."""
+    bad = non_finite(run.trainable) + non_finite(run.ema.avg if run.ema else {})
+    if bad or not math.isfinite(run.losses[-1]):
+        name = f"the trainable weights ({bad[0]}{', ...' if len(bad) > 1 else ''})" if bad else "the loss"
+        _diverged(run, step - 1, name, note="its checkpoint was not written; ")
 
     def save():
         save_checkpoint(
@@ -143,6 +145,9 @@ def _checkpoint(run: Run, step: int) -> None:
                 "ema_updates": run.ema.updates if run.ema else 0,
                 "metrics_before": run.metrics_before,
                 "losses": run.losses,
+                "window": run.window.state(),  # the steps since the last train line, and where metrics.jsonl ends
+                "metrics_lines": run.metrics_lines,
+                "seconds": run.elapsed(),
             },
             keep=run.cfg.checkpoints_total_limit or None,
         )
@@ -160,6 +165,7 @@ def _finish(run: Run) -> dict:
             return save_weights(run.acc.unwrap_model(run.model), run.out, cfg.lora_rank)
 
     path = on_main(run, save)
+    kill_point("finish:weights")
     final = sum(run.losses[-10:]) / max(1, len(run.losses[-10:])) if run.losses else None
     summary = {
         "output_dir": str(run.out),
@@ -167,7 +173,7 @@ def _finish(run: Run) -> dict:
         "unet_path": str(path) if cfg.lora_rank == 0 else None,
         "steps": cfg.steps,
         "final_loss": final,
-        "seconds": round(time.perf_counter() - run.started, 2),
+        "seconds": round(run.elapsed(), 2),
         "grid": str(run.out / SAMPLES_DIR / f"step_{cfg.steps:05d}.png"),
         "metrics_before": run.metrics_before,
         "metrics_after": metrics_after,

@@ -1,31 +1,41 @@
-"""The output folder of a run: checked (and, with ``--overwrite``, cleared) before training starts."""
+"""The output folder of a run: checked before anything is loaded, cleared (``--overwrite``) only at the end.
+
+``setup`` takes the folder's lock (``d2f.training.lock``; a writable folder first), runs ``check_output``
+(new, empty, the run to resume, or a run to overwrite: nothing is changed), loads the model and the data,
+and only then, when nothing is left that could stop the run from starting, calls ``claim_output``: with
+``--overwrite`` that deletes the old run. A run that cannot start leaves the folder as it was.
+"""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from d2f.errors import UserError
-from d2f.pipeline.run_folder import RUN_FILE
+from d2f.files import check_writable_dir
+from d2f.pipeline.run_folder import CHECKPOINTS_DIR, LOCK_FILE, METRICS_FILE, RUN_FILE, has_weights, read_run
+from d2f.training.checkpoint import remove_leftovers
 from d2f.training.config import TrainConfig, settings_changed
 
 
-def prepare_output(cfg: TrainConfig, out: Path, acc) -> None:
-    """Check ``out`` for this run: with ``--resume`` it must hold the same run (same settings, except the
-    ``RESUMABLE_CHANGES``); otherwise it must be new or empty, or a d2f run to delete with ``--overwrite``.
-    A folder d2f did not write is never deleted."""
+def check_output(cfg: TrainConfig, out: Path) -> dict | None:
+    """Check ``out`` for this run; returns the run record there when resuming (else None). With
+    ``--resume`` it must hold the same run (same settings, except the ``RESUMABLE_CHANGES``); otherwise it
+    must be new or empty, or a d2f run to delete with ``--overwrite``. A folder d2f did not write is never
+    deleted. Changes nothing."""
+    check_writable_dir(out, "--output")  # a file, a path under a file, a read-only folder: before any loading
     has_run = (out / RUN_FILE).is_file()
     if cfg.resume:
         if not has_run:
             raise UserError(f"nothing to resume in {out}: no {RUN_FILE} there; drop --resume to start a run")
-        old = json.loads((out / RUN_FILE).read_text()).get("settings", {})
+        record = read_run(out)
+        old = record.get("settings", {})
         changed = settings_changed(old, cfg)
         if changed:
             diff = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
             raise UserError(f"--resume needs the settings of the run in {out}; these differ: {diff}")
-        return
-    if out.exists() and any(out.iterdir()):
+        return record
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):  # a stale lock alone: still empty
         if not has_run:  # never delete a folder d2f did not write
             raise UserError(
                 f"{out} exists and is not a d2f run folder (no {RUN_FILE}); choose an empty or new --output"
@@ -35,6 +45,35 @@ def prepare_output(cfg: TrainConfig, out: Path, acc) -> None:
                 f"{out} already holds a run; pass --resume to continue it, --overwrite to start "
                 "again, or --output DIR for a new folder"
             )
-        if acc.is_main_process:
-            shutil.rmtree(out)
-    acc.wait_for_everyone()
+    return None
+
+
+def finished_summary(cfg: TrainConfig, out: Path) -> dict | None:
+    """With ``--resume``, the summary of the run in ``out`` if it already finished (its record says so and
+    its weights are there): there is nothing left to do. None otherwise; ``check_output``'s errors first."""
+    if not cfg.resume:
+        return None
+    record = check_output(cfg, out)
+    if record.get("status") != "finished" or not has_weights(out) or "summary" not in record:
+        return None
+    return record["summary"]
+
+
+def claim_output(cfg: TrainConfig, out: Path) -> list[str]:
+    """Make ``out`` this run's, on the main process holding its lock: with ``--overwrite`` (and no
+    ``--resume``) delete everything but the lock; remove what a killed run left half-written. Returns the
+    leftovers removed."""
+    if cfg.overwrite and not cfg.resume:
+        for path in out.iterdir():
+            if path.name == LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    removed = remove_leftovers(out / CHECKPOINTS_DIR)
+    for name in (RUN_FILE, METRICS_FILE):  # files written through a temporary file and a rename
+        for path in out.glob(f".{name}.tmp-*"):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

@@ -49,6 +49,7 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
             "image_column": data.image_column,
             "caption_column": data.caption_column,
             "domain": data.builtin.domain if data.builtin else None,
+            "fingerprint": data.fingerprint,  # what --resume checks (d2f.training.data)
         },
         "validation_prompts": run.prompts,
         "trainable_parameters": run.num_trainable,

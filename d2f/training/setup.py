@@ -1,13 +1,17 @@
 """Everything a training run needs before its first step, and the state the loop carries.
 
-``setup(cfg)`` checks the settings, starts accelerate, prepares the output folder, loads the base model
-(frozen) and the objective's parametrisation, loads the data and builds the caches, adds the adapter and
-the optimizer, and resumes from the latest checkpoint when asked. ``Run`` holds the result.
+``setup(cfg)`` does the cheap checks first (the settings, the output folder's writability, accelerate, the
+folder's lock, what the folder holds), then the long work (the base model, frozen, with the objective's
+parametrisation, the data and its caches, the adapter and the optimizer), and only then changes the
+folder: ``--overwrite`` deletes the old run, leftovers of a killed run go, ``--resume`` restores the latest
+checkpoint. ``Run`` holds the result.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,22 +19,33 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast_object_list
 from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 
 from d2f.core.schedule import Schedule
+from d2f.core.velocity import check_bridge
 from d2f.errors import UserError
+from d2f.files import check_writable_dir
 from d2f.objectives import parametrization
 from d2f.pipeline.models import check_resolution, hub_file, native_resolution, resolve_model
-from d2f.pipeline.run_folder import CHECKPOINTS_DIR, METRICS_FILE
+from d2f.pipeline.run_folder import METRICS_FILE
 from d2f.training.batches import Batches
-from d2f.training.checkpoint import latest, load_checkpoint, restore_rng
 from d2f.training.config import TrainConfig, check_config, default_output
 from d2f.training.data import BuiltinResolver, load_data
 from d2f.training.ema import EMA
+from d2f.training.lock import RunLock, take_lock
 from d2f.training.lora import add_lora
-from d2f.training.output import prepare_output
+from d2f.training.metrics import TrainWindow
+from d2f.training.output import check_output, claim_output
+from d2f.training.resume import check_data, resume
 from d2f.training.validation import validation_prompts
+
+
+def print_notices(event: dict) -> None:
+    """The callback when none is given: what a caller should know (events with a ``message``) on stderr."""
+    if "message" in event:
+        print(f"d2f train: {event['message']}", file=sys.stderr)
 
 
 @dataclass
@@ -41,34 +56,61 @@ class Run:
     callback: Callable[[dict], None]
     acc: object
     out: Path
+    previous: dict | None = None  # the run record found in the folder, when resuming
+    lock: RunLock = field(default_factory=RunLock)
     losses: list[float] = field(default_factory=list)
+    window: TrainWindow = field(default_factory=TrainWindow)  # the steps since the last train line
+    metrics_lines: int = 0  # lines in metrics.jsonl: a checkpoint records how far to rewind it
     metrics_before: dict | None = None
     ema: object = None
+    seconds_before: float = 0.0  # training time of earlier attempts (a resumed run)
+    started: float = field(default_factory=time.perf_counter)
 
     def log(self, record: dict) -> None:
         """Append one line to ``metrics.jsonl`` (main process)."""
         if self.acc.is_main_process:
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.metrics_lines += 1
+
+    def notice(self, event: str, message: str, **fields) -> None:
+        """Tell the caller something it should know (the CLI prints ``message``); main process only."""
+        if self.acc.is_main_process:
+            self.callback({"event": event, "message": message, **fields})
+
+    def elapsed(self) -> float:
+        """Seconds of training, earlier attempts of a resumed run included."""
+        return self.seconds_before + time.perf_counter() - self.started
 
 
 def setup(
     cfg: TrainConfig, callback: Callable[[dict], None] | None = None, builtin: BuiltinResolver | None = None
 ) -> tuple[Run, int]:
-    """Everything before the first step: settings, accelerate, output folder, model, data and caches,
-    adapter and optimizer, resume. Returns the run and the step to start from."""
+    """Everything before the first step (see the module doc). Returns the run, holding the output folder's
+    lock (release it with ``run.lock``), and the step to start from. If anything fails, the lock is released
+    and the folder is as it was."""
     check_config(cfg)
-    run = Run(
-        cfg,
-        callback or (lambda event: None),
-        _accelerator(cfg),
-        Path(cfg.output) if cfg.output else default_output(cfg),
-    )
-    prepare_output(cfg, run.out, run.acc)
-    _load_model(run)
-    _load_data(run, builtin)
-    _build_optimizer(run)
-    return run, _resume(run) if cfg.resume else 0
+    out = Path(cfg.output) if cfg.output else default_output(cfg)
+    check_writable_dir(out, "--output")  # a file, a path under a file, a read-only folder: before anything
+    created = not out.exists()
+    run = Run(cfg, callback or print_notices, _accelerator(cfg), out)
+    run.lock = _take_lock(run)  # first: a live run in the folder is the one error a second process gets
+    try:
+        run.previous = check_output(cfg, out)
+        _load_model(run)
+        _load_data(run, builtin)
+        if cfg.resume:
+            check_data(run)
+        _build_optimizer(run)
+        removed = on_main(run, lambda: claim_output(cfg, out))  # the old run goes only now (--overwrite)
+        if removed:
+            run.notice("leftovers_removed", f"removed what a killed run left half-written: {', '.join(removed)}")
+        return run, resume(run) if cfg.resume else 0
+    except BaseException:
+        run.lock.release()
+        if created and run.acc.is_main_process and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def _accelerator(cfg: TrainConfig):
@@ -93,6 +135,24 @@ def on_main(run: Run, work: Callable[[], dict | None]) -> dict | None:
     return result
 
 
+def _take_lock(run: Run) -> RunLock:
+    """The output folder's lock, taken by the main process; the others get a no-op lock, and every process
+    raises the main process's error (one d2f train per folder, ``d2f.training.lock``)."""
+    lock, error = RunLock(), None
+    if run.acc.is_main_process:
+        try:
+            lock, stale = take_lock(run.out)
+            if stale is not None:
+                who = f"pid {stale.get('pid', '?')} on host {stale.get('host', '?')}"
+                run.notice("lock_taken_over", f"took over the lock of a run that is gone ({who}: killed or crashed)")
+        except UserError as exc:
+            error = str(exc)
+    error = broadcast_object_list([error])[0]
+    if error:
+        raise UserError(error)
+    return lock
+
+
 def _load_model(run: Run) -> None:
     """The base model as a pipeline (frozen), its schedule and the objective's parametrisation."""
     cfg = run.cfg
@@ -101,6 +161,7 @@ def _load_model(run: Run) -> None:
     hub_file(run.ref, "vae/config.json")
     run.resolution = cfg.resolution or native_resolution(folder)
     check_resolution(folder, run.resolution)
+    overrides = _scheduler_overrides(cfg, hub_file(run.ref, "scheduler/scheduler_config.json"))
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             run.ref.source, safety_checker=None, requires_safety_checker=False
@@ -110,8 +171,8 @@ def _load_model(run: Run) -> None:
             f"could not load {cfg.model} as a Stable Diffusion pipeline "
             f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
         ) from None
-    if cfg.prediction_type:  # the validation sampler reads the prediction type from the pipeline's scheduler
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=cfg.prediction_type)
+    if overrides:  # the validation sampler reads the prediction type and the schedule from this config
+        pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **overrides})
     pipe.set_progress_bar_config(disable=True)
     run.pipe, run.scheduler_config = pipe, dict(pipe.scheduler.config)
     run.flow = parametrization(cfg.objective, Schedule.from_config(run.scheduler_config), cfg.prediction_type)
@@ -119,6 +180,25 @@ def _load_model(run: Run) -> None:
     for module in (pipe.text_encoder, pipe.vae, pipe.unet):
         module.requires_grad_(False)
         module.eval()
+
+
+def _scheduler_overrides(cfg: TrainConfig, config_file: Path) -> dict:
+    """What the run changes in the model's scheduler config, checked on the config file before the model
+    is loaded: an unsupported beta schedule, or zero terminal SNR on an epsilon model (undefined at the
+    noise end: ``check_bridge``), is a ``UserError`` here. ``rescale_betas_zero_snr`` is the key diffusers'
+    schedulers and d2f's ``Schedule.from_config`` read."""
+    overrides = {"prediction_type": cfg.prediction_type} if cfg.prediction_type else {}
+    if cfg.zero_terminal_snr:
+        overrides["rescale_betas_zero_snr"] = True
+    try:
+        config = {**json.loads(config_file.read_text()), **overrides}
+    except ValueError as exc:
+        raise UserError(
+            f"cannot read {config_file} ({type(exc).__name__}); is {cfg.model} a diffusers model?"
+        ) from None
+    schedule = Schedule.from_config(config)
+    check_bridge(schedule, schedule.prediction_type)
+    return overrides
 
 
 def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
@@ -136,6 +216,14 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
             skip_bad_images=cfg.skip_bad_images,
             seed=cfg.seed,
             builtin=builtin,
+        )
+    if run.data.num_skipped:
+        names = ", ".join(run.data.skipped[:3]) + (", ..." if run.data.num_skipped > 3 else "")
+        run.notice(
+            "skipped_images",
+            f"skipped {run.data.num_skipped} unreadable image(s) of {cfg.data}: {names}",
+            count=run.data.num_skipped,
+            files=run.data.skipped[:10],
         )
     run.prompts = validation_prompts(cfg, run.data)
     pipe.text_encoder.to(acc.device)
@@ -182,32 +270,3 @@ def _build_optimizer(run: Run) -> None:
     # after prepare: the trainable parameters now live on the accelerator's device
     run.trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
     run.ema = EMA(run.trainable, cfg.ema_decay) if cfg.ema else None
-
-
-def _resume(run: Run) -> int:
-    """Restore the latest checkpoint; returns its step."""
-    folder = run.out / CHECKPOINTS_DIR
-    path = latest(folder)
-    if path is None:
-        raise UserError(
-            f"no checkpoint in {folder} to resume from; drop --resume (or --overwrite) to start the run again"
-        )
-    ckpt = load_checkpoint(path)
-    with torch.no_grad():
-        for name, p in run.trainable.items():
-            p.copy_(ckpt["trainable"][name].to(p.device, p.dtype))
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-    if run.ema is not None:
-        run.ema.load(ckpt["ema"], ckpt["ema_updates"])
-    restore_rng(ckpt["rng"])
-    run.metrics_before = ckpt.get("metrics_before")
-    run.losses = ckpt.get("losses", [])
-    step = ckpt["step"]
-    if run.acc.is_main_process:  # forget what was logged after the checkpoint
-        log = run.out / METRICS_FILE
-        if log.is_file():
-            keep = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            log.write_text("".join(line + "\n" for line in keep))
-    run.callback({"event": "resumed", "step": step, "checkpoint": str(path)})
-    return step

@@ -8,6 +8,7 @@ import torch
 
 from d2f.pipeline import generate, save_grid
 from d2f.pipeline.run_folder import SAMPLES_DIR
+from d2f.training.faults import kill_point
 
 
 def validation_prompts(cfg, data) -> list[str]:
@@ -48,6 +49,7 @@ def validate(run, step: int) -> dict | None:
         run.out / SAMPLES_DIR / f"step_{step:05d}.png",
         ncols=6 if len(run.prompts) == 24 else None,
     )
+    kill_point(f"validation:{step}")
     record = {"step": step, "kind": "validation", "grid": str(grid.relative_to(run.out))}
     metrics = None
     if data.builtin:
