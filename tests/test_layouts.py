@@ -87,7 +87,7 @@ def test_transparent_pixels_become_white_not_black(tmp_path):
 
 @pytest.mark.parametrize(
     "case, message",
-    [("pdf", "d2f reads .parquet, .csv and .jsonl files"), ("bad-json", "cannot read the imagefolder")],
+    [("pdf", "d2f reads .parquet, .csv and .jsonl files"), ("bad-json", "line 1 is not a JSON object")],
 )
 def test_unreadable_layouts_are_one_line(tmp_path, case, message):
     if case == "pdf":
