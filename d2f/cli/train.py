@@ -1,72 +1,95 @@
-"""``d2f train``: the options, a progress bar and the summary; the work is ``d2f.training.train``."""
+"""``d2f train``: the options, a progress bar and the summary; the work is ``d2f.training.train``.
+
+Every option's default is ``TrainConfig``'s (written once, there). ``--config FILE`` reads options from a
+TOML / YAML / JSON file (``d2f.training.config_file``); options on the command line override it.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
 from d2f.cli.app import app, console, err_console, friendly, print_json, quiet_third_party, require_extra
+from d2f.training.config import TrainConfig as C
+
+NOT_SETTINGS = ("as_json", "config", "validation_prompt", "report_to")  # options that are not TrainConfig fields
 
 
 @app.command("train")
 @friendly
 def train(
-    model: str = typer.Option("tiny-shapes-eps", help="Built-in model name, diffusers folder or hub id."),
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, help="Read options from a .toml, .yaml or .json file first."),
+    model: str = typer.Option(C.model, help="Built-in model name, diffusers folder or hub id."),
+    variant: str | None = typer.Option(C.variant, help="Weights variant of the model, e.g. fp16."),
+    revision: str | None = typer.Option(C.revision, help="Hub revision (branch, tag or commit) of the model."),
     data: str = typer.Option(
-        "shapes-target",
-        help="Built-in data (shapes-target, shapes-base), an imagefolder with metadata.jsonl, or a hub dataset name.",
+        C.data,
+        help="Built-in data (shapes-target, shapes-base), a folder (imagefolder, .txt captions, save_to_disk), "
+        "a .parquet/.csv/.jsonl file, or a hub dataset.",
     ),
-    objective: str = typer.Option("diff2flow", help="diff2flow, fm (naive flow matching) or diffusion."),
+    objective: str = typer.Option(C.objective, help="diff2flow, fm (naive flow matching) or diffusion."),
     prediction_type: str | None = typer.Option(
-        None, help="Override the model's prediction type (epsilon, v_prediction, sample)."
+        C.prediction_type, help="Override the model's prediction type (epsilon, v_prediction, sample)."
     ),
-    t_sampling: str = typer.Option("uniform", help="FM time sampling: uniform or logit-normal."),
+    t_sampling: str = typer.Option(C.t_sampling, help="FM time sampling: uniform or logit-normal."),
     zero_terminal_snr: bool = typer.Option(
-        False, "--zero-terminal-snr", help="Rescale the schedule to zero terminal SNR (v or sample prediction)."
+        C.zero_terminal_snr, "--zero-terminal-snr", help="Rescale the schedule to zero terminal SNR (v or sample)."
     ),
-    output: str | None = typer.Option(None, help="Run folder (default runs/<model>-<data>-<objective>)."),
-    image_column: str = typer.Option("image", help="Image column of the data."),
-    caption_column: str = typer.Option("text", help="Caption column of the data."),
-    resolution: int | None = typer.Option(None, help="Training resolution in px (default: the model's)."),
+    output: str | None = typer.Option(C.output, help="Run folder (default runs/<model>-<data>-<objective>)."),
+    image_column: str = typer.Option(C.image_column, help="Image column of the data."),
+    caption_column: str = typer.Option(C.caption_column, help="Caption column of the data."),
+    resolution: int | None = typer.Option(C.resolution, help="Training resolution in px (default: the model's)."),
     center_crop: bool = typer.Option(
-        True, "--center-crop/--random-crop", help="Centre crop, or a random crop (drawn once per image)."
+        C.center_crop, "--center-crop/--random-crop", help="Centre crop, or a random crop (drawn once per image)."
     ),
-    random_flip: bool = typer.Option(False, "--random-flip", help="Mirror images at random."),
-    max_samples: int | None = typer.Option(None, help="Use at most this many images."),
-    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip unreadable images (and count them)."),
-    lora_rank: int = typer.Option(64, help="LoRA rank; 0 = full finetune of the UNet."),
-    lora_alpha: float | None = typer.Option(None, help="LoRA alpha (default: the rank)."),
-    lora_targets: str = typer.Option("attn+conv", help="attn or attn+conv."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW)."),
-    lr_scheduler: str = typer.Option("cosine", help="constant, cosine or linear (after warmup)."),
-    warmup_steps: int = typer.Option(50, help="Linear warmup steps."),
-    steps: int = typer.Option(1000, help="Optimizer steps."),
-    batch_size: int = typer.Option(32, help="Batch size per process."),
-    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
-    max_grad_norm: float = typer.Option(1.0, help="Gradient clipping norm (0 = off)."),
-    mixed_precision: str = typer.Option("no", help="no, fp16 (GPU) or bf16."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
-    ema: bool = typer.Option(False, "--ema", help="Keep an EMA of the trainable weights (validated and saved)."),
-    ema_decay: float = typer.Option(0.999, help="EMA decay."),
-    caption_dropout: float = typer.Option(0.1, help="Probability of an empty caption (for guidance)."),
-    seed: int = typer.Option(0, help="Seed (set before the adapter is created)."),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache VAE latents and text embeddings."),
-    validate_every: int = typer.Option(
-        500, help="Validation grid every N steps (and at 0 and the end; 0 = only those)."
+    random_flip: bool = typer.Option(C.random_flip, "--random-flip", help="Mirror images at random."),
+    max_samples: int | None = typer.Option(C.max_samples, help="Use at most this many images."),
+    skip_bad_images: bool = typer.Option(C.skip_bad_images, "--skip-bad-images", help="Skip unreadable images."),
+    dataloader_num_workers: int = typer.Option(C.dataloader_num_workers, help="Threads decoding images."),
+    lora_rank: int = typer.Option(C.lora_rank, help="LoRA rank; 0 = full finetune of the UNet."),
+    lora_alpha: float | None = typer.Option(C.lora_alpha, help="LoRA alpha (default: the rank)."),
+    lora_targets: str = typer.Option(C.lora_targets, help="attn or attn+conv."),
+    lr: float = typer.Option(C.lr, help="Peak learning rate (AdamW)."),
+    lr_scheduler: str = typer.Option(C.lr_scheduler, help="constant, cosine or linear (after warmup)."),
+    warmup_steps: int = typer.Option(C.warmup_steps, help="Linear warmup steps."),
+    steps: int = typer.Option(C.steps, help="Optimizer steps (more than a resumed run had: it goes on)."),
+    batch_size: int = typer.Option(C.batch_size, help="Batch size per process."),
+    grad_accum: int = typer.Option(C.grad_accum, help="Gradient accumulation steps."),
+    max_grad_norm: float = typer.Option(C.max_grad_norm, help="Gradient clipping norm (0 = off)."),
+    weight_decay: float = typer.Option(C.weight_decay, help="AdamW weight decay."),
+    adam_beta1: float = typer.Option(C.adam_beta1, help="AdamW beta1."),
+    adam_beta2: float = typer.Option(C.adam_beta2, help="AdamW beta2."),
+    noise_offset: float = typer.Option(C.noise_offset, help="Noise offset (diffusion objective only)."),
+    mixed_precision: str | None = typer.Option(
+        C.mixed_precision, help="no, fp16 (GPU) or bf16 (default: accelerate's setting, else no)."
     ),
+    gradient_checkpointing: bool = typer.Option(
+        C.gradient_checkpointing, "--gradient-checkpointing", help="Trade compute for memory."
+    ),
+    ema: bool = typer.Option(C.ema, "--ema", help="Keep an EMA of the trainable weights (validated and saved)."),
+    ema_decay: float = typer.Option(C.ema_decay, help="EMA decay."),
+    caption_dropout: float = typer.Option(C.caption_dropout, help="Probability of an empty caption (guidance)."),
+    seed: int = typer.Option(C.seed, help="Seed (set before the adapter is created)."),
+    cache: bool = typer.Option(C.cache, "--cache/--no-cache", help="Cache VAE latents and text embeddings."),
+    validate_every: int = typer.Option(C.validate_every, help="Validation every N steps (and at 0 and the end)."),
     validation_prompt: list[str] = typer.Option([], "--validation-prompt", help="Prompt of the grids. Repeatable."),
-    guidance: float = typer.Option(2.0, help="Guidance of the validation samples."),
-    sample_steps: int = typer.Option(25, help="Sampler steps of the validation samples."),
-    checkpoint_every: int = typer.Option(500, help="Checkpoint every N steps (0 = off)."),
-    checkpoints_total_limit: int = typer.Option(2, help="Keep the newest N checkpoints (0 = all)."),
-    log_every: int = typer.Option(10, help="A line of metrics.jsonl every N steps (loss averaged over them)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its latest checkpoint."),
+    guidance: float = typer.Option(C.guidance, help="Guidance of the validation samples."),
+    sample_steps: int = typer.Option(C.sample_steps, help="Sampler steps of the validation samples."),
+    eval_samples: int = typer.Option(C.eval_samples, help="Images scored at each validation (built-in data)."),
+    checkpoint_every: int = typer.Option(C.checkpoint_every, help="Checkpoint every N steps (0 = off)."),
+    checkpoints_total_limit: int = typer.Option(C.checkpoints_total_limit, help="Keep the newest N (0 = all)."),
+    log_every: int = typer.Option(C.log_every, help="A line of metrics.jsonl every N steps."),
+    report_to: list[str] = typer.Option([], "--report-to", help="An accelerate tracker (tensorboard, ...)."),
+    resume: bool = typer.Option(C.resume, "--resume", help="Continue the run in --output from its latest checkpoint."),
+    resume_from: str | None = typer.Option(C.resume_from, help="Continue from this checkpoint folder."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the run in --output (deleted once the new one is ready to start)."
+        C.overwrite, "--overwrite", help="Replace the run in --output (deleted once the new one is ready to start)."
     ),
     allow_data_change: bool = typer.Option(
-        False, "--allow-data-change", help="With --resume: continue even though the data changed."
+        C.allow_data_change, "--allow-data-change", help="With --resume: continue even though the data changed."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ):
@@ -79,53 +102,20 @@ def train(
 
     from d2f.training import TrainConfig
     from d2f.training import train as run_training
+    from d2f.training.config_file import read_config_file
     from d2f.world.data import builtin_data
 
     quiet_third_party()  # one progress bar: the training's
-
-    cfg = TrainConfig(
-        model=model,
-        data=data,
-        objective=objective,
-        prediction_type=prediction_type,
-        t_sampling=t_sampling,
-        zero_terminal_snr=zero_terminal_snr,
-        output=output,
-        image_column=image_column,
-        caption_column=caption_column,
-        resolution=resolution,
-        center_crop=center_crop,
-        random_flip=random_flip,
-        max_samples=max_samples,
-        skip_bad_images=skip_bad_images,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_targets=lora_targets,
-        lr=lr,
-        lr_scheduler=lr_scheduler,
-        warmup_steps=warmup_steps,
-        steps=steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        max_grad_norm=max_grad_norm,
-        mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing,
-        ema=ema,
-        ema_decay=ema_decay,
-        caption_dropout=caption_dropout,
-        seed=seed,
-        cache=cache,
-        validate_every=validate_every,
-        validation_prompts=list(validation_prompt) or None,
-        guidance=guidance,
-        sample_steps=sample_steps,
-        checkpoint_every=checkpoint_every,
-        checkpoints_total_limit=checkpoints_total_limit,
-        log_every=log_every,
-        resume=resume,
-        overwrite=overwrite,
-        allow_data_change=allow_data_change,
-    )
+    settings = {k: v for k, v in ctx.params.items() if k not in NOT_SETTINGS}
+    settings["validation_prompts"] = list(validation_prompt) or None
+    settings["report_to"] = list(report_to) or None
+    for key, value in (read_config_file(config) if config else {}).items():  # the command line wins
+        option = "validation_prompt" if key == "validation_prompts" else key
+        source = ctx.get_parameter_source(option)  # typer vendors click: compare by name
+        if source is None or source.name != "COMMANDLINE":
+            settings[key] = value
+    cfg = TrainConfig(**settings)
+    objective, steps = cfg.objective, cfg.steps
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only rank 0 reports
     with Progress(
         TextColumn("{task.description}"),

@@ -63,10 +63,13 @@ class Batches:
         seed: int,
         cache: bool,
         device,
+        noise_offset: float = 0.0,
+        workers: int = 0,
     ):
         self.data, self.vae, self.text_encoder, self.tokenizer, self.flow = data, vae, text_encoder, tokenizer, flow
         self.batch_size, self.caption_dropout, self.random_flip = batch_size, caption_dropout, random_flip
         self.t_sampling, self.seed, self.device = t_sampling, seed, device
+        self.noise_offset, self.workers = noise_offset, workers
         down = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_shape = (vae.config.latent_channels, data.resolution // down, data.resolution // down)
         self.captions = sorted(set(data.captions) | {""})
@@ -93,10 +96,21 @@ class Batches:
         dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
+    def pixels(self, indices) -> torch.Tensor:
+        """The preprocessed images (B, 3, R, R), decoded by ``workers`` threads (image decoding releases
+        the GIL) or in this thread."""
+        indices = list(indices)
+        if not self.workers:
+            return self.data.pixels(indices)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return torch.cat(list(pool.map(lambda k: self.data.pixels([k]), indices)))
+
     def _encode_all(self) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
         moments = {False: ([], []), True: ([], [])}
         for start in range(0, len(self.data), 64):
-            pixels = self.data.pixels(range(start, min(start + 64, len(self.data))))
+            pixels = self.pixels(range(start, min(start + 64, len(self.data))))
             for flip in (False, True) if self.random_flip else (False,):
                 mean, std = self.encode_images(pixels.flip(-1) if flip else pixels)
                 moments[flip][0].append(mean.cpu())
@@ -117,12 +131,14 @@ class Batches:
         posterior = torch.randn((b, *self.latent_shape), generator=gen)
         noise = torch.randn((b, *self.latent_shape), generator=gen)
         time = self.flow.sample_time(b, self.t_sampling, gen)
+        if self.noise_offset:  # Guttenberg (2023): a per-channel constant in the noise, diffusion objective only
+            noise = noise + self.noise_offset * torch.randn((b, self.latent_shape[0], 1, 1), generator=gen)
         if self.latent_cache is not None:
             mean = torch.stack([self.latent_cache[bool(f)][0][k] for k, f in zip(idx, flips)])
             std = torch.stack([self.latent_cache[bool(f)][1][k] for k, f in zip(idx, flips)])
             cond = self.text_cache[which]
         else:
-            pixels = self.data.pixels(idx)
+            pixels = self.pixels(idx)
             pixels = torch.where(flips[:, None, None, None], pixels.flip(-1), pixels)
             mean, std = self.encode_images(pixels)
             cond = self.encode_text([self.captions[k] for k in which])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -115,8 +116,10 @@ def save_checkpoint(
     ema: dict[str, torch.Tensor] | None = None,
     extra: dict | None = None,
     keep: int | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``folder/step_XXXXX`` atomically and keep only the newest ``keep`` checkpoints."""
+    """Write ``folder/step_XXXXX`` atomically and keep only the newest ``keep`` checkpoints.
+    ``extra_files(tmp_folder)`` adds files (the run's LoRA in diffusers' format) before the folder completes."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
     tmp = folder / f".tmp-{final.name}-{os.getpid()}"
@@ -139,6 +142,8 @@ def save_checkpoint(
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, tmp / "rng.safetensors")
     written("rng.safetensors")
+    if extra_files is not None:
+        extra_files(tmp)
     state = {"step": step, "optimizer": rest, "lr_scheduler": _jsonable(lr_scheduler.state_dict()), **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     written("state.json")

@@ -26,6 +26,10 @@ RESUMABLE_CHANGES = {
     "output",
     "eval_samples",
     "allow_data_change",
+    "report_to",
+    "dataloader_num_workers",
+    "resume_from",
+    "steps",  # may grow: the LR schedule is re-planned for the new total (see ``check_resume_steps``)
 }
 
 
@@ -58,7 +62,10 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-2
-    mixed_precision: str = "no"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    noise_offset: float = 0.0  # diffusion objective only (see check_config)
+    mixed_precision: str | None = None  # None: accelerate's (accelerate launch / config), else "no"
     gradient_checkpointing: bool = False
     ema: bool = False
     ema_decay: float = 0.999
@@ -74,8 +81,13 @@ class TrainConfig:
     checkpoints_total_limit: int = 2
     log_every: int = 10
     resume: bool = False
+    resume_from: str | None = None  # a checkpoint folder (checkpoints/step_XXXXX) to resume from; implies resume
     overwrite: bool = False
     allow_data_change: bool = False  # --resume even if the data's fingerprint differs from the run's
+    variant: str | None = None  # weights variant of the model (e.g. fp16), passed to from_pretrained
+    revision: str | None = None  # hub revision of the model
+    dataloader_num_workers: int = 0  # threads decoding images (building the cache, or every step with --no-cache)
+    report_to: list[str] | None = None  # accelerate trackers: tensorboard, wandb, ... (d2f.training.trackers)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -102,7 +114,22 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--caption-dropout must lie in [0, 1], got {cfg.caption_dropout}")
     if not 0 <= cfg.ema_decay < 1:
         raise UserError(f"--ema-decay must lie in [0, 1), got {cfg.ema_decay}")
-    if cfg.mixed_precision not in MIXED_PRECISION:
+    if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
+        raise UserError(f"--adam-beta1/2 must lie in [0, 1), got {cfg.adam_beta1}, {cfg.adam_beta2}")
+    if cfg.weight_decay < 0 or cfg.dataloader_num_workers < 0:
+        raise UserError("--weight-decay and --dataloader-num-workers must be >= 0")
+    if cfg.noise_offset < 0:
+        raise UserError(f"--noise-offset must be >= 0, got {cfg.noise_offset}")
+    if cfg.noise_offset and cfg.objective != "diffusion":
+        raise UserError(
+            "--noise-offset is for the diffusion objective: it fixes that diffusion training never sees pure "
+            "noise. The FM objectives train on all of t in [0, 1], t = 0 being pure noise, so there is nothing to fix"
+        )
+    if cfg.report_to:
+        from d2f.training.trackers import check_report_to
+
+        check_report_to(cfg.report_to)
+    if cfg.mixed_precision is not None and cfg.mixed_precision not in MIXED_PRECISION:
         raise UserError(f"unknown --mixed-precision {cfg.mixed_precision!r}; use one of {', '.join(MIXED_PRECISION)}")
     if cfg.lr_scheduler not in LR_SCHEDULERS:
         raise UserError(f"unknown --lr-scheduler {cfg.lr_scheduler!r}; use one of {', '.join(LR_SCHEDULERS)}")

@@ -36,7 +36,7 @@ from d2f.training.config import TrainConfig, default_output
 from d2f.training.data import BuiltinResolver
 from d2f.training.faults import kill_point
 from d2f.training.lora import save_weights
-from d2f.training.output import finished_summary
+from d2f.training.output import finished_summary, with_resume_from
 from d2f.training.record import write_record
 from d2f.training.setup import Run, on_main, print_notices, setup
 from d2f.training.validation import validate
@@ -57,6 +57,7 @@ def train(
     stderr when no callback is given). ``builtin`` resolves built-in data names
     (``d2f.world.data.builtin_data``: the CLI passes it)."""
     callback = callback or print_notices
+    cfg = with_resume_from(cfg)
     finished = finished_summary(cfg, Path(cfg.output) if cfg.output else default_output(cfg))
     if finished is not None:  # --resume of a run that already finished: nothing to do
         callback({"event": "finished", "message": f"the run in {finished['output_dir']} already finished"})
@@ -150,7 +151,12 @@ def _checkpoint(run: Run, step: int) -> None:
                 "seconds": run.elapsed(),
             },
             keep=run.cfg.checkpoints_total_limit or None,
+            extra_files=_save_lora if run.cfg.lora_rank else None,
         )
+
+    def _save_lora(folder):  # every checkpoint is also a LoRA that ``pipe.load_lora_weights(folder)`` loads
+        with run.ema.averaged() if run.ema is not None else nullcontext():
+            save_weights(run.acc.unwrap_model(run.model), folder, run.cfg.lora_rank)
 
     on_main(run, save)
 
@@ -181,4 +187,5 @@ def _finish(run: Run) -> dict:
     }
     if run.acc.is_main_process:
         write_record(run, status="finished", summary=summary)
+    run.acc.end_training()  # closes the --report-to trackers
     return summary

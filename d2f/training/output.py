@@ -9,6 +9,7 @@ and only then, when nothing is left that could stop the run from starting, calls
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from d2f.errors import UserError
@@ -56,7 +57,24 @@ def finished_summary(cfg: TrainConfig, out: Path) -> dict | None:
     record = check_output(cfg, out)
     if record.get("status") != "finished" or not has_weights(out) or "summary" not in record:
         return None
+    if record["summary"].get("steps", 0) < cfg.steps:  # more --steps: training goes on
+        return None
     return record["summary"]
+
+
+def with_resume_from(cfg: TrainConfig) -> TrainConfig:
+    """``--resume-from CHECKPOINT`` is ``--resume`` of the checkpoint's run folder, from that checkpoint."""
+    if not cfg.resume_from:
+        return cfg
+    path = Path(cfg.resume_from)
+    if not (path / "state.json").is_file():
+        raise UserError(
+            f"--resume-from {path} is not a checkpoint folder (a run's checkpoints/step_XXXXX, with a state.json)"
+        )
+    run_folder = path.resolve().parent.parent
+    if cfg.output and Path(cfg.output).resolve() != run_folder:
+        raise UserError(f"--resume-from {path} belongs to the run in {run_folder}, not to --output {cfg.output}")
+    return replace(cfg, resume=True, output=str(run_folder))
 
 
 def claim_output(cfg: TrainConfig, out: Path) -> list[str]:

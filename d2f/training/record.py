@@ -24,6 +24,7 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         "guidance": cfg.guidance,
         "sample_steps": cfg.sample_steps,
         "resolution": data.resolution,
+        "mixed_precision": run.acc.mixed_precision,  # the effective one (accelerate's when not given)
         "weights": LORA_FILE if cfg.lora_rank else UNET_DIR,
         "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank, "targets": cfg.lora_targets}
         if cfg.lora_rank

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -39,6 +40,11 @@ def check_data(run) -> None:
 def resume(run) -> int:
     """Restore the newest checkpoint that loads (see the module doc); returns its step (0: none yet)."""
     found = list_checkpoints(run.out / CHECKPOINTS_DIR)
+    if run.cfg.resume_from:  # that checkpoint (or, if it is damaged, the one before)
+        chosen = [step for step, path in found if path.resolve() == Path(run.cfg.resume_from).resolve()]
+        if not chosen:
+            raise UserError(f"--resume-from {run.cfg.resume_from} is not a complete checkpoint of {run.out}")
+        found = [(step, path) for step, path in found if step <= chosen[0]]
     damaged = {}
     for _, path in reversed(found):
         try:

@@ -13,23 +13,19 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
-from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 
-from d2f.core.schedule import Schedule
-from d2f.core.velocity import check_bridge
 from d2f.errors import UserError
 from d2f.files import check_writable_dir
-from d2f.objectives import parametrization
-from d2f.pipeline.models import check_resolution, hub_file, native_resolution, resolve_model
 from d2f.pipeline.run_folder import METRICS_FILE
+from d2f.training import trackers
 from d2f.training.batches import Batches
 from d2f.training.config import TrainConfig, check_config, default_output
 from d2f.training.data import BuiltinResolver, load_data
@@ -37,6 +33,7 @@ from d2f.training.ema import EMA
 from d2f.training.lock import RunLock, take_lock
 from d2f.training.lora import add_lora
 from d2f.training.metrics import TrainWindow
+from d2f.training.model import load_model
 from d2f.training.output import check_output, claim_output
 from d2f.training.resume import check_data, resume
 from d2f.training.validation import validation_prompts
@@ -67,11 +64,12 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
 
     def log(self, record: dict) -> None:
-        """Append one line to ``metrics.jsonl`` (main process)."""
+        """Append one line to ``metrics.jsonl`` (main process), and send it to the ``--report-to`` trackers."""
         if self.acc.is_main_process:
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.metrics_lines += 1
+            trackers.log(self.acc, record, self.out)
 
     def notice(self, event: str, message: str, **fields) -> None:
         """Tell the caller something it should know (the CLI prints ``message``); main process only."""
@@ -93,11 +91,11 @@ def setup(
     out = Path(cfg.output) if cfg.output else default_output(cfg)
     check_writable_dir(out, "--output")  # a file, a path under a file, a read-only folder: before anything
     created = not out.exists()
-    run = Run(cfg, callback or print_notices, _accelerator(cfg), out)
+    run = Run(cfg, callback or print_notices, _accelerator(cfg, out), out)
     run.lock = _take_lock(run)  # first: a live run in the folder is the one error a second process gets
     try:
         run.previous = check_output(cfg, out)
-        _load_model(run)
+        load_model(run)
         _load_data(run, builtin)
         if cfg.resume:
             check_data(run)
@@ -105,7 +103,12 @@ def setup(
         removed = on_main(run, lambda: claim_output(cfg, out))  # the old run goes only now (--overwrite)
         if removed:
             run.notice("leftovers_removed", f"removed what a killed run left half-written: {', '.join(removed)}")
-        return run, resume(run) if cfg.resume else 0
+        start = resume(run) if cfg.resume else 0
+        if start > cfg.steps:
+            raise UserError(f"the run in {out} is at step {start}, past --steps {cfg.steps}; give more steps")
+        if run.acc.is_main_process:
+            trackers.start(run.acc, out.name, asdict(cfg))
+        return run, start
     except BaseException:
         run.lock.release()
         if created and run.acc.is_main_process and out.is_dir() and not any(out.iterdir()):
@@ -113,19 +116,22 @@ def setup(
         raise
 
 
-def _accelerator(cfg: TrainConfig):
-
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
+def _accelerator(cfg: TrainConfig, out: Path):
     # a second run in the same process (a notebook, the tests) may use other settings; keep the process group
     AcceleratorState._reset_state(reset_partial_state=False)
     # without CUDA, cpu=True: under torchrun / accelerate launch that is what makes accelerate run MULTI_CPU
-    # over gloo (and d2f's float64 schedule maths would not run on MPS anyway)
-    return Accelerator(
+    # over gloo (and d2f's float64 schedule maths would not run on MPS anyway). mixed_precision None takes
+    # accelerate's own setting (``accelerate launch --mixed_precision``, ``accelerate config``), else "no".
+    acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
+        log_with=cfg.report_to or None,
+        project_dir=str(out),
     )
+    if acc.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
+    return acc
 
 
 def on_main(run: Run, work: Callable[[], dict | None]) -> dict | None:
@@ -153,57 +159,8 @@ def _take_lock(run: Run) -> RunLock:
     return lock
 
 
-def _load_model(run: Run) -> None:
-    """The base model as a pipeline (frozen), its schedule and the objective's parametrisation."""
-    cfg = run.cfg
-    run.ref = resolve_model(cfg.model)
-    folder = Path(run.ref.source) if run.ref.local else hub_file(run.ref, "unet/config.json").parent.parent
-    hub_file(run.ref, "vae/config.json")
-    run.resolution = cfg.resolution or native_resolution(folder)
-    check_resolution(folder, run.resolution)
-    overrides = _scheduler_overrides(cfg, hub_file(run.ref, "scheduler/scheduler_config.json"))
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            run.ref.source, safety_checker=None, requires_safety_checker=False
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"could not load {cfg.model} as a Stable Diffusion pipeline "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        ) from None
-    if overrides:  # the validation sampler reads the prediction type and the schedule from this config
-        pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **overrides})
-    pipe.set_progress_bar_config(disable=True)
-    run.pipe, run.scheduler_config = pipe, dict(pipe.scheduler.config)
-    run.flow = parametrization(cfg.objective, Schedule.from_config(run.scheduler_config), cfg.prediction_type)
-    run.unet = pipe.unet
-    for module in (pipe.text_encoder, pipe.vae, pipe.unet):
-        module.requires_grad_(False)
-        module.eval()
-
-
-def _scheduler_overrides(cfg: TrainConfig, config_file: Path) -> dict:
-    """What the run changes in the model's scheduler config, checked on the config file before the model
-    is loaded: an unsupported beta schedule, or zero terminal SNR on an epsilon model (undefined at the
-    noise end: ``check_bridge``), is a ``UserError`` here. ``rescale_betas_zero_snr`` is the key diffusers'
-    schedulers and d2f's ``Schedule.from_config`` read."""
-    overrides = {"prediction_type": cfg.prediction_type} if cfg.prediction_type else {}
-    if cfg.zero_terminal_snr:
-        overrides["rescale_betas_zero_snr"] = True
-    try:
-        config = {**json.loads(config_file.read_text()), **overrides}
-    except ValueError as exc:
-        raise UserError(
-            f"cannot read {config_file} ({type(exc).__name__}); is {cfg.model} a diffusers model?"
-        ) from None
-    schedule = Schedule.from_config(config)
-    check_bridge(schedule, schedule.prediction_type)
-    return overrides
-
-
 def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
     """The training data, the validation prompts, and the batches (with the VAE / text caches)."""
-
     cfg, acc, pipe = run.cfg, run.acc, run.pipe
     with acc.main_process_first():  # built-in data is written to its cache folder once
         run.data = load_data(
@@ -225,6 +182,15 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
             count=run.data.num_skipped,
             files=run.data.skipped[:10],
         )
+    cut = captions_over_window(pipe.tokenizer, run.data.captions)
+    if cut:
+        window = pipe.tokenizer.model_max_length
+        run.notice(
+            "captions_cut",
+            f"{len(cut)} caption(s) of {cfg.data} are longer than the text encoder's {window}-token window and "
+            f"will be cut, e.g. {cut[0][:60]!r}",
+            count=len(cut),
+        )
     run.prompts = validation_prompts(cfg, run.data)
     pipe.text_encoder.to(acc.device)
     pipe.vae.to(acc.device)
@@ -241,14 +207,23 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
         seed=cfg.seed,
         cache=cfg.cache,
         device=acc.device,
+        noise_offset=cfg.noise_offset,
+        workers=cfg.dataloader_num_workers,
     )
+
+
+def captions_over_window(tokenizer, captions: list[str]) -> list[str]:
+    """The distinct captions whose tokens (with the start and end tokens) do not fit the tokenizer's window."""
+    distinct = sorted(set(captions))
+    lengths = [len(ids) for ids in tokenizer(distinct, truncation=False).input_ids] if distinct else []
+    return [c for c, n in zip(distinct, lengths) if n > tokenizer.model_max_length]
 
 
 def _build_optimizer(run: Run) -> None:
     """The adapter (or a full finetune), AdamW, the LR schedule, accelerate's wrapping, then the EMA on the
     prepared parameters' device."""
     cfg, unet = run.cfg, run.unet
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[run.acc.mixed_precision]
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is part of the run
     params = add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     if cfg.lora_rank > 0 and weight_dtype != torch.float32:
@@ -259,7 +234,9 @@ def _build_optimizer(run: Run) -> None:
         unet.enable_gradient_checkpointing()
     unet.train()
     run.num_trainable = sum(p.numel() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
     run.lr_scheduler = get_scheduler(
         "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler,
         optimizer,
