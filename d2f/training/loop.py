@@ -115,7 +115,7 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _diverged(run: Run, step: int, what: str = "the loss", note: str = ""):
-
+    """Record the run as diverged and stop it with an error that names the last finite checkpoint."""
     last = latest(run.out / CHECKPOINTS_DIR)  # never a non-finite one: ``_checkpoint`` refuses to write those
     kept = f"the last finite checkpoint is {last}" if last else "no checkpoint was written yet"
     if run.acc.is_main_process:
