@@ -79,3 +79,17 @@ def test_export_errors_are_one_line(tmp_path, alpha8_run):
     assert result.exit_code == 2 and "full finetune" in result.stderr
     result = runner.invoke(app, ["export", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_peft_loads_the_adapter_without_diffusers(alpha8_run, tiny_sd_eps):
+    """Beside the diffusers LoRA, d2f writes the adapter in peft's own format (adapter_config.json)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import PeftModel
+
+    native = StableDiffusionPipeline.from_pretrained(tiny_sd_eps)
+    native.load_lora_weights(alpha8_run)  # the extra files do not confuse diffusers
+    peft_unet = PeftModel.from_pretrained(
+        UNet2DConditionModel.from_pretrained(tiny_sd_eps, subfolder="unet"), alpha8_run
+    )
+    assert json.loads((alpha8_run / "adapter_config.json").read_text())["lora_alpha"] == 8
+    torch.testing.assert_close(unet_outputs(peft_unet), unet_outputs(native.unet), rtol=0, atol=1e-6)

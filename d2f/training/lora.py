@@ -79,7 +79,10 @@ def trainable_state(unet, rank: int) -> dict[str, torch.Tensor]:
 def save_weights(unet, folder: str | Path, rank: int) -> Path:
     """Save what was trained into ``folder``: ``pytorch_lora_weights.safetensors`` (LoRA, loadable with
     ``pipe.load_lora_weights(folder)``) or ``unet/`` (full finetune, loadable with
-    ``UNet2DConditionModel.from_pretrained(folder / "unet")``). Returns the path written."""
+    ``UNet2DConditionModel.from_pretrained(folder / "unet")``). Returns the path written.
+
+    Beside a LoRA, the same adapter in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``),
+    so that ``peft.PeftModel.from_pretrained(unet, folder)`` loads it without diffusers."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -95,4 +98,11 @@ def save_weights(unet, folder: str | Path, rank: int) -> Path:
         weight_name=LORA_FILE,
         unet_lora_adapter_metadata=metadata,
     )
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet.peft_config["default"].save_pretrained(folder)  # adapter_config.json
+    # PeftModel wraps the UNet as base_model.model: its keys carry that prefix
+    state = {f"base_model.model.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    save_file(state, folder / "adapter_model.safetensors")
     return folder / LORA_FILE
