@@ -139,3 +139,99 @@ def write_shapes_folder(
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# --- a diffusers pipeline as one single-file checkpoint in the original (LDM / CompVis) layout ---------------
+# The inverse of diffusers' ``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint`` /
+# ``convert_ldm_clip_checkpoint`` for SD 1.x-style pipelines, driven by the component configs (levels, layers per
+# block, which up blocks have attention). Every diffusers key must map: an unknown one raises.
+UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1"}
+UNET_RESNET |= {"norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_prefixes(config) -> dict[str, tuple[str, dict]]:
+    """{diffusers module prefix: (LDM prefix, renames inside it)} for a ``UNet2DConditionModel`` config."""
+    per_level, levels = config.layers_per_block + 1, len(config.block_out_channels)
+    out = {
+        "time_embedding.linear_1": ("time_embed.0", {}),
+        "time_embedding.linear_2": ("time_embed.2", {}),
+        "conv_in": ("input_blocks.0.0", {}),
+        "conv_norm_out": ("out.0", {}),
+        "conv_out": ("out.2", {}),
+        "mid_block.resnets.0": ("middle_block.0", UNET_RESNET),
+        "mid_block.attentions.0": ("middle_block.1", {}),
+        "mid_block.resnets.1": ("middle_block.2", UNET_RESNET),
+    }
+    for i in range(levels):
+        for j in range(config.layers_per_block):
+            out[f"down_blocks.{i}.resnets.{j}"] = (f"input_blocks.{1 + i * per_level + j}.0", UNET_RESNET)
+            out[f"down_blocks.{i}.attentions.{j}"] = (f"input_blocks.{1 + i * per_level + j}.1", {})
+        out[f"down_blocks.{i}.downsamplers.0.conv"] = (f"input_blocks.{(i + 1) * per_level}.0.op", {})
+        for j in range(per_level):
+            out[f"up_blocks.{i}.resnets.{j}"] = (f"output_blocks.{i * per_level + j}.0", UNET_RESNET)
+            out[f"up_blocks.{i}.attentions.{j}"] = (f"output_blocks.{i * per_level + j}.1", {})
+        last = f"output_blocks.{i * per_level + per_level - 1}"  # the upsampler follows the attention, if any
+        out[f"up_blocks.{i}.upsamplers.0.conv"] = (
+            f"{last}.{2 if 'CrossAttn' in config.up_block_types[i] else 1}.conv",
+            {},
+        )
+    return out
+
+
+def _vae_prefixes(config) -> dict[str, tuple[str, dict]]:
+    """The same for an ``AutoencoderKL`` config: decoder levels are numbered in reverse in LDM."""
+    levels, out = len(config.block_out_channels), {}
+    for part in ("encoder", "decoder"):
+        out[f"{part}.conv_in"] = (f"{part}.conv_in", {})
+        out[f"{part}.conv_out"] = (f"{part}.conv_out", {})
+        out[f"{part}.conv_norm_out"] = (f"{part}.norm_out", {})
+        out[f"{part}.mid_block.resnets.0"] = (f"{part}.mid.block_1", VAE_RESNET)
+        out[f"{part}.mid_block.resnets.1"] = (f"{part}.mid.block_2", VAE_RESNET)
+        out[f"{part}.mid_block.attentions.0"] = (f"{part}.mid.attn_1", VAE_ATTENTION)
+    for i in range(levels):
+        for j in range(config.layers_per_block):
+            out[f"encoder.down_blocks.{i}.resnets.{j}"] = (f"encoder.down.{i}.block.{j}", VAE_RESNET)
+        out[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = (f"encoder.down.{i}.downsample.conv", {})
+        for j in range(config.layers_per_block + 1):
+            out[f"decoder.up_blocks.{i}.resnets.{j}"] = (
+                f"decoder.up.{levels - 1 - i}.block.{j}",
+                VAE_RESNET,
+            )
+        out[f"decoder.up_blocks.{i}.upsamplers.0.conv"] = (f"decoder.up.{levels - 1 - i}.upsample.conv", {})
+    out["quant_conv"] = ("quant_conv", {})
+    out["post_quant_conv"] = ("post_quant_conv", {})
+    return out
+
+
+def _to_ldm(state: dict, prefixes: dict[str, tuple[str, dict]], root: str) -> dict:
+    out = {}
+    for key, value in state.items():
+        module = max((p for p in prefixes if key.startswith(p + ".")), key=len, default=None)
+        if module is None:
+            raise KeyError(f"no LDM name for {key}")
+        ldm, renames = prefixes[module]
+        rest = key[len(module) + 1 :]
+        for old, new in renames.items():
+            if rest.startswith(old + "."):
+                rest = new + rest[len(old) :]
+                break
+        if renames is VAE_ATTENTION and rest.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's VAE attention projections are 1x1 convolutions
+        out[f"{root}{ldm}.{rest}"] = value
+    return out
+
+
+def pipeline_to_single_file(pipe, path: Path) -> Path:
+    """Write ``pipe`` (an SD 1.x-style ``StableDiffusionPipeline``) as one .safetensors file in the LDM key layout
+    that AUTOMATIC1111 / ComfyUI checkpoints have and ``from_single_file`` reads."""
+    from safetensors.torch import save_file
+
+    state = _to_ldm(pipe.unet.state_dict(), _unet_prefixes(pipe.unet.config), "model.diffusion_model.")
+    state |= _to_ldm(pipe.vae.state_dict(), _vae_prefixes(pipe.vae.config), "first_stage_model.")
+    text = pipe.text_encoder.state_dict()
+    wrapped = hasattr(pipe.text_encoder, "text_model")  # transformers >= 5.6 flattened CLIPTextModel
+    state |= {f"cond_stage_model.transformer.{'' if wrapped else 'text_model.'}{k}": v for k, v in text.items()}
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
+    return path
