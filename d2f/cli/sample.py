@@ -15,8 +15,16 @@ from d2f.cli.sample_images import SampleSettings, read_prompts_file, sample_imag
 def sample(
     model: str | None = typer.Option(
         None,
-        help="Built-in model name, diffusers folder or hub id (default: the "
-        "latest run's base model, else tiny-shapes-eps).",
+        help="Built-in model name, diffusers folder, single-file checkpoint (.safetensors) or hub id (default: "
+        "the latest run's base model, else tiny-shapes-eps).",
+    ),
+    model_config: str | None = typer.Option(
+        None,
+        help="For a single-file --model: a diffusers folder (or hub id) of the same architecture whose component "
+        "configs to use (default: the run's, else inferred by diffusers, which needs the hub).",
+    ),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Load a pickled .ckpt model (unpickling can run code in the file)."
     ),
     lora: str | None = typer.Option(None, help="A run folder of `d2f train` or a LoRA .safetensors file."),
     prompt: list[str] = typer.Option(
@@ -69,6 +77,8 @@ def sample(
         compare=compare,
         variant=variant,
         revision=revision,
+        model_config=model_config,
+        allow_pickle=allow_pickle,
     )
     log = None if as_json else (lambda line: err_console.print(line, highlight=False))
     result = sample_images(

@@ -45,6 +45,8 @@ class SampleSettings:
     batch_size: int = 64
     variant: str | None = None
     revision: str | None = None
+    model_config: str | None = None  # a single-file model's diffusers config (folder or hub id)
+    allow_pickle: bool = False  # let a pickled single file (.ckpt) be loaded
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
@@ -118,7 +120,9 @@ def sample_images(
         check_writable_dir(Path(output_dir), "--output-dir")
     quiet_third_party()
     model, lora, using = choose_source(s.model, s.lora, runs_dir)
-    pipe = load_pipeline(model, lora, variant=s.variant, revision=s.revision)
+    pipe = load_pipeline(
+        model, lora, variant=s.variant, revision=s.revision, model_config=s.model_config, allow_pickle=s.allow_pickle
+    )
     run = pipe.d2f_run or {}
     flow = pipe_parametrization(pipe)
     defaults = run_defaults(pipe.d2f_run)

@@ -22,7 +22,17 @@ NOT_SETTINGS = ("as_json", "config", "validation_prompt", "report_to")  # option
 def train(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, help="Read options from a .toml, .yaml or .json file first."),
-    model: str = typer.Option(C.model, help="Built-in model name, diffusers folder or hub id."),
+    model: str = typer.Option(
+        C.model, help="Built-in model name, diffusers folder, single-file checkpoint (.safetensors) or hub id."
+    ),
+    model_config: str | None = typer.Option(
+        C.model_config,
+        help="For a single-file --model: a diffusers folder (or hub id) of the same architecture whose component "
+        "configs to use (default: inferred by diffusers, which needs the hub).",
+    ),
+    allow_pickle: bool = typer.Option(
+        C.allow_pickle, "--allow-pickle", help="Load a pickled .ckpt --model (unpickling can run code in the file)."
+    ),
     variant: str | None = typer.Option(C.variant, help="Weights variant of the model, e.g. fp16."),
     revision: str | None = typer.Option(C.revision, help="Hub revision (branch, tag or commit) of the model."),
     data: str = typer.Option(

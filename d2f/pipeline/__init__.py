@@ -1,8 +1,9 @@
 """Models as diffusers pipelines, and images from them (the layer above the samplers and the scheduler).
 
-- ``models``: the ``--model`` resolver (built-in name, local diffusers folder, hub id), ``d2f models``
+- ``models``: the ``--model`` resolver (built-in name, local diffusers folder, single file, hub id), ``d2f models``
 - ``run_folder``: the run folder of ``d2f train``, its files and its record ``d2f_run.json``
 - ``loading``: ``load_pipeline(model, lora)``: a ``StableDiffusionPipeline`` with a LoRA or a run
+- ``single_file``: a single-file checkpoint (.safetensors / .ckpt) through ``from_single_file``
 - ``generate``: ``generate(pipe, prompts, ...)``: d2f's samplers on a pipeline's UNet
 - ``images``: grids and PNG files
 """

@@ -30,15 +30,31 @@ def _same_model(model: str, run: dict) -> bool:
     )
 
 
-def load_base_pipeline(model: str, dtype=None, variant: str | None = None, revision: str | None = None):
+def load_base_pipeline(
+    model: str,
+    dtype=None,
+    variant: str | None = None,
+    revision: str | None = None,
+    model_config: str | None = None,
+    allow_pickle: bool = False,
+):
     """``StableDiffusionPipeline.from_pretrained`` of a built-in name, folder or hub id, with d2f's rules:
     weights in ``dtype`` (float32 unless asked: a folder stored in fp16 would otherwise come back in fp16),
     safetensors only (a pickle is never unpickled), ``variant`` / ``revision`` passed through, and every
-    failure one ``UserError`` that says what to do."""
+    failure one ``UserError`` that says what to do. A single file goes to ``load_single_file`` (with
+    ``model_config`` and ``allow_pickle``)."""
     import torch
     from diffusers import StableDiffusionPipeline
 
     ref = resolve_model(model)
+    if ref.single_file:
+        from d2f.pipeline.single_file import load_single_file
+
+        return load_single_file(ref, dtype or torch.float32, variant, revision, model_config, allow_pickle)
+    if model_config is not None:
+        raise UserError(
+            f"--model-config is for single-file checkpoints (.safetensors, .ckpt); {model} is not one: drop it"
+        )
     if ref.local:
         check_variant(Path(ref.source), variant)
     try:
@@ -83,14 +99,18 @@ def load_pipeline(
     dtype=None,
     variant: str | None = None,
     revision: str | None = None,
+    model_config: str | None = None,
+    allow_pickle: bool = False,
 ):
-    """A ``StableDiffusionPipeline`` for ``model`` (built-in name, folder or hub id), with ``lora`` loaded.
+    """A ``StableDiffusionPipeline`` for ``model`` (built-in name, folder, single file or hub id), with ``lora``
+    loaded.
 
     With a run folder as ``lora``, ``model`` defaults to the run's base model (another base model is a
     ``UserError`` naming both), and ``pipe.scheduler`` becomes the scheduler the run samples with
     (``Diff2FlowEulerScheduler`` with the run's prediction type and objective; DDIM, trailing spacing, for a
     ``diffusion`` run), so ``pipe(...)`` itself does the right thing. ``pipe.d2f_run`` holds the run's
-    json (None without one). ``dtype`` (default float32), ``variant`` and ``revision``: ``load_base_pipeline``."""
+    json (None without one). ``dtype`` (default float32), ``variant``, ``revision``, ``model_config`` (a
+    single file's diffusers config; default: the run's) and ``allow_pickle``: ``load_base_pipeline``."""
     weights, run = resolve_lora(lora) if lora is not None else (None, None)
     if model is None:
         model = run["base_model"] if run else DEFAULT_MODEL
@@ -99,7 +119,9 @@ def load_pipeline(
             f"the LoRA {lora} was trained on {run['base_model']!r}, not on --model {model!r}; "
             f"drop --model or pass --model {run['base_model']}"
         )
-    pipe = load_base_pipeline(model, dtype, variant, revision)
+    if run and model_config is None:
+        model_config = run.get("model_config")
+    pipe = load_base_pipeline(model, dtype, variant, revision, model_config, allow_pickle)
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

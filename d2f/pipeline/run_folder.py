@@ -13,6 +13,7 @@
 The run record (``d2f_run.json``), version ``RUN_RECORD_VERSION``. Keys sampling relies on:
 
 - ``base_model``, ``base_model_source``: the ``--model`` given and where it was loaded from;
+  ``model_config``: for a single-file model, the diffusers config it was loaded with (``--model-config``), else null;
 - ``prediction_type``: epsilon, v_prediction or sample; ``objective``: diff2flow, fm or diffusion
   (``d2f.objectives``), which fixes how the run is sampled;
 - ``sampler``, ``guidance``, ``sample_steps``: how the run is meant to be sampled (the defaults of

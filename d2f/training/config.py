@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = {
     "report_to",
     "dataloader_num_workers",
     "resume_from",
+    "allow_pickle",  # how the base model may be read, not which model it is
     "steps",  # may grow: the LR schedule is re-planned for the new total (see ``check_resume_steps``)
 }
 
@@ -38,6 +39,8 @@ class TrainConfig:
     """Every setting of a run (the CLI's options, with the same names); the defaults are the demo run."""
 
     model: str = "tiny-shapes-eps"
+    model_config: str | None = None  # a single-file --model's diffusers config: a diffusers folder or hub id
+    allow_pickle: bool = False  # let a pickled single file (.ckpt) be loaded: unpickling can run its code
     data: str = "shapes-target"
     objective: str = "diff2flow"
     prediction_type: str | None = None  # None: the model's scheduler config
@@ -138,7 +141,9 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def default_output(cfg: TrainConfig) -> Path:
-    name = f"{Path(cfg.model).name}-{Path(cfg.data).name}-{cfg.objective}".replace("/", "-")
+    model = Path(cfg.model)
+    model_name = model.stem if model.suffix.lower() in (".safetensors", ".ckpt") else model.name
+    name = f"{model_name}-{Path(cfg.data).name}-{cfg.objective}".replace("/", "-")
     return Path("runs") / name
 
 

@@ -20,13 +20,20 @@ def load_model(run) -> None:
     """The base model as a pipeline (frozen), its schedule and the objective's parametrisation."""
     cfg = run.cfg
     run.ref = resolve_model(cfg.model)
-    folder = Path(run.ref.source) if run.ref.local else hub_file(run.ref, "unet/config.json").parent.parent
-    hub_file(run.ref, "vae/config.json")
-    run.resolution = cfg.resolution or native_resolution(folder)
-    check_resolution(folder, run.resolution)
-    overrides = _scheduler_overrides(cfg, hub_file(run.ref, "scheduler/scheduler_config.json"))
-    # float32 whatever the folder stores (a text encoder saved in fp16 would otherwise train in fp16)
-    pipe = load_base_pipeline(cfg.model, torch.float32, cfg.variant, cfg.revision)
+    load = (cfg.model, torch.float32, cfg.variant, cfg.revision, cfg.model_config, cfg.allow_pickle)
+    if run.ref.single_file:  # no config files to read first: the loaded pipeline's configs are the model's
+        # float32 whatever is stored (a text encoder saved in fp16 would otherwise train in fp16)
+        pipe = source = load_base_pipeline(*load)
+        scheduler_config = dict(pipe.scheduler.config)
+    else:  # the configs are checked before the (slower) load
+        source = Path(run.ref.source) if run.ref.local else hub_file(run.ref, "unet/config.json").parent.parent
+        hub_file(run.ref, "vae/config.json")
+        scheduler_config = _read_config(cfg, hub_file(run.ref, "scheduler/scheduler_config.json"))
+    run.resolution = cfg.resolution or native_resolution(source)
+    check_resolution(source, run.resolution)
+    overrides = _scheduler_overrides(cfg, scheduler_config)
+    if not run.ref.single_file:
+        pipe = load_base_pipeline(*load)
     if overrides:  # the validation sampler reads the prediction type and the schedule from this config
         pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **overrides})
     pipe.set_progress_bar_config(disable=True)
@@ -38,20 +45,23 @@ def load_model(run) -> None:
         module.eval()
 
 
-def _scheduler_overrides(cfg: TrainConfig, config_file: Path) -> dict:
-    """What the run changes in the model's scheduler config, checked on the config file before the model
-    is loaded: an unsupported beta schedule, or zero terminal SNR on an epsilon model (undefined at the
-    noise end: ``check_bridge``), is a ``UserError`` here. ``rescale_betas_zero_snr`` is the key diffusers'
-    schedulers and d2f's ``Schedule.from_config`` read."""
-    overrides = {"prediction_type": cfg.prediction_type} if cfg.prediction_type else {}
-    if cfg.zero_terminal_snr:
-        overrides["rescale_betas_zero_snr"] = True
+def _read_config(cfg: TrainConfig, config_file: Path) -> dict:
     try:
-        config = {**json.loads(config_file.read_text()), **overrides}
+        return json.loads(config_file.read_text())
     except ValueError as exc:
         raise UserError(
             f"cannot read {config_file} ({type(exc).__name__}); is {cfg.model} a diffusers model?"
         ) from None
-    schedule = Schedule.from_config(config)
+
+
+def _scheduler_overrides(cfg: TrainConfig, scheduler_config: dict) -> dict:
+    """What the run changes in the model's scheduler config, checked on the config (for a folder or hub id:
+    before the model is loaded): an unsupported beta schedule, or zero terminal SNR on an epsilon model
+    (undefined at the noise end: ``check_bridge``), is a ``UserError`` here. ``rescale_betas_zero_snr`` is the
+    key diffusers' schedulers and d2f's ``Schedule.from_config`` read."""
+    overrides = {"prediction_type": cfg.prediction_type} if cfg.prediction_type else {}
+    if cfg.zero_terminal_snr:
+        overrides["rescale_betas_zero_snr"] = True
+    schedule = Schedule.from_config({**scheduler_config, **overrides})
     check_bridge(schedule, schedule.prediction_type)
     return overrides

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from d2f.core.timemap import t_range
+from d2f.pipeline.models import resolve_model
 from d2f.pipeline.run_folder import LORA_FILE, TIME_CONVENTION, UNET_DIR, write_run_record
 from d2f.versions import versions
 
@@ -18,6 +19,7 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
     record = {
         "base_model": cfg.model,
         "base_model_source": run.ref.source,
+        "model_config": model_config_source(cfg.model_config),
         "prediction_type": flow.prediction_type,
         "objective": cfg.objective,
         "sampler": flow.sampler,
@@ -61,3 +63,8 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
     if summary:
         record["summary"] = summary
     write_run_record(run.out, record)
+
+
+def model_config_source(model_config: str | None) -> str | None:
+    """``--model-config`` as sampling finds it again from anywhere: a folder's absolute path, else the hub id."""
+    return None if model_config is None else resolve_model(model_config).source
