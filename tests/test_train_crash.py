@@ -100,7 +100,7 @@ def test_killed_inside_a_checkpoint_write_resumes_to_the_same_run(tmp_path, tiny
     assert holder["pid"] != os.getpid()
 
     notices = resumed(tiny_sd_eps, shapes_folder, out)
-    kinds = [e["event"] for e in notices]
+    kinds = [e["event"] for e in notices if e["event"] != "vae_poor"]  # the tiny random VAE is poor: said at start
     assert kinds == ["lock_taken_over", "leftovers_removed", "resumed"], notices
     assert f"pid {holder['pid']}" in notices[0]["message"] and notices[2]["step"] == 2
     assert_same_run(reference, out)

@@ -189,7 +189,8 @@ def test_resume_refuses_changed_data_unless_allowed(tmp_path, tiny_sd_eps, shape
     assert_one_error(cli(tiny_sd_eps, data, out, "--resume", *_flags(settings)), message)
     events = []
     run(tiny_sd_eps, data, out, events, resume=True, allow_data_change=True, **settings)
-    assert [e["event"] for e in events if "message" in e] == ["data_changed", "resumed"]
+    # (vae_poor: the tiny random VAE reconstructs nothing well; d2f says so at every start)
+    assert [e["event"] for e in events if "message" in e and e["event"] != "vae_poor"] == ["data_changed", "resumed"]
     assert json.loads((out / "d2f_run.json").read_text())["data"]["fingerprint"] != fingerprint
     # a caption counts too, and so does the preprocessing
     meta = (data / "metadata.jsonl").read_text().replace("a ", "one ", 1)

@@ -53,6 +53,7 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
             "caption_column": data.caption_column,
             "domain": data.builtin.domain if data.builtin else None,
             "fingerprint": data.fingerprint,  # what --resume checks (d2f.training.data)
+            "vae_psnr": run.vae_psnr,  # how well the VAE reconstructs them (d2f.training.vae_check)
         },
         "validation_prompts": run.prompts,
         "trainable_parameters": run.num_trainable,

@@ -36,6 +36,7 @@ from d2f.training.metrics import TrainWindow
 from d2f.training.model import load_model
 from d2f.training.output import check_output, claim_output
 from d2f.training.resume import check_data, resume
+from d2f.training.vae_check import check_vae
 from d2f.training.validation import validation_prompts
 
 
@@ -60,6 +61,7 @@ class Run:
     metrics_lines: int = 0  # lines in metrics.jsonl: a checkpoint records how far to rewind it
     metrics_before: dict | None = None
     ema: object = None
+    vae_psnr: float | None = None  # how well the VAE reconstructs the data (d2f.training.vae_check)
     seconds_before: float = 0.0  # training time of earlier attempts (a resumed run)
     started: float = field(default_factory=time.perf_counter)
 
@@ -106,6 +108,7 @@ def setup(
         start = resume(run) if cfg.resume else 0
         if start > cfg.steps:
             raise UserError(f"the run in {out} is at step {start}, past --steps {cfg.steps}; give more steps")
+        run.vae_psnr = on_main(run, lambda: check_vae(run))  # informative: once nothing else can fail
         if run.acc.is_main_process:
             trackers.start(run.acc, out.name, asdict(cfg))
         return run, start
