@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from d2f.world.estimators import kid
 from d2f.world.evaluator import Evaluator, as_batch, load_evaluator
 from d2f.world.shapes import DOMAINS, draw, make_specs, parse_prompt
 
@@ -119,6 +120,16 @@ def fd(images, prompts: list[str], domain: str, seed: int = 0, evaluator: Evalua
     evaluator = evaluator or load_evaluator()
     real = reference_images(prompts, domain, seed, evaluator.config["resolution"])
     return frechet_distance(evaluator.embed(x), evaluator.embed(real))
+
+
+def kid_score(images, prompts: list[str], domain: str, seed: int = 0, evaluator: Evaluator | None = None) -> float:
+    """KID (``d2f.world.estimators.kid``, unbiased) between evaluator features of ``images`` and of real
+    generator images for the same prompts in ``domain``: comparable across n, unlike ``fd``."""
+    x = as_batch(images)
+    _parse(prompts, len(x))
+    evaluator = evaluator or load_evaluator()
+    real = reference_images(prompts, domain, seed, evaluator.config["resolution"])
+    return kid(evaluator.embed(x), evaluator.embed(real))
 
 
 def evaluate(
