@@ -6,7 +6,9 @@
 
 Every objective costs one forward and one backward of the same network on the same batch; only the input
 the network sees, its timestep and the target differ. A run's ``objective`` (in ``d2f_run.json``) names
-the parametrisation it was trained with, and therefore also how it is sampled.
+the parametrisation it was trained with, and therefore also how it is sampled. A ``reflow`` run (``d2f reflow``)
+trained one of the FM objectives on a teacher's coupled pairs; its ``reflow_objective`` names which
+(``sampled_objective``).
 """
 
 from __future__ import annotations
@@ -33,3 +35,14 @@ def parametrization(objective: str, schedule: Schedule, prediction_type: str | N
     """The parametrisation object of ``objective`` for a model on ``schedule`` (prediction type: the
     schedule's unless given)."""
     return OBJECTIVES[check_objective(objective)](schedule, prediction_type)
+
+
+def sampled_objective(record: dict | None, default: str = "diffusion") -> str:
+    """The objective whose parametrisation samples a run with this ``d2f_run.json`` record: its ``objective``;
+    for a ``reflow`` run the FM objective its student trained with (``reflow_objective``, diff2flow if absent);
+    ``default`` without a record (an untouched model is a diffusion model)."""
+    record = record or {}
+    objective = record.get("objective", default)
+    if objective == "reflow":
+        return check_objective(record.get("reflow_objective", "diff2flow"))
+    return check_objective(objective)

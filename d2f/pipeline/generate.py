@@ -19,7 +19,7 @@ from d2f.core.schedule import Schedule
 from d2f.core.timemap import scale
 from d2f.errors import UserError
 from d2f.guidance import guided
-from d2f.objectives import check_objective, parametrization
+from d2f.objectives import check_objective, parametrization, sampled_objective
 from d2f.parametrizations import Parametrization, unet_net
 from d2f.sampling import get_sampler, sampler_grid
 
@@ -67,8 +67,7 @@ def pipe_parametrization(pipe, objective: str | None = None) -> Parametrization:
     """How to sample ``pipe``: the ``Parametrization`` of ``objective`` as given, else of the loaded run's
     objective, else of ``diffusion``: a model without a d2f run is an untouched diffusion model, sampled
     through the bridge from t_min (docs/math.md §10). The one place this rule lives."""
-    run = getattr(pipe, "d2f_run", None) or {}
-    objective = check_objective(objective or run.get("objective", "diffusion"))
+    objective = check_objective(objective) if objective else sampled_objective(getattr(pipe, "d2f_run", None))
     return parametrization(objective, Schedule.from_config(dict(pipe.scheduler.config)))
 
 

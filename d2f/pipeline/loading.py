@@ -144,16 +144,18 @@ def run_scheduler(config, run: dict):
     from diffusers import DDIMScheduler
 
     from d2f.diffusers_scheduler import Diff2FlowEulerScheduler
+    from d2f.objectives import sampled_objective
 
     overrides = dict(prediction_type=run["prediction_type"])
     schedule = run.get("schedule")
     if run.get("zero_terminal_snr") or (isinstance(schedule, dict) and schedule.get("zero_terminal_snr")):
         overrides["rescale_betas_zero_snr"] = True
-    if run["objective"] == "diffusion":
+    objective = sampled_objective(run)  # a reflow run: its student's FM objective
+    if objective == "diffusion":
         return DDIMScheduler.from_config(
             config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, **overrides
         )
-    return Diff2FlowEulerScheduler.from_config(config, objective=run["objective"], **overrides)
+    return Diff2FlowEulerScheduler.from_config(config, objective=objective, **overrides)
 
 
 LORA_SUFFIXES = {".lora.down.weight": "in", ".lora_A.weight": "in", ".lora.up.weight": "out", ".lora_B.weight": "out"}
