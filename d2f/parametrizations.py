@@ -34,7 +34,7 @@ from d2f.core.velocity import check_bridge, fm_velocity
 from d2f.errors import UserError
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-T_SAMPLINGS = ("uniform", "logit-normal")
+T_SAMPLINGS = ("uniform", "logit-normal", "near-noise")
 
 
 def unet_net(unet, dtype: torch.dtype | None = None) -> Net:
@@ -113,10 +113,14 @@ class Parametrization:
     ) -> torch.Tensor:
         """The ``time`` argument of ``loss`` for a batch: FM time t (B,), float32, on the CPU.
 
-        ``uniform``: t ~ U[0, 1]; ``logit-normal``: t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024)."""
+        ``uniform``: t ~ U[0, 1]; ``logit-normal``: t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024);
+        ``near-noise``: density 2 (1 - t), more weight near t = 0, where a one-step sampler evaluates (reflow)."""
         if check_t_sampling(t_sampling) == "uniform":
             # t ~ U[0, 1]
             return torch.rand(batch_size, generator=generator)
+        if t_sampling == "near-noise":
+            # t = 1 - sqrt(u), u ~ U[0, 1]:  P(t <= s) = 1 - (1 - s)^2, density 2 (1 - t)
+            return 1 - torch.sqrt(torch.rand(batch_size, generator=generator))
         # t = sigmoid(n),  n ~ N(0, 1)
         return torch.sigmoid(torch.randn(batch_size, generator=generator))
 
