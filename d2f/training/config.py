@@ -91,6 +91,9 @@ class TrainConfig:
     revision: str | None = None  # hub revision of the model
     dataloader_num_workers: int = 0  # threads decoding images (building the cache, or every step with --no-cache)
     report_to: list[str] | None = None  # accelerate trackers: tensorboard, wandb, ... (d2f.training.trackers)
+    validation_steps: list[int] | None = None  # more sampler steps to draw validation grids at (reflow: 2, 4)
+    init_weights: str | None = None  # a run's LoRA file or unet/ folder the trained weights start from
+    pairs: str | None = None  # a pairs folder of `d2f reflow`: train on its coupled (x0, x1) (d2f.training.pairs)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -138,6 +141,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"unknown --lr-scheduler {cfg.lr_scheduler!r}; use one of {', '.join(LR_SCHEDULERS)}")
     if cfg.guidance < 0:
         raise UserError(f"--guidance must be >= 0, got {cfg.guidance}")
+    if any(k < 1 for k in cfg.validation_steps or []):
+        raise UserError(f"validation steps must be at least 1, got {cfg.validation_steps}")
+    if cfg.pairs and cfg.objective == "diffusion":
+        raise UserError("training on reflow pairs needs an FM objective (diff2flow or fm), not diffusion")
 
 
 def default_output(cfg: TrainConfig) -> Path:

@@ -36,7 +36,8 @@ def check_output(cfg: TrainConfig, out: Path) -> dict | None:
             diff = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
             raise UserError(f"--resume needs the settings of the run in {out}; these differ: {diff}")
         return record
-    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):  # a stale lock alone: still empty
+    kept = kept_names(cfg, out)
+    if out.is_dir() and any(p.name not in kept for p in out.iterdir()):  # a stale lock (or reflow pairs) alone: empty
         if not has_run:  # never delete a folder d2f did not write
             raise UserError(
                 f"{out} exists and is not a d2f run folder (no {RUN_FILE}); choose an empty or new --output"
@@ -47,6 +48,15 @@ def check_output(cfg: TrainConfig, out: Path) -> dict | None:
                 "again, or --output DIR for a new folder"
             )
     return None
+
+
+def kept_names(cfg: TrainConfig, out: Path) -> set[str]:
+    """What in ``out`` is not the run's and stays on ``--overwrite``: the lock, and a reflow run's pairs folder
+    (made before the run starts, ``d2f.reflow``)."""
+    kept = {LOCK_FILE}
+    if cfg.pairs and Path(cfg.pairs).resolve().parent == out.resolve():
+        kept.add(Path(cfg.pairs).name)
+    return kept
 
 
 def finished_summary(cfg: TrainConfig, out: Path) -> dict | None:
@@ -83,7 +93,7 @@ def claim_output(cfg: TrainConfig, out: Path) -> list[str]:
     leftovers removed."""
     if cfg.overwrite and not cfg.resume:
         for path in out.iterdir():
-            if path.name == LOCK_FILE:
+            if path.name in kept_names(cfg, out):
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

@@ -61,6 +61,8 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         "device": str(run.acc.device),
         "versions": versions(PACKAGES),
     }
+    if cfg.pairs:  # a reflow run (d2f.reflow): sampled as its student's objective, unguided
+        record.update(objective="reflow", reflow_objective=cfg.objective, reflow=reflow_record(cfg))
     if summary:
         record["summary"] = summary
     write_run_record(run.out, record)
@@ -69,3 +71,21 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
 def model_config_source(model_config: str | None) -> str | None:
     """``--model-config`` as sampling finds it again from anywhere: a folder's absolute path, else the hub id."""
     return None if model_config is None else resolve_model(model_config).source
+
+
+def reflow_record(cfg) -> dict:
+    """What a reflow run's record says about its teacher and pairs (``pairs.json``, captions counted, not listed)."""
+    from d2f.training.pairs import read_pairs_record
+
+    pairs = read_pairs_record(cfg.pairs)
+    settings = dict(pairs.get("settings", {}))
+    captions = settings.pop("captions", [])
+    return {
+        "pairs": str(cfg.pairs),
+        "teacher": {k: settings.pop(k, None) for k in ("teacher_model", "teacher_weights", "teacher_fingerprint")},
+        "pair_settings": {**settings, "num_captions": len(captions)},
+        "pairs_seconds": pairs.get("seconds"),
+        "pairs_bytes": pairs.get("bytes"),
+        "guidance_distilled": True,  # the student samples with guidance 1: one step is one network call
+        "t_sampling": cfg.t_sampling,
+    }

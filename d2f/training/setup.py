@@ -36,6 +36,7 @@ from d2f.training.metrics import TrainWindow
 from d2f.training.model import load_model
 from d2f.training.output import check_output, claim_output
 from d2f.training.resume import check_data, resume
+from d2f.training.start_weights import load_start_weights
 from d2f.training.vae_check import check_vae
 from d2f.training.validation import validation_prompts
 
@@ -108,7 +109,8 @@ def setup(
         start = resume(run) if cfg.resume else 0
         if start > cfg.steps:
             raise UserError(f"the run in {out} is at step {start}, past --steps {cfg.steps}; give more steps")
-        run.vae_psnr = on_main(run, lambda: check_vae(run))  # informative: once nothing else can fail
+        if not cfg.pairs:  # reflow pairs are latents: the VAE never sees the data
+            run.vae_psnr = on_main(run, lambda: check_vae(run))  # informative: once nothing else can fail
         if run.acc.is_main_process:
             trackers.start(run.acc, out.name, asdict(cfg))
         return run, start
@@ -197,6 +199,9 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
     run.prompts = validation_prompts(cfg, run.data)
     pipe.text_encoder.to(acc.device)
     pipe.vae.to(acc.device)
+    if cfg.pairs:  # reflow: coupled (x0, x1) pairs instead of independent noise and data
+        run.batches = _pair_batches(run)
+        return
     run.batches = Batches(
         run.data,
         pipe.vae,
@@ -215,6 +220,26 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
     )
 
 
+def _pair_batches(run: Run):
+    from d2f.training.pairs import PairBatches
+
+    cfg, pipe = run.cfg, run.pipe
+    down = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    side = run.data.resolution // down
+    return PairBatches(
+        cfg.pairs,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        run.flow,
+        latent_shape=(pipe.vae.config.latent_channels, side, side),
+        batch_size=cfg.batch_size,
+        caption_dropout=cfg.caption_dropout,
+        t_sampling=cfg.t_sampling,
+        seed=cfg.seed,
+        device=run.acc.device,
+    )
+
+
 def captions_over_window(tokenizer, captions: list[str]) -> list[str]:
     """The distinct captions whose tokens (with the start and end tokens) do not fit the tokenizer's window."""
     distinct = sorted(set(captions))
@@ -229,6 +254,8 @@ def _build_optimizer(run: Run) -> None:
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[run.acc.mixed_precision]
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is part of the run
     params = add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    if cfg.init_weights:  # reflow: the student starts as its teacher
+        load_start_weights(unet, cfg.init_weights, cfg.lora_rank)
     if cfg.lora_rank > 0 and weight_dtype != torch.float32:
         for p in unet.parameters():  # frozen base weights in half precision, trainable ones in fp32
             if not p.requires_grad:

@@ -24,26 +24,12 @@ def validation_prompts(cfg, data) -> list[str]:
 def validate(run, step: int) -> dict | None:
     """Sample the validation prompts with ``d2f.pipeline.generate`` (the objective's own sampler, the EMA
     weights when on), save ``samples/step_XXXXX.png`` and, for built-in data, score ``eval_samples`` images
-    with its evaluator. Main process only; returns the metrics (None without an evaluator)."""
+    with its evaluator; the same at each of ``validation_steps`` (``step_XXXXX_Ksteps.png``, ``steps_K`` in the
+    metrics line). Main process only; returns the metrics at ``sample_steps`` (None without an evaluator)."""
     cfg, data = run.cfg, run.data
     n = max(cfg.eval_samples, len(run.prompts)) if data.builtin else len(run.prompts)
     prompts = [run.prompts[k % len(run.prompts)] for k in range(n)]
-    run.unet.eval()
-    try:
-        with run.ema.averaged() if run.ema is not None else nullcontext(), run.acc.autocast():
-            images = generate(
-                run.pipe,
-                prompts,
-                sampler=run.flow.sampler,
-                steps=cfg.sample_steps,
-                guidance=cfg.guidance,
-                seed=cfg.seed,
-                height=data.resolution,
-                width=data.resolution,
-                objective=cfg.objective,
-            )
-    finally:
-        run.unet.train()
+    images = _sample(run, prompts, cfg.sample_steps)
     grid = save_grid(
         images[: len(run.prompts)],
         run.out / SAMPLES_DIR / f"step_{step:05d}.png",
@@ -55,6 +41,38 @@ def validate(run, step: int) -> dict | None:
     if data.builtin:
         metrics = {k: float(v) for k, v in data.builtin.evaluate(images, prompts).items()}
         record.update(metrics)
+    for steps in [k for k in cfg.validation_steps or [] if k != cfg.sample_steps]:  # e.g. reflow: 1, 2 and 4 steps
+        more = _sample(run, prompts, steps)
+        path = save_grid(
+            more[: len(run.prompts)],
+            run.out / SAMPLES_DIR / f"step_{step:05d}_{steps}steps.png",
+            ncols=6 if len(run.prompts) == 24 else None,
+        )
+        extra = {"grid": str(path.relative_to(run.out))}
+        if data.builtin:
+            extra.update({k: float(v) for k, v in data.builtin.evaluate(more, prompts).items()})
+        record[f"steps_{steps}"] = extra
     run.log(record)
     run.callback({"event": "validation", **record})
     return metrics
+
+
+def _sample(run, prompts: list[str], steps: int) -> torch.Tensor:
+    """Images of ``prompts`` at ``steps`` sampler steps (the EMA weights when on)."""
+    cfg, data = run.cfg, run.data
+    run.unet.eval()
+    try:
+        with run.ema.averaged() if run.ema is not None else nullcontext(), run.acc.autocast():
+            return generate(
+                run.pipe,
+                prompts,
+                sampler=run.flow.sampler,
+                steps=steps,
+                guidance=cfg.guidance,
+                seed=cfg.seed,
+                height=data.resolution,
+                width=data.resolution,
+                objective=cfg.objective,
+            )
+    finally:
+        run.unet.train()

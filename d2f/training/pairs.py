@@ -1,0 +1,114 @@
+"""Training on coupled (x0, x1) pairs (reflow, Liu et al. 2022, "Flow straight and fast", arXiv 2209.03003).
+
+A pairs folder (written by ``d2f.reflow.pairs``; its format is defined here, once):
+
+- ``pairs.json``: the settings that made the pairs (teacher, sampler, steps, guidance, seed, captions, ...),
+  whether the folder is ``complete``, the seconds the teacher took and the shards' bytes;
+- ``shard_XXXXX.safetensors``: ``x0`` noise and ``x1`` the teacher's end point from it, (K, C, h, w) float32,
+  and ``caption`` (K,) int64 indices into the ``captions`` of ``pairs.json``.
+
+``PairBatches`` is a drop-in for ``d2f.training.batches.Batches``: ``get(micro_step, rank, world)`` returns
+(x1, x0, time, cond) with the same reproducible draws (``step_generator``, ``batch_indices``), but x0 and x1
+are a *coupled* pair instead of independent noise and data, so every objective of ``d2f.objectives`` trains on
+the straight line between them unchanged: x_t = t x1 + (1 - t) x0, target u = x1 - x0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from d2f.errors import UserError
+from d2f.parametrizations import Parametrization
+from d2f.training.batches import batch_indices, step_generator
+
+PAIRS_FILE = "pairs.json"
+SHARD = "shard_{:05d}.safetensors"
+
+
+def shard_count(num_pairs: int, shard_size: int) -> int:
+    return -(-num_pairs // shard_size)
+
+
+def read_pairs_record(folder: str | Path) -> dict:
+    """``pairs.json`` of a pairs folder; ``UserError`` if there is none or it cannot be read."""
+    path = Path(folder) / PAIRS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        name = type(exc).__name__
+        raise UserError(f"cannot read {path} ({name}); is {folder} a pairs folder of `d2f reflow`?") from None
+
+
+def load_pairs(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """(x0, x1, caption index, captions) of a complete pairs folder; ``UserError`` naming a missing shard."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    settings = read_pairs_record(folder)["settings"]
+    shards = []
+    for k in range(shard_count(settings["num_pairs"], settings["shard_size"])):
+        path = folder / SHARD.format(k)
+        if not path.is_file():
+            raise UserError(f"{path} is missing: the pairs in {folder} are incomplete; run `d2f reflow` again")
+        shards.append(load_file(path))
+    x0, x1, index = (torch.cat([s[key] for s in shards]) for key in ("x0", "x1", "caption"))
+    return x0, x1, index, list(settings["captions"])
+
+
+class PairBatches:
+    """Draws the batches of a reflow run from a pairs folder (see the module doc). The text encoding of every
+    caption is computed once; ``caption_dropout`` replaces a caption by the empty one (reflow uses 0: the
+    student is sampled without guidance)."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        text_encoder,
+        tokenizer,
+        flow: Parametrization,
+        *,
+        latent_shape: tuple[int, int, int],
+        batch_size: int,
+        caption_dropout: float,
+        t_sampling: str,
+        seed: int,
+        device,
+    ):
+        self.x0, self.x1, self.caption_index, captions = load_pairs(folder)
+        if tuple(self.x0.shape[1:]) != tuple(latent_shape):
+            raise UserError(
+                f"the pairs in {folder} are latents of shape {tuple(self.x0.shape[1:])}, but this run trains on "
+                f"{tuple(latent_shape)}: pass the --resolution the pairs were made at"
+            )
+        self.flow, self.batch_size, self.caption_dropout = flow, batch_size, caption_dropout
+        self.t_sampling, self.seed, self.device = t_sampling, seed, device
+        self.captions = captions + [""]
+        self.empty = len(captions)
+        self.text_cache = _encode_text(text_encoder, tokenizer, self.captions, device)
+
+    def __len__(self) -> int:
+        return len(self.x0)
+
+    def get(self, micro_step: int, rank: int = 0, world: int = 1):
+        """(data x1, noise x0, time, cond) of one micro step on process ``rank``: pairs in the order of a
+        per-epoch permutation, caption dropout and t from the micro step's own generator."""
+        gen = step_generator(self.seed, micro_step, rank)
+        idx = batch_indices(len(self), self.batch_size, micro_step, rank, world, self.seed)
+        b = len(idx)
+        drop = torch.rand(b, generator=gen) < self.caption_dropout
+        which = torch.where(drop, torch.tensor(self.empty), self.caption_index[idx])
+        time = self.flow.sample_time(b, self.t_sampling, gen)
+        dev = self.device
+        return self.x1[idx].to(dev), self.x0[idx].to(dev), time.to(dev), self.text_cache[which].to(dev)
+
+
+@torch.no_grad()
+def _encode_text(text_encoder, tokenizer, captions: list[str], device) -> torch.Tensor:
+    """Text encoder hidden states (B, L, D), float32, as the SD pipeline computes them (as ``Batches``)."""
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+    return torch.cat([text_encoder(chunk)[0].float().cpu() for chunk in ids.split(64)])
