@@ -2,8 +2,8 @@
 
 Bottom to top: ``errors``/``files`` and ``core`` (the math) -> ``parametrizations`` -> ``objectives``,
 ``guidance``, ``sampling``, ``diffusers_scheduler`` (with ``diffusers_inputs``) -> ``pipeline`` -> ``training``
--> ``world`` (built-in data, priors, evaluator; plugs into training) -> ``cli``. Imports are read from the source
-(function-level ones too), so a lazy import cannot hide an arrow back up.
+-> ``reflow`` (drives training) -> ``world`` (built-in data, priors, evaluator; plugs into training) -> ``cli``.
+Imports are read from the source (function-level ones too), so a lazy import cannot hide an arrow back up.
 """
 
 from __future__ import annotations
@@ -22,12 +22,21 @@ LAYERS = [
     {"d2f.objectives", "d2f.guidance", "d2f.sampling", "d2f.diffusers_scheduler", "d2f.diffusers_inputs"},
     {"d2f.pipeline"},
     {"d2f.training"},
+    {"d2f.reflow"},
     {"d2f.world"},
     {"d2f.cli", "d2f.__main__"},
 ]
 THIRD_PARTY_FREE = {  # the math core and the samplers run without these
     "diffusers": ["d2f.core", "d2f.parametrizations", "d2f.objectives", "d2f.guidance", "d2f.sampling"],
-    "typer": ["d2f.core", "d2f.parametrizations", "d2f.objectives", "d2f.sampling", "d2f.pipeline", "d2f.training"],
+    "typer": [
+        "d2f.core",
+        "d2f.parametrizations",
+        "d2f.objectives",
+        "d2f.sampling",
+        "d2f.pipeline",
+        "d2f.training",
+        "d2f.reflow",
+    ],
 }
 
 

@@ -1,0 +1,178 @@
+"""``d2f reflow``: straighten a teacher's flow into a few-step student (Liu et al. 2022, "Flow straight and fast",
+arXiv 2209.03003; InstaFlow, Liu et al. 2023, arXiv 2309.06380).
+
+1. **Pairs** (``d2f.reflow.pairs``): noise x0 from the seed, x1 = the teacher's ODE from x0 (its own sampler,
+   steps and guidance w), for the training captions; kept in ``<run>/pairs`` (or ``--pairs DIR``), reused when
+   the teacher and the settings are the same.
+2. **Straightening**: ``d2f.training.train`` unchanged, on the pairs (``TrainConfig.pairs``: a
+   ``d2f.training.pairs.PairBatches`` instead of image batches), with the student starting as the teacher
+   (``init_weights``) and the Diff2Flow objective (or naive FM, ``objective="fm"``) on the paired points:
+
+       x_t = t x1 + (1 - t) x0,    loss = || v_hat(x_t, t) - (x1 - x0) ||^2
+
+   Captions are never dropped and the student is sampled with guidance 1: the teacher's guidance is distilled
+   into it, so one sampler step is one network call.
+3. The result is a normal run folder, ``objective: reflow`` in ``d2f_run.json`` (sampled as its
+   ``reflow_objective``, FM Euler, 1 step, guidance 1), validation grids at 1, 2 and 4 steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from d2f.errors import UserError
+from d2f.reflow.pairs import PairSettings, generate_pairs, weights_fingerprint
+from d2f.training.config import TrainConfig, check_config
+from d2f.training.data import BuiltinResolver
+
+VALIDATION_STEPS = [1, 2, 4]
+
+
+@dataclass
+class ReflowConfig:
+    """The teacher and the pairs; ``train`` holds ``TrainConfig`` settings of the straightening (steps, lr, ...)."""
+
+    model: str | None = None  # None with a lora: the run's base model; with neither: the built-in prior
+    lora: str | None = None  # the teacher run (a run folder of d2f train / d2f reflow)
+    data: str | None = None  # whose captions the pairs use (None: the teacher run's data, else shapes-target)
+    num_pairs: int = 1024
+    pair_steps: int = 25
+    pair_sampler: str | None = None  # None: the teacher's own (the run's; ddim for an untouched model)
+    guidance: float | None = None  # the teacher's guidance (None: the run's, else 2.0)
+    pairs: str | None = None  # the pairs folder (None: <output>/pairs)
+    objective: str | None = None  # the student's: diff2flow or fm (None: fm for an fm teacher, else diff2flow)
+    output: str | None = None  # None: runs/<teacher>-reflow
+    seed: int = 0
+    resolution: int | None = None
+    shard_size: int = 64
+    train: dict = field(default_factory=dict)
+
+
+def reflow(
+    rcfg: ReflowConfig, callback: Callable[[dict], None] | None = None, builtin: BuiltinResolver | None = None
+) -> dict:
+    """Make (or reuse) the pairs, then train the student; returns ``train``'s summary with ``pairs`` added.
+    ``callback`` receives ``train``'s events and ``{"event": "pairs", "done", "total"}`` per shard written."""
+    import torch
+
+    from d2f.pipeline import load_pipeline, pipe_parametrization
+    from d2f.pipeline.models import resolve_model
+    from d2f.training.loop import train
+
+    callback = callback or (lambda event: None)
+    if rcfg.num_pairs < 1:
+        raise UserError(f"--num-pairs must be at least 1, got {rcfg.num_pairs}")
+    if rcfg.objective not in (None, "diff2flow", "fm"):
+        raise UserError(f"the student's --objective is diff2flow or fm, got {rcfg.objective!r}")
+    teacher = load_pipeline(rcfg.model, rcfg.lora)  # a model d2f cannot sample is a UserError here
+    run = teacher.d2f_run or {}
+    flow = pipe_parametrization(teacher)
+    cfg = _student_config(rcfg, teacher, run, flow.name)
+    check_config(cfg)
+    _check_output_early(cfg)
+    from d2f.training.data import load_data
+
+    data = load_data(
+        cfg.data,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+        resolution=cfg.resolution,
+        max_samples=cfg.max_samples,
+        skip_bad_images=cfg.skip_bad_images,
+        seed=cfg.seed,
+        builtin=builtin,
+    )
+    settings = PairSettings(
+        teacher_model=resolve_model(cfg.model).source,
+        teacher_weights=cfg.init_weights,
+        teacher_fingerprint=weights_fingerprint(cfg.init_weights),
+        objective=flow.name,
+        sampler=rcfg.pair_sampler or run.get("sampler") or flow.sampler,
+        steps=rcfg.pair_steps,
+        guidance=float(rcfg.guidance if rcfg.guidance is not None else run.get("guidance", 2.0)),
+        num_pairs=rcfg.num_pairs,
+        seed=rcfg.seed,
+        height=cfg.resolution,
+        width=cfg.resolution,
+        captions=_captions(data, rcfg.seed),
+        shard_size=rcfg.shard_size,
+    )
+    if torch.cuda.is_available():
+        teacher.to("cuda")
+    record = generate_pairs(
+        teacher, settings, cfg.pairs, lambda done, total: callback({"event": "pairs", "done": done, "total": total})
+    )
+    del teacher
+    summary = train(cfg, callback=callback, builtin=builtin)
+    summary["pairs"] = {k: record.get(k) for k in ("shards", "shards_written", "seconds", "bytes")}
+    summary["pairs"]["folder"] = str(cfg.pairs)
+    summary["sample_command"] = f"d2f sample --lora {summary['output_dir']} --steps 1"
+    return summary
+
+
+def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: str) -> TrainConfig:
+    """The ``TrainConfig`` of the straightening: the teacher's base model and weights, unguided sampling at 1 step."""
+    from d2f.pipeline.run_folder import resolve_lora
+    from d2f.training.start_weights import lora_file_settings
+
+    weights = str(resolve_lora(rcfg.lora)[0]) if rcfg.lora else None
+    settings = run.get("settings") or {}
+    resolution = rcfg.resolution or run.get("resolution")
+    resolution = resolution or int(teacher.unet.config.sample_size) * teacher.vae_scale_factor
+    objective = rcfg.objective or ("fm" if teacher_objective == "fm" else "diff2flow")
+    base = run.get("base_model") or rcfg.model or "tiny-shapes-eps"
+    name = Path(rcfg.lora).name if rcfg.lora else Path(base).name
+    output = Path(rcfg.output) if rcfg.output else Path("runs") / f"{name}-reflow-{objective}"
+    own = dict(
+        model=base,
+        model_config=run.get("model_config"),
+        data=rcfg.data or settings.get("data") or TrainConfig.data,
+        objective=objective,
+        prediction_type=run.get("prediction_type") if run else None,
+        zero_terminal_snr=bool((run.get("schedule") or {}).get("zero_terminal_snr")),
+        resolution=resolution,
+        output=str(output),
+        seed=rcfg.seed,
+        caption_dropout=0.0,  # the student is unguided: no empty-caption branch to learn
+        guidance=1.0,
+        sample_steps=1,
+        validation_steps=VALIDATION_STEPS,
+        init_weights=weights,
+        pairs=str(rcfg.pairs or output / "pairs"),
+    )
+    if weights and Path(weights).is_file():  # a LoRA teacher: the student is a LoRA of its rank and alpha
+        lora = lora_file_settings(weights)
+        own.update(lora_rank=lora["rank"], lora_alpha=lora["alpha"], lora_targets=lora["targets"])
+    elif weights:
+        own.update(lora_rank=0)
+    given = dict(rcfg.train)
+    for key in ("lora_rank", "lora_alpha", "lora_targets"):
+        if key in own and key in given and given[key] != own[key]:
+            raise UserError(
+                f"the student starts as the teacher {weights}, whose {key.replace('_', '-')} is {own[key]}: "
+                f"drop --{key.replace('_', '-')} {given[key]}"
+            )
+    return TrainConfig(**{**given, **own})
+
+
+def _check_output_early(cfg: TrainConfig) -> None:
+    """The output folder's checks of ``d2f train`` before the (long) pair generation."""
+    from d2f.files import check_writable_dir
+    from d2f.training.output import check_output
+
+    check_writable_dir(Path(cfg.output), "--output")
+    check_output(cfg, Path(cfg.output))
+
+
+def _captions(data, seed: int) -> list[str]:
+    """The captions pair i cycles through: a built-in world's prompts, else the data's distinct non-empty
+    captions in an order shuffled by ``seed`` (so that few pairs are not the first folder's captions)."""
+    import torch
+
+    if data.builtin:
+        return list(data.builtin.prompts)
+    distinct = list(dict.fromkeys(c for c in data.captions if c))
+    order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [distinct[k] for k in order]
