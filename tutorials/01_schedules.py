@@ -14,12 +14,15 @@
 # %% [markdown]
 # # 1. Diffusion schedules: betas, alphas_cumprod, alpha and sigma, log-SNR
 #
-# Diff2Flow turns a pretrained diffusion model into a flow-matching (FM) model. Everything it does is
-# a change of coordinates built from one object: the model's **noise schedule**. This notebook takes
-# that object apart.
+# Diff2Flow ([Schusterbauer et al. 2025, arXiv:2506.02221](https://arxiv.org/abs/2506.02221)) turns a
+# pretrained diffusion model into a flow-matching (FM) model. Section 1.0 says what FM is and why one would
+# want that; everything Diff2Flow then does is a change of coordinates built from one object, the model's
+# **noise schedule**, which the rest of this notebook takes apart.
 #
 # **Learning goals**
 #
+# 0. Know what flow matching learns (the marginal velocity `E[x1 - x0 | x_t]`) and why one would read a
+#    diffusion model as an FM model.
 # 1. Go from the `betas` of a diffusers scheduler config to `alphas_cumprod`, `alpha`, `sigma` and
 #    the log signal-to-noise ratio `lam`, and evaluate them at *fractional* timesteps.
 # 2. See that SD 1.x and SD 2.x share one schedule and differ only in what the network predicts
@@ -36,6 +39,12 @@
 # | `i` in {0..N-1}, `tau` in [0, N-1] | discrete / continuous **diffusion** time: **0 = data, N-1 = noise** |
 # | `t` in [0, 1] | **FM** time: **t = 0 is noise, t = 1 is data** (notebook 2) |
 # | `z = alpha*x1 + sigma*eps` | a diffusion-noised sample |
+# | `x_t = t*x1 + (1-t)*x0` | the straight FM interpolant |
+# | `u = x1 - x0`, `u_hat` | the **FM velocity** (noise -> data) and a model's estimate of it |
+# | `v = alpha*eps - sigma*x1` | the **v-prediction target** of SD 2.x-style networks: *not* an FM velocity |
+#
+# Two "velocities" live in this field and must not be confused: `v` is only ever the v-prediction target,
+# `u` (code: `velocity`) only ever the FM velocity.
 #
 # Naming trap: diffusion papers call the data "x0"; in FM (and in d2f) x0 is the *noise*. d2f's code
 # says `data` and `noise` where it can.
@@ -57,6 +66,102 @@ from d2f.core.schedule import PRESETS, make_betas
 
 torch.set_printoptions(precision=6, sci_mode=False)
 print("d2f", d2f.__version__, "| torch", torch.__version__)
+
+# %% [markdown]
+# ## 1.0 Why: flow matching in one page, and why start from a diffusion model
+#
+# A **flow-matching model** generates by integrating an ODE `dx/dt = u(x, t)` from Gaussian noise at
+# `t = 0` to data at `t = 1` (docs/math.md §2; Lipman et al. 2023, Liu et al. 2022). It is trained by plain
+# regression: draw data `x1`, noise `x0` and a time `t`, form the point on the straight line between them,
+#
+#     x_t = t*x1 + (1-t)*x0,        minimise  E || f(x_t, t) - (x1 - x0) ||^2 .
+#
+# Each training pair moves at constant speed `x1 - x0`, but many pairs pass through the same `x_t`, so the
+# best `f` is their average, the **marginal velocity**
+#
+#     u(x, t) = E[x1 - x0 | x_t = x]
+#
+# and integrating *that* field carries the noise distribution exactly onto the data distribution. Sampling
+# is a handful of Euler steps along it; the objective has no weighting to tune; and it is what SD3 and Flux
+# are trained with.
+#
+# **Why from a diffusion model?** Most pretrained image models (SD 1.x, 2.x) are *diffusion* models. Diff2Flow
+# observes that such a network already estimates this marginal velocity, after three changes of coordinates:
+# its time (`t = alpha/(alpha+sigma)`, notebook 2), its input (`z = c(t) x_t`, notebook 2), and its output
+# (`u_hat = x1_hat - eps_hat`, notebook 3). So one can finetune it with the FM objective, and sample it as an
+# FM model, without training an FM model from scratch. What that changes relative to ordinary diffusion
+# finetuning is derived in notebook 3 (section 3.6) and measured in notebook 4.
+#
+# The picture below makes the marginal velocity concrete on a 2D toy whose data is a mixture of three small
+# Gaussian blobs. There `E[x1 - x0 | x_t]` has a closed form: given `x_t`, each blob `k` has a posterior
+# weight `r_k`, and within a blob everything is Gaussian.
+
+# %%
+# data: x1 ~ sum_k w_k N(mu_k, s^2 I) in 2D; noise x0 ~ N(0, I)
+MU = torch.tensor([[-2.0, 1.0], [2.0, 1.0], [0.0, -2.0]], dtype=torch.float64)
+W_K = torch.tensor([0.3, 0.3, 0.4], dtype=torch.float64)
+S_K = 0.3
+
+
+def marginal_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+    """u(x, t) = E[x1 - x0 | x_t = x] for the mixture, float64; x is (B, 2)."""
+    # given blob k:  x_t ~ N(t mu_k, var_t I),  var_t = t^2 s^2 + (1-t)^2
+    var_t = t**2 * S_K**2 + (1 - t) ** 2
+    d = x[:, None, :] - t * MU[None]  # (B, K, 2): x - t mu_k
+    # r_k proportional to w_k N(x; t mu_k, var_t I)   (same var_t for all k: the normaliser cancels)
+    r = torch.softmax(W_K.log() - (d**2).sum(-1) / (2 * var_t), dim=1)
+    # E[x1 | x_t, k] = mu_k + (t s^2 / var_t) d,   E[x0 | x_t, k] = ((1-t) / var_t) d
+    u_k = MU[None] + (t * S_K**2 - (1 - t)) / var_t * d
+    return (r[..., None] * u_k).sum(1)
+
+
+def sample_data(n: int, gen: torch.Generator) -> torch.Tensor:
+    k = torch.multinomial(W_K, n, replacement=True, generator=gen)
+    return MU[k] + S_K * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+
+
+from d2f.sampling import sample_euler, time_grid
+
+gen = torch.Generator().manual_seed(0)
+pairs_x0, pairs_x1 = torch.randn(40, 2, generator=gen, dtype=torch.float64), sample_data(40, gen)
+starts = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+path = [starts]
+sample_euler(marginal_velocity, starts, time_grid(200), callback=lambda st: path.append(st["x"]))
+path = torch.stack(path)  # (201, 40, 2): the marginal ODE from 40 noise points
+
+fig, ax = plt.subplots(1, 2, figsize=(10, 4.4), sharex=True, sharey=True)
+for k in range(40):
+    ax[0].plot([pairs_x0[k, 0], pairs_x1[k, 0]], [pairs_x0[k, 1], pairs_x1[k, 1]], color="C0", lw=0.7, alpha=0.6)
+    ax[1].plot(path[:, k, 0], path[:, k, 1], color="C1", lw=0.9)
+ax[0].scatter(*pairs_x0.T, s=8, color="k", label="noise x0 (t = 0)")
+ax[0].scatter(*pairs_x1.T, s=8, color="C3", label="data x1 (t = 1)")
+ax[0].plot([], [], color="C0", label="training pairs: x_t = t x1 + (1-t) x0")
+ax[1].scatter(*path[0].T, s=8, color="k", label="start: noise")
+ax[1].scatter(*path[-1].T, s=8, color="C3", label="end: generated")
+ax[1].plot([], [], color="C1", label="dx/dt = E[x1 - x0 | x_t]")
+ax[0].set(title="what FM trains on: straight, crossing lines", xlabel="x[0]", ylabel="x[1]")
+ax[1].set(title="what it learns: the marginal flow (curved, never crossing)", xlabel="x[0]")
+for axis in ax:
+    axis.legend(fontsize=7, loc="lower left")
+    axis.set_aspect("equal")
+fig.tight_layout()
+
+# %% [markdown]
+# The training lines cross; an ODE's trajectories cannot, so the marginal flow bends: it first heads for
+# the data's mean, then commits to a blob. That curvature is what makes few-step sampling imperfect.
+#
+# **Check yourself.** Integrating the marginal velocity from fresh noise must reproduce the data: the same
+# blob weights (each within 0.03 of `w_k`) and points within a few `s` of their blob's centre.
+
+# %%
+x_gen = sample_euler(marginal_velocity, torch.randn(4000, 2, generator=gen, dtype=torch.float64), time_grid(200))
+dist = torch.cdist(x_gen, MU)  # (4000, K)
+blob = dist.argmin(1)
+share = torch.bincount(blob, minlength=3).double() / len(x_gen)
+print("blob shares", [round(v, 3) for v in share.tolist()], " target", W_K.tolist())
+print(f"distance to own blob centre: median {dist.min(1).values.median():.3f} (s = {S_K}; sqrt(2 ln 2) s = 0.353)")
+assert (share - W_K).abs().max() < 0.03
+assert dist.min(1).values.median() < 0.45 and dist.min(1).values.max() < 5 * S_K
 
 # %% [markdown]
 # ## 1.1 From betas to alphas_cumprod
@@ -85,6 +190,7 @@ for name in betas:
     ax[0].plot(betas[name], label=name)
     ax[1].plot(abar[name], label=name)
 ax[0].set(xlabel="timestep i", ylabel="beta_i", title="betas", yscale="log")
+ax[0].legend(fontsize=8)
 ax[1].set(xlabel="timestep i", ylabel="abar_i", title="alphas_cumprod: signal variance left")
 ax[1].legend()
 fig.tight_layout()
@@ -119,9 +225,10 @@ assert gap < 1e-6
 #     z = alpha * x1 + sigma * eps,    alpha^2 + sigma^2 = 1
 #
 # Notebook 2 will need the schedule *between* integer timesteps: an FM time `t` maps to a fractional
-# `tau` such as 353.89. d2f interpolates the **log-SNR** (section 1.3; docs/math.md §3) linearly in tau
-# and derives alpha and sigma from it, so `alpha^2 + sigma^2 = 1` holds at every tau and the table is
-# reproduced exactly at integers.
+# `tau` such as 353.89. d2f interpolates the **log-SNR** `lam` (section 1.3; docs/math.md §3) linearly in
+# tau and derives alpha and sigma from it: `alpha^2 + sigma^2 = 1` holds at every tau and the table is
+# reproduced exactly at integers. (That alone is no reason to prefer `lam`: interpolating `abar` linearly
+# would keep both properties too. The reason comes in 1.3.)
 
 # %%
 taus = torch.tensor([0.0, 1.0, 250.0, 353.89, 500.0, 750.0, 998.5, 999.0], dtype=torch.float64)
@@ -156,6 +263,12 @@ print("ok: table reproduced at integers; alpha^2 + sigma^2 = 1 at 10,000 random 
 #
 #     lam(tau) = piecewise-linear interpolation of lam_i in tau
 #     alpha(tau) = sqrt(sigmoid(lam(tau)))      sigma(tau) = sqrt(sigmoid(-lam(tau)))
+#
+# **Why interpolate `lam` and not `abar`?** Notebook 2 shows that the FM time of a timestep depends on
+# `lam` alone: `t = alpha/(alpha+sigma) = sigmoid(lam/2)`. So with `lam` piecewise linear in tau, the
+# inverse map `t -> tau` is closed-form and exact: `lam = 2*logit(t)`, then one linear solve on the segment
+# that contains it (docs/math.md §3-§4). With `abar` interpolated one would first have to convert
+# `t -> abar = t^2/(t^2 + (1-t)^2)`, a detour through the quantity `t` does not depend on directly.
 
 # %%
 lam_table = sd15.log_snr_table
@@ -166,12 +279,12 @@ tau_fine = torch.linspace(0, N - 1, 2001, dtype=torch.float64)
 ax[0].plot(tau_fine, sd15.alpha(tau_fine), label="alpha (signal)")
 ax[0].plot(tau_fine, sd15.sigma(tau_fine), label="sigma (noise)")
 ax[0].axhline(1 / math.sqrt(2), ls=":", color="k", lw=0.8)
-ax[0].set(xlabel="diffusion time tau (0 = data)", title="SD: alpha and sigma")
+ax[0].set(xlabel="diffusion time tau (0 = data)", ylabel="scale", title="SD: alpha and sigma (dotted: 1/sqrt 2)")
 ax[0].legend()
 for name in abar:
     a_ = abar[name].clamp(max=1 - 1e-12)
     ax[1].plot((a_ / (1 - a_)).log(), label=name)
-ax[1].set(xlabel="timestep i", ylabel="lam", title="log-SNR of the three beta schedules")
+ax[1].set(xlabel="timestep i", ylabel="lam = log(abar / (1 - abar))", title="log-SNR of the three beta schedules")
 ax[1].legend()
 fig.tight_layout()
 
@@ -223,6 +336,10 @@ assert [s.prediction_type for s in presets.values()] == ["epsilon", "epsilon", "
 # We can measure the leak on real images of d2f's built-in world: 32 px shapes on a light background
 # (the *base* domain) or a dark one (the *target* domain). Noise them to tau = N-1 and try to tell the
 # two apart from **the mean of z alone**.
+#
+# **Predict first.** The per-pixel SNR at tau = N-1 is 0.0047 (signal std 0.068 against noise std 0.998).
+# A classifier that only looks at the sign of the image mean of `z`: what accuracy do you expect, 50 %
+# (chance), 75 %, or 99 %? Write your guess down, then run the next two cells.
 
 # %%
 from d2f.world.shapes import draw, make_specs
@@ -255,11 +372,18 @@ def leak_accuracy(schedule: Schedule, tau: float, seed: int = 0) -> float:
     return float(correct) / (len(light) + len(dark))
 
 
+from d2f.world.estimators import wilson_interval
+
+n_leak = len(light) + len(dark)
 acc_sd = leak_accuracy(sd15, N - 1)
-print(f"SD schedule, tau = N-1: mean(z) tells light from dark for {acc_sd:.1%} of images")
+lo_sd, hi_sd = wilson_interval(round(acc_sd * n_leak), n_leak)
+print(f"SD schedule, tau = N-1: mean(z) tells light from dark for {acc_sd:.1%} of {n_leak} images")
+print(f"  95% Wilson interval [{lo_sd:.1%}, {hi_sd:.1%}]")
 
 # %% [markdown]
-# The per-pixel SNR at tau = N-1 is 0.0047, yet a one-number classifier is nearly perfect. The fix of
+# The per-pixel SNR at tau = N-1 is 0.0047, yet a one-number classifier is nearly perfect: the image mean
+# averages the noise over D = 3072 elements (its std drops to `sigma/sqrt(D)`, about 0.018) while the signal
+# difference between the domains stays. The fix of
 # Lin et al. (docs/math.md §12) rescales alpha so that the last step is pure noise while the
 # first step stays put:
 #
@@ -273,15 +397,16 @@ print(zt)
 ends = zt.alpha(torch.tensor([0.0, N - 1.0], dtype=torch.float64))
 print(f"alpha'_0 = {ends[0]:.6f} (SD: {sd15.alpha(torch.tensor(0.0)):.6f})   alpha'_(N-1) = {ends[1]:.6f}")
 acc_zt = leak_accuracy(zt, N - 1)
-print(f"zero terminal SNR, tau = N-1: {acc_zt:.1%} (chance is 50%)")
+lo_zt, hi_zt = wilson_interval(round(acc_zt * n_leak), n_leak)
+print(f"zero terminal SNR, tau = N-1: {acc_zt:.1%}, 95% interval [{lo_zt:.1%}, {hi_zt:.1%}] (chance is 50%)")
 
 # %% [markdown]
 # **Check yourself.** The leak is real on SD's schedule and gone with zero terminal SNR; the rescaled
 # table keeps alpha_0, ends at exactly 0, and matches diffusers' `rescale_betas_zero_snr=True`.
 
 # %%
-assert acc_sd > 0.95, acc_sd
-assert 0.35 < acc_zt < 0.65, acc_zt
+assert lo_sd > 0.9, (acc_sd, lo_sd)  # far above chance, with its interval
+assert lo_zt < 0.5 < hi_zt, (acc_zt, lo_zt, hi_zt)  # chance lies inside the interval
 assert torch.isclose(zt.alphas_cumprod[0], sd15.alphas_cumprod[0], atol=1e-15)
 assert float(zt.alphas_cumprod[-1]) == 0.0 and float(zt.log_snr(torch.tensor(N - 1.0))) == -math.inf
 ddpm_zt = DDPMScheduler(**PRESETS["sd2-v"], rescale_betas_zero_snr=True)
@@ -292,12 +417,12 @@ print("ok")
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
 ax[0].plot(tau_fine, sd15.alpha(tau_fine), label="SD")
 ax[0].plot(tau_fine, zt.alpha(tau_fine), "--", label="zero terminal SNR")
-ax[0].set(xlabel="tau", title="alpha (signal scale)", xlim=(800, 999), ylim=(0, 0.3))
+ax[0].set(xlabel="diffusion time tau", ylabel="alpha", title="alpha (signal scale), last 200 steps", xlim=(800, 999), ylim=(0, 0.3))
 ax[0].legend()
 ax[1].plot(tau_fine, sd15.log_snr(tau_fine), label="SD")
 lam_zt = zt.log_snr(tau_fine)
 ax[1].plot(tau_fine[lam_zt.isfinite()], lam_zt[lam_zt.isfinite()], "--", label="zero terminal SNR (-> -inf)")
-ax[1].set(xlabel="tau", title="log-SNR")
+ax[1].set(xlabel="diffusion time tau", ylabel="lam", title="log-SNR")
 ax[1].legend()
 fig.tight_layout()
 
@@ -355,9 +480,13 @@ print(f"SD: t in [{t_min:.4f}, {t_max:.4f}];  zero terminal SNR: t in [{t_range(
 # %% [markdown]
 # ## Summary
 #
+# * Flow matching learns the marginal velocity `E[x1 - x0 | x_t]` by regression on straight lines; its ODE
+#   carries noise to data along curved trajectories. Diff2Flow reads a pretrained diffusion model as such a
+#   model (arXiv:2506.02221).
 # * A schedule is the table `abar_i = prod (1 - beta_k)`; `alpha = sqrt(abar)`, `sigma = sqrt(1 - abar)`,
-#   `lam = log(abar/(1-abar))`. d2f interpolates `lam` linearly for fractional tau, which keeps
-#   `alpha^2 + sigma^2 = 1` everywhere.
+#   `lam = log(abar/(1-abar))`. d2f interpolates `lam` linearly for fractional tau: that keeps
+#   `alpha^2 + sigma^2 = 1` (as interpolating `abar` would), and, the real reason, makes the FM time
+#   `t = sigmoid(lam/2)` exactly invertible in closed form.
 # * SD 1.x and 2.x share the scaled-linear schedule; they differ in `prediction_type` (epsilon vs v).
 # * SD's last step is not pure noise (`alpha_{N-1} = 0.068`); the image mean leaks through it, which we
 #   measured on real images. Zero terminal SNR removes the leak, changes the schedule the network was
