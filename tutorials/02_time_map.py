@@ -74,7 +74,9 @@ print(sched)
 #
 # using `alpha/sigma = exp(lam/2)` from notebook 1. Because `lam` is strictly decreasing, so is `t(tau)`,
 # and the inverse is explicit: `lam = 2*logit(t)`, then `tau` is where the piecewise-linear `lam(tau)`
-# takes that value. `d2f.t_of_tau` and `d2f.tau_of_t` are the two directions.
+# takes that value, one linear solve on one segment. This is why notebook 1 interpolates `lam` (not `abar`)
+# between timesteps: `t` is a function of `lam` alone, so the inverse needs no iteration and is exact.
+# `d2f.t_of_tau` and `d2f.tau_of_t` are the two directions.
 
 # %%
 taus = torch.tensor([0.0, 100.0, 353.89, 500.0, 750.0, 999.0], dtype=torch.float64)
@@ -109,14 +111,18 @@ print("ok: t = alpha/(alpha+sigma) = sigmoid(lam/2), strictly decreasing, exact 
 #
 # A tempting shortcut is `t = 1 - tau/(N-1)`: the "naive FM" baseline of notebook 4 feeds the network that
 # timestep. The true map is far from linear: the middle of FM time, `t = 0.5`, is where signal and noise
-# are equally strong (`alpha = sigma`), which for SD is at `tau = 353.9`, not at 499.5.
+# are equally strong (`alpha = sigma`).
+#
+# **Predict first.** Which diffusion timestep is `t = 0.5` for SD? The naive map says 499.5. Is the true
+# one larger or smaller, and by roughly how much? (Hint: notebook 1's plot of alpha and sigma.) The cell
+# prints the answer under the plot.
 
 # %%
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
 ax[0].plot(tau_grid[::100], t_of_tau(sched, tau_grid[::100]), label="t(tau) = alpha/(alpha+sigma)")
 ax[0].plot([0, N - 1], [1, 0], "--", label="naive  t = 1 - tau/(N-1)")
-for y in (t_min, t_max):
-    ax[0].axhline(y, color="grey", lw=0.8, ls=":")
+for y, lab in ((t_min, "t_min, t_max: the covered range"), (t_max, None)):
+    ax[0].axhline(y, color="grey", lw=0.8, ls=":", label=lab)
 ax[0].set(xlabel="diffusion time tau (0 = data)", ylabel="FM time t (1 = data)", title="the time map")
 ax[0].legend()
 t_fine = torch.linspace(t_min, t_max, 400, dtype=torch.float64)
@@ -173,7 +179,8 @@ assert is_clamped(sched, ts).tolist() == [True, True, False, False, False, True,
 print("ok")
 
 # %% [markdown]
-# How much of FM time is clamped? `t_min + (1 - t_max) = 9.2 %` of a uniform time grid. Near `t = 0` the
+# How much of FM time is clamped? `t_min + (1 - t_max) = 9.2 %` of a uniform time grid (6.4 % at the noise
+# end, 2.8 % at the data end). Near `t = 0` the
 # clamp treats pure noise as if 6.4 % of data were mixed in: a small, known mismatch that finetuning with
 # the Diff2Flow objective (which draws `t` uniformly on [0, 1]) teaches the model to absorb.
 #
@@ -319,8 +326,8 @@ for axis in ax:
         axis.axvspan(lo, hi, color="grey", alpha=0.3)
     axis.set(xlabel="FM time t (0 = noise, 1 = data)")
     axis.legend()
-ax[0].set(title="the scale c(t)")
-ax[1].set(title="std of the network input, real latents", ylim=(0.6, 1.2))
+ax[0].set(title="the scale c(t)", ylabel="c(t)")
+ax[1].set(title="std of the network input, real latents", ylabel="standard deviation", ylim=(0.6, 1.2))
 fig.tight_layout()
 
 inside_line = ~is_clamped(sched, t_line)
