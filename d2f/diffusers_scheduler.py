@@ -15,7 +15,7 @@ For the k-th evaluation point t_k of the grid ``time_grid(K, shift, t_start)``:
 
     timesteps[k]                = tau(t_k)              fractional diffusion timestep (float)
     scale_model_input(x, tau_k) = c(t_k) x              the aligned sample z the network sees
-    step(o, tau_k, x)           = x + (t_{k+1} - t_k) v,   v = x1_hat(o, z) - eps_hat(o, z)
+    step(o, tau_k, x)           = x + (t_{k+1} - t_k) u,   u = x1_hat(o, z) - eps_hat(o, z)
 
 Guidance is the pipeline's own (on the raw output, which is equivalent, §7). t is clamped to the
 covered range for tau, c, alpha and sigma (§5), so several grid points near t = 0 can share
@@ -193,17 +193,17 @@ class Diff2FlowEulerScheduler(SchedulerMixin, ConfigMixin):
         return z.to(sample.dtype)
 
     def velocity(self, model_output: torch.Tensor, sample: torch.Tensor, t: float) -> torch.Tensor:
-        """v at (x, t) from the raw (already guided) output (``Parametrization.velocity_from_output``)."""
+        """u at (x, t) from the raw (already guided) output (``Parametrization.velocity_from_output``)."""
         return self.model.velocity_from_output(model_output, sample.float(), t)
 
     def step(
         self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True, **kwargs
     ) -> SchedulerOutput | tuple:
-        """One FM Euler step:  x <- x + (t_{k+1} - t_k) v(x, t_k).  Returns the next pipeline state x."""
+        """One FM Euler step:  x <- x + (t_{k+1} - t_k) u(x, t_k).  Returns the next pipeline state x."""
         t, t_next = self._current()
-        v = self.velocity(model_output, sample, t)
-        # x_{k+1} = x_k + (t_{k+1} - t_k) v
-        prev_sample = (sample.float() + (t_next - t) * v).to(sample.dtype)
+        u = self.velocity(model_output, sample, t)
+        # x_{k+1} = x_k + (t_{k+1} - t_k) u
+        prev_sample = (sample.float() + (t_next - t) * u).to(sample.dtype)
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
@@ -213,8 +213,8 @@ class Diff2FlowHeunScheduler(Diff2FlowEulerScheduler):
     2K - 1 network evaluations, at t_0, t_1, t_1, ..., t_{K-1}, t_{K-1} (predictor and corrector share a
     time), and the last step is Euler.
 
-        predictor at t_k:   x_euler = x_k + h v_k                    (returned, the pipeline evaluates it)
-        corrector at t_k+1: x_{k+1} = x_k + h (v_k + v(x_euler)) / 2
+        predictor at t_k:   x_euler = x_k + h u_k                    (returned, the pipeline evaluates it)
+        corrector at t_k+1: x_{k+1} = x_k + h (u_k + u(x_euler)) / 2
     """
 
     order = 2
@@ -245,17 +245,17 @@ class Diff2FlowHeunScheduler(Diff2FlowEulerScheduler):
         self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True, **kwargs
     ) -> SchedulerOutput | tuple:
         t, t_next = self._current()
-        v = self.velocity(model_output, sample, t)
+        u = self.velocity(model_output, sample, t)
         if self._saved is None:
             h = t_next - t
-            # x_euler = x_k + h v_k
-            prev_sample = sample.float() + h * v
+            # x_euler = x_k + h u_k
+            prev_sample = sample.float() + h * u
             if self._step_index != len(self.points) - 1:  # the last step stays Euler
-                self._saved = (sample.float(), v, h)
+                self._saved = (sample.float(), u, h)
         else:
-            x, v_first, h = self._saved
-            # x_{k+1} = x_k + h (v_k + v(x_euler, t_{k+1})) / 2
-            prev_sample = x + h * (v_first + v) / 2
+            x, u_first, h = self._saved
+            # x_{k+1} = x_k + h (u_k + u(x_euler, t_{k+1})) / 2
+            prev_sample = x + h * (u_first + u) / 2
             self._saved = None
         self._step_index += 1
         prev_sample = prev_sample.to(sample.dtype)

@@ -100,11 +100,11 @@ class Parametrization:
         raise NotImplementedError
 
     def velocity_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
-        """The FM velocity v_hat (B, ...) at (x_t, t) from the raw (possibly guided) network output."""
+        """The FM velocity u_hat (B, ...) at (x_t, t) from the raw (possibly guided) network output."""
         raise NotImplementedError
 
     def velocity(self, net: Net, x_t: torch.Tensor, t, cond) -> torch.Tensor:
-        """v_hat(x_t, t) = velocity_from_output(net(network_input(x_t, t), cond)): one network call."""
+        """u_hat(x_t, t) = velocity_from_output(net(network_input(x_t, t), cond)): one network call."""
         z, timestep = self.network_input(x_t, t)
         return self.velocity_from_output(net(z, timestep, cond), x_t, t)
 
@@ -129,7 +129,7 @@ class Parametrization:
 
         ``data`` x1 and ``noise`` x0 are (B, C, H, W); ``time`` is the FM time t (B,) from ``sample_time``.
 
-            x_t = t x1 + (1 - t) x0,    loss = mean || v_hat(x_t, t) - (x1 - x0) ||^2
+            x_t = t x1 + (1 - t) x0,    loss = mean || u_hat(x_t, t) - (x1 - x0) ||^2
         """
         t = time.to(torch.float32)
         data, noise = data.float(), noise.float()
@@ -146,7 +146,7 @@ class Parametrization:
 class Diff2FlowModel(Parametrization):
     """A diffusion network read as an FM model through the Diff2Flow bridge (§6-§7):
 
-    z = c(t) x_t,   o = net(z, tau(t), cond),   v_hat = x1_hat(o, z) - eps_hat(o, z)
+    z = c(t) x_t,   o = net(z, tau(t), cond),   u_hat = x1_hat(o, z) - eps_hat(o, z)
     """
 
     name = "diff2flow"
@@ -163,7 +163,7 @@ class Diff2FlowModel(Parametrization):
         return z, coef.tau.to(x_t.device, dtype)
 
     def velocity_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
-        # v_hat = x1_hat - eps_hat at z = c(t) x_t
+        # u_hat = x1_hat - eps_hat at z = c(t) x_t
         return fm_velocity(
             self.schedule, output.to(at_least_float32(output.dtype)), x_t, _batch_times(t, x_t), self.prediction_type
         )
@@ -184,7 +184,7 @@ class NaiveFMModel(Parametrization):
         return x_t.to(dtype), timestep.to(x_t.device, dtype)
 
     def velocity_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
-        # v_hat = o
+        # u_hat = o
         return output.to(at_least_float32(output.dtype))
 
 

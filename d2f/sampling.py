@@ -1,13 +1,14 @@
-"""Samplers for the flow-matching ODE  dx/dt = v(x, t),  from t = 0 (noise) to t = 1 (data).
+"""Samplers for the flow-matching ODE  dx/dt = u(x, t),  from t = 0 (noise) to t = 1 (data).
 
 In the spirit of k-diffusion's ``sampling.py``: pure functions with one shared signature
 
     sample_xxx(velocity_fn, x, ts, callback=None) -> x at ts[-1]
 
-where ``velocity_fn(x, t) -> v`` is any velocity field (``Parametrization.velocity`` of a network, see
+where ``velocity_fn(x, t) -> u`` is any FM velocity field (``Parametrization.velocity`` of a network, see
 ``d2f.parametrizations``, with guidance from ``d2f.guidance``), ``x`` is the state at ``ts[0]`` and
 ``ts`` is an increasing 1-D grid of FM times. ``t`` is passed to ``velocity_fn`` as a Python float
-(one time for the whole batch). ``callback(dict(i, t, t_next, x, v))`` is called after every step.
+(one time for the whole batch). ``callback(dict(i, t, t_next, x, velocity))`` is called after every step.
+(u is the FM velocity, noise -> data, docs/math.md §1; ``v`` is reserved for the v-prediction target.)
 
 The grids (docs/math.md §10):
 
@@ -105,15 +106,15 @@ def sample_euler(
 ) -> torch.Tensor:
     """FM Euler (docs/math.md §10): one network call per step.
 
-    x_{k+1} = x_k + (t_{k+1} - t_k) * v(x_k, t_k)
+    x_{k+1} = x_k + (t_{k+1} - t_k) * u(x_k, t_k)
     """
     ts = _check_grid(ts)
     for i, (t, t_next) in enumerate(zip(ts, ts[1:])):
-        v = velocity_fn(x, t)
-        # x <- x + (t_{k+1} - t_k) v(x, t_k)
-        x = x + (t_next - t) * v
+        u = velocity_fn(x, t)
+        # x <- x + (t_{k+1} - t_k) u(x, t_k)
+        x = x + (t_next - t) * u
         if callback is not None:
-            callback({"i": i, "t": t, "t_next": t_next, "x": x, "v": v})
+            callback({"i": i, "t": t, "t_next": t_next, "x": x, "velocity": u})
     return x
 
 
@@ -125,25 +126,25 @@ def sample_heun(
     predictor; two network calls per step, one on the last step (which is Euler, as k-diffusion's
     ``sample_heun`` does at sigma = 0), so 2K - 1 calls for K steps.
 
-        v_k      = v(x_k, t_k)
-        x_euler  = x_k + h v_k,                             h = t_{k+1} - t_k
-        x_{k+1}  = x_k + h (v_k + v(x_euler, t_{k+1})) / 2   (last step: x_{k+1} = x_euler)
+        u_k      = u(x_k, t_k)
+        x_euler  = x_k + h u_k,                             h = t_{k+1} - t_k
+        x_{k+1}  = x_k + h (u_k + u(x_euler, t_{k+1})) / 2   (last step: x_{k+1} = x_euler)
     """
     ts = _check_grid(ts)
     last = len(ts) - 2
     for i, (t, t_next) in enumerate(zip(ts, ts[1:])):
         h = t_next - t
-        v = velocity_fn(x, t)
-        # x_euler = x_k + h v_k
-        x_euler = x + h * v
+        u = velocity_fn(x, t)
+        # x_euler = x_k + h u_k
+        x_euler = x + h * u
         if i == last:
             x = x_euler
         else:
-            # x_{k+1} = x_k + h (v_k + v(x_euler, t_{k+1})) / 2
-            v = (v + velocity_fn(x_euler, t_next)) / 2
-            x = x + h * v
+            # x_{k+1} = x_k + h (u_k + u(x_euler, t_{k+1})) / 2
+            u = (u + velocity_fn(x_euler, t_next)) / 2
+            x = x + h * u
         if callback is not None:
-            callback({"i": i, "t": t, "t_next": t_next, "x": x, "v": v})
+            callback({"i": i, "t": t, "t_next": t_next, "x": x, "velocity": u})
     return x
 
 
@@ -155,9 +156,9 @@ def sample_ddim(
 
     DDIM re-noises its two estimates at the next timestep:  z' = alpha' x1_hat + sigma' eps_hat.
     Divided by c' = alpha' + sigma' this reads  x' = t' x1_hat + (1 - t') eps_hat, and the estimates at
-    (x, t) are x1_hat = x + (1 - t) v, eps_hat = x - t v (docs/math.md §7). Substituting,
+    (x, t) are x1_hat = x + (1 - t) u, eps_hat = x - t u (docs/math.md §7). Substituting,
 
-        x_{k+1} = t_{k+1} (x_k + (1 - t_k) v) + (1 - t_{k+1}) (x_k - t_k v) = x_k + (t_{k+1} - t_k) v
+        x_{k+1} = t_{k+1} (x_k + (1 - t_k) u) + (1 - t_{k+1}) (x_k - t_k u) = x_k + (t_{k+1} - t_k) u
 
     so DDIM *is* FM Euler, on DDIM's grid (uniform in tau, not in t): the two samplers differ only by
     where they place their steps. This function is therefore ``sample_euler``; it exists so that the

@@ -10,20 +10,20 @@ tau. Each prediction type gives a data estimate x1_hat and a noise estimate eps_
 
 and the FM velocity (t = 0 noise, t = 1 data) is
 
-    v_hat = x1_hat - eps_hat
+    u_hat = x1_hat - eps_hat
 
-v_hat is affine in o, so classifier-free guidance on the raw output, o_u + w (o_c - o_u), equals
-guidance on the velocity, v_u + w (v_c - v_u).
+u_hat is affine in o, so classifier-free guidance on the raw output, o_u + w (o_c - o_u), equals
+guidance on the velocity, u_u + w (u_c - u_u).
 
-The inverse: given a velocity v and z, the pair (x1, eps) is fixed by z = alpha x1 + sigma eps and
-v = x1 - eps:
+The inverse: given a velocity u and z, the pair (x1, eps) is fixed by z = alpha x1 + sigma eps and
+u = x1 - eps:
 
-    x1 = (z + sigma * v) / (alpha + sigma),     eps = (z - alpha * v) / (alpha + sigma)
+    x1 = (z + sigma * u) / (alpha + sigma),     eps = (z - alpha * u) / (alpha + sigma)
 
 from which the native target (eps, v or x1) follows.
 
 diffusers' FlowMatchEulerDiscreteScheduler is oriented the other way: its sigma = 1 - t is the noise
-level and its model predicts noise - data = -v. ``to_flowmatch``/``from_flowmatch`` convert.
+level and its model predicts noise - data = -u. ``to_flowmatch``/``from_flowmatch`` convert.
 
 Computation is in float32 or better (float64 for float64 inputs) and the answer comes back in the
 dtype of the network output. alpha and sigma are per-sample, shape (B,) (or scalars).
@@ -72,7 +72,7 @@ def estimates(
 def velocity_from_output(
     output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
-    """v_hat = x1_hat - eps_hat, in the dtype of ``output``."""
+    """u_hat = x1_hat - eps_hat, in the dtype of ``output``."""
     data, noise = estimates(output, z, alpha, sigma, prediction_type)
     return (data - noise).to(output.dtype)
 
@@ -84,11 +84,11 @@ def output_from_velocity(
     ``velocity_from_output``."""
     check_prediction_type(prediction_type)
     dtype = at_least_float32(velocity.dtype)
-    v, z = velocity.to(dtype), z.to(dtype)
-    alpha, sigma = per_sample(torch.as_tensor(alpha), v).to(dtype), per_sample(torch.as_tensor(sigma), v).to(dtype)
-    # x1 = (z + sigma v) / (alpha + sigma),  eps = (z - alpha v) / (alpha + sigma)
-    data = (z + sigma * v) / (alpha + sigma)
-    noise = (z - alpha * v) / (alpha + sigma)
+    u, z = velocity.to(dtype), z.to(dtype)
+    alpha, sigma = per_sample(torch.as_tensor(alpha), u).to(dtype), per_sample(torch.as_tensor(sigma), u).to(dtype)
+    # x1 = (z + sigma u) / (alpha + sigma),  eps = (z - alpha u) / (alpha + sigma)
+    data = (z + sigma * u) / (alpha + sigma)
+    noise = (z - alpha * u) / (alpha + sigma)
     native = {"epsilon": noise, "v_prediction": alpha * noise - sigma * data, "sample": data}[prediction_type]
     return native.to(velocity.dtype)
 
@@ -111,10 +111,10 @@ def fm_velocity(
 
 
 def to_flowmatch(t: torch.Tensor, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """d2f (t, v) -> diffusers FlowMatch (sigma, model output):  sigma = 1 - t,  output = -v = noise - data."""
+    """d2f (t, u) -> diffusers FlowMatch (sigma, model output):  sigma = 1 - t,  output = -u = noise - data."""
     return 1 - t, -velocity
 
 
 def from_flowmatch(sigma: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """diffusers FlowMatch (sigma, model output) -> d2f (t, v):  t = 1 - sigma,  v = -output."""
+    """diffusers FlowMatch (sigma, model output) -> d2f (t, u):  t = 1 - sigma,  u = -output."""
     return 1 - sigma, -output

@@ -8,7 +8,7 @@ arXiv 2209.03003; InstaFlow, Liu et al. 2023, arXiv 2309.06380).
    ``d2f.training.pairs.PairBatches`` instead of image batches), with the student starting as the teacher
    (``init_weights``) and the Diff2Flow objective (or naive FM, ``objective="fm"``) on the paired points:
 
-       x_t = t x1 + (1 - t) x0,    loss = || v_hat(x_t, t) - (x1 - x0) ||^2
+       x_t = t x1 + (1 - t) x0,    loss = || u_hat(x_t, t) - (x1 - x0) ||^2
 
    Captions are never dropped and the student is sampled with guidance 1: the teacher's guidance is distilled
    into it, so one sampler step is one network call.
