@@ -417,7 +417,13 @@ print("ok")
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
 ax[0].plot(tau_fine, sd15.alpha(tau_fine), label="SD")
 ax[0].plot(tau_fine, zt.alpha(tau_fine), "--", label="zero terminal SNR")
-ax[0].set(xlabel="diffusion time tau", ylabel="alpha", title="alpha (signal scale), last 200 steps", xlim=(800, 999), ylim=(0, 0.3))
+ax[0].set(
+    xlabel="diffusion time tau",
+    ylabel="alpha",
+    title="alpha (signal scale), last 200 steps",
+    xlim=(800, 999),
+    ylim=(0, 0.3),
+)
 ax[0].legend()
 ax[1].plot(tau_fine, sd15.log_snr(tau_fine), label="SD")
 lam_zt = zt.log_snr(tau_fine)
