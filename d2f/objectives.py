@@ -1,7 +1,8 @@
 """The registry of d2f's training objectives: one name per parametrisation (docs/math.md §8).
 
     diff2flow  ->  Diff2FlowModel   the diffusion network through the bridge, regressing u = x1 - x0
-    fm         ->  NaiveFMModel     the raw output regressing u (the naive baseline)
+    fm         ->  NaiveFMModel     the raw output regressing u (the naive baseline), timestep (1 - t)(N - 1)
+    fm-raw-t   ->  NaiveFMRawTModel the same at the raw timestep t in [0, 1] (the paper code's naive FM)
     diffusion  ->  DiffusionModel   the model's own eps / v / x1 objective (the diffusion baseline)
 
 Every objective costs one forward and one backward of the same network on the same batch; only the input
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 from d2f.core.schedule import Schedule
 from d2f.errors import UserError
-from d2f.parametrizations import Diff2FlowModel, DiffusionModel, NaiveFMModel, Parametrization
+from d2f.parametrizations import Diff2FlowModel, DiffusionModel, NaiveFMModel, NaiveFMRawTModel, Parametrization
 
 OBJECTIVES: dict[str, type[Parametrization]] = {
     "diff2flow": Diff2FlowModel,
     "fm": NaiveFMModel,
+    "fm-raw-t": NaiveFMRawTModel,
     "diffusion": DiffusionModel,
 }
 

@@ -12,6 +12,7 @@ class                  the network sees (z, timestep)     velocity from the outp
 =====================  ================================  ==================================  ===========
 ``Diff2FlowModel``     (c(t) x_t, tau(t))                 x1_hat(o) - eps_hat(o)              u = x1 - x0
 ``NaiveFMModel``       (x_t, (1 - t)(N - 1))              o                                   u = x1 - x0
+``NaiveFMRawTModel``   (x_t, t)                           o                                   u = x1 - x0
 ``DiffusionModel``     as Diff2FlowModel                  as Diff2FlowModel                   eps, v or x1
 =====================  ================================  ==================================  ===========
 
@@ -186,6 +187,21 @@ class NaiveFMModel(Parametrization):
     def velocity_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
         # u_hat = o
         return output.to(at_least_float32(output.dtype))
+
+
+class NaiveFMRawTModel(NaiveFMModel):
+    """Naive flow matching as the paper's code runs it (objective ``fm-raw-t``): the network's timestep is
+    the raw FM time t in [0, 1] itself, so pure noise (t = 0) is timestep 0, the one the pretrained
+    embedding associates with clean images, and the whole path is squeezed into the first timestep
+    interval (docs/math.md §8). Everything else is ``NaiveFMModel``. A baseline, kept to show what the
+    timestep choice alone is worth."""
+
+    name = "fm-raw-t"
+
+    def network_input(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = at_least_float32(x_t.dtype)
+        # timestep = t (the paper code's raw FM time)
+        return x_t.to(dtype), _batch_times(t, x_t).to(x_t.device, dtype)
 
 
 class DiffusionModel(Diff2FlowModel):

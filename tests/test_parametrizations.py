@@ -16,7 +16,7 @@ import torch
 from d2f.core.schedule import Schedule
 from d2f.errors import UserError
 from d2f.objectives import OBJECTIVES, check_objective, parametrization
-from d2f.parametrizations import Diff2FlowModel, DiffusionModel, NaiveFMModel
+from d2f.parametrizations import Diff2FlowModel, DiffusionModel, NaiveFMModel, NaiveFMRawTModel
 
 N = 1000
 
@@ -107,6 +107,28 @@ def test_fm_loss_is_the_hand_computation(batch):
     np.testing.assert_allclose(float(out.loss), per_sample.mean(), rtol=1e-5)
 
 
+def test_fm_raw_t_passes_the_raw_fm_time_as_timestep(batch):
+    """The paper code's naive FM: timestep = t itself (t = 0, pure noise, is timestep 0), unscaled x_t,
+    raw output as velocity; d2f's fm maps the same t to (1 - t)(N - 1)."""
+    data, noise, cond, t = batch
+    schedule = Schedule.preset("sd15")
+    net = RecordingNet()
+    raw = NaiveFMRawTModel(schedule)
+    out = raw.loss(net, data, noise, t, cond)
+    x1, x0, tt = as64(data), as64(noise), t.double().numpy()
+    b = (slice(None), None, None, None)
+    x_t = tt[b] * x1 + (1 - tt[b]) * x0
+    np.testing.assert_allclose(as64(net.z), x_t, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(as64(net.timestep), tt, rtol=1e-6)
+    o = 0.7 * x_t + 1e-3 * tt[b] + as64(cond).mean(axis=(1, 2))[b]
+    np.testing.assert_allclose(as64(out.per_sample), ((o - (x1 - x0)) ** 2).reshape(5, -1).mean(1), rtol=1e-5)
+    ends = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    _, ts = raw.network_input(torch.zeros(3, 1), ends)
+    _, ts_fm = NaiveFMModel(schedule).network_input(torch.zeros(3, 1), ends)
+    assert ts.tolist() == [0.0, 0.5, 1.0] and ts_fm.tolist() == [N - 1, (N - 1) / 2, 0.0]
+    assert raw.t_start == 0.0 and raw.sampler == "euler" and parametrization("fm-raw-t", schedule).name == "fm-raw-t"
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_diffusion_loss_is_the_hand_computation(batch, prediction_type):
     data, noise, cond, _ = batch
@@ -131,12 +153,12 @@ def test_diffusion_loss_is_the_hand_computation(batch, prediction_type):
 
 def test_objectives_are_chosen_by_name_from_one_registry():
     schedule = Schedule.preset("sd15")
-    assert set(OBJECTIVES) == {"diff2flow", "fm", "diffusion"}
+    assert set(OBJECTIVES) == {"diff2flow", "fm", "fm-raw-t", "diffusion"}
     for name in OBJECTIVES:
         flow = parametrization(name, schedule)
         assert flow.name == name and flow.prediction_type == "epsilon"
     assert parametrization("diffusion", schedule, "v_prediction").prediction_type == "v_prediction"
-    with pytest.raises(UserError, match="unknown objective 'flow'.*diff2flow, fm, diffusion"):
+    with pytest.raises(UserError, match="unknown objective 'flow'.*diff2flow, fm, fm-raw-t, diffusion"):
         check_objective("flow")
     with pytest.raises(UserError, match="unknown prediction type"):
         parametrization("diff2flow", schedule, "velocity")
@@ -186,7 +208,7 @@ def test_sample_time():
         Diff2FlowModel(schedule).sample_time(2, "beta", g)
 
 
-@pytest.mark.parametrize("objective", ["diff2flow", "fm", "diffusion"])
+@pytest.mark.parametrize("objective", ["diff2flow", "fm", "fm-raw-t", "diffusion"])
 def test_a_few_steps_lower_each_objective(tiny_sd_eps, objective):
     """12 AdamW steps of the tiny UNet on one fixed batch (fixed noise and times) lower that batch's loss."""
     from diffusers import UNet2DConditionModel

@@ -40,7 +40,11 @@ def train(
         help="Built-in data (shapes-target, shapes-base), a folder (imagefolder, .txt captions, save_to_disk), "
         "a .parquet/.csv/.jsonl file, or a hub dataset.",
     ),
-    objective: str = typer.Option(C.objective, help="diff2flow, fm (naive flow matching) or diffusion."),
+    objective: str = typer.Option(
+        C.objective,
+        help="diff2flow, fm (naive flow matching, timestep (1-t)(N-1)), fm-raw-t (naive FM at the raw timestep t, "
+        "as the paper code) or diffusion.",
+    ),
     prediction_type: str | None = typer.Option(
         C.prediction_type, help="Override the model's prediction type (epsilon, v_prediction, sample)."
     ),

@@ -32,7 +32,9 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         if cfg.lora_rank
         else None,
         "time_convention": TIME_CONVENTION,
-        "fm_timestep": "(1 - t) * (N - 1) on the unscaled x_t" if cfg.objective == "fm" else None,
+        "fm_timestep": {"fm": "(1 - t) * (N - 1) on the unscaled x_t", "fm-raw-t": "t on the unscaled x_t"}.get(
+            cfg.objective
+        ),
         "seed": cfg.seed,
         "status": status,
         "settings": asdict(cfg),

@@ -1,4 +1,5 @@
-"""The built-in world's named datasets for ``d2f train --data``: ``shapes-base`` and ``shapes-target``.
+"""The built-in world's named datasets for ``d2f train --data``: ``shapes-base``, ``shapes-target`` and
+``shapes-novel-colours`` (new content: shapes in colours the priors never drew, ``d2f/world/novel.py``).
 
 ``builtin_data(name, resolution)`` is the resolver that training takes as its ``builtin`` hook: it writes
 the named dataset once as an imagefolder (images + ``metadata.jsonl``) into d2f's cache, so the demo runs
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from d2f.training.data import BuiltinData
 
-DATASETS = {"shapes-base": "base", "shapes-target": "target"}
+DATASETS = {"shapes-base": "base", "shapes-target": "target", "shapes-novel-colours": "novel-colours"}
 NUM_IMAGES = 2048
 SEED = 7  # the priors were built from generator seeds 0 and 1: seed 7 draws images they never saw
 
@@ -36,7 +37,13 @@ def builtin_folder(name: str, resolution: int, num_images: int | None = None, se
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    write_imagefolder(make_dataset(num_images, DATASETS[name], seed, resolution), tmp)
+    if name == "shapes-novel-colours":
+        from d2f.world import novel
+
+        dataset = novel.make_dataset(num_images, seed, resolution)
+    else:
+        dataset = make_dataset(num_images, DATASETS[name], seed, resolution)
+    write_imagefolder(dataset, tmp)
     try:
         os.replace(tmp, folder)
     except OSError:  # another process got there first
@@ -52,6 +59,15 @@ def builtin_data(name: str, resolution: int) -> BuiltinData | None:
     from d2f.world.shapes import all_prompts
 
     domain = DATASETS[name]
+    if name == "shapes-novel-colours":
+        from d2f.world import novel
+
+        return BuiltinData(
+            folder=builtin_folder(name, resolution),
+            domain=novel.DOMAIN,
+            prompts=novel.prompts(),
+            evaluate=lambda images, prompts: novel.evaluate(images, prompts),
+        )
     return BuiltinData(
         folder=builtin_folder(name, resolution),
         domain=domain,

@@ -34,6 +34,13 @@ COLOURS = {
     "purple": (145, 60, 195),
     "orange": (245, 130, 20),
 }
+# colours the priors never drew: the "new content" task ``shapes-novel-colours`` (``d2f/world/novel.py``);
+# the evaluator's colour head does not know them either (novel.py scores them by pixel colour instead)
+NOVEL_COLOURS = {
+    "pink": (240, 110, 190),
+    "cyan": (30, 200, 215),
+    "brown": (130, 80, 35),
+}
 DOMAINS = ("base", "target")
 _SUPERSAMPLE = 4
 
@@ -119,7 +126,7 @@ def draw(spec: ShapeSpec, resolution: int = 32) -> Image.Image:
     side = resolution * _SUPERSAMPLE
     image = Image.new("RGB", (side, side), spec.background)
     pen = ImageDraw.Draw(image)
-    colour = COLOURS[spec.colour]
+    colour = COLOURS[spec.colour] if spec.colour in COLOURS else NOVEL_COLOURS[spec.colour]
     cx, cy, r = spec.cx * side, spec.cy * side, spec.size * side
     # target domain: an outline about 1/14 of the image thick (2-3 px at 32 px), no fill
     fill, width = (colour, 0) if spec.domain == "base" else (None, max(1, round(side / 14)))

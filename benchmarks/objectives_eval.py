@@ -1,0 +1,172 @@
+"""Scoring for ``bench_objectives.py``: one evaluation of a model = n samples, every metric with its interval.
+
+An evaluation is (sampler, network calls, guidance, evaluation seed). Its noise is drawn from the evaluation seed
+(``generate``: image i from seed + i), fixed for the whole grid and separate from the training seed, so every
+model of the grid is scored on the same noise and the same prompts (prompts cycle through the task's captions).
+
+Metrics (the evaluator of the built-in world, ``d2f/world/evaluator.py``, for every task):
+
+- ``prompt_accuracy``, ``domain_accuracy``: binomial fractions with Wilson 95 % intervals
+  (``d2f.world.estimators.wilson_interval``); on ``shapes-novel-colours`` the colour is read off the pixels
+  (``d2f.world.novel``);
+- ``fd``: Frechet distance of evaluator features to n real images of the task for the same prompts (reference
+  seed 0), biased upward at small n, so compared only at equal n; ``kid``: the unbiased KID on the same
+  features; both with 95 % intervals value +- 1.96 bootstrap sd (samples and references resampled, ``N_BOOT``
+  times; this interval is the sampling noise of one evaluation, not the training-seed spread).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+
+from d2f.pipeline import generate
+from d2f.world.estimators import kid, wilson_interval
+from d2f.world.evaluator import load_evaluator
+from d2f.world.metrics import frechet_distance
+
+N_BOOT = 200
+NATURAL = {"diffusion": "ddim"}  # every other (FM) objective: FM Euler
+
+
+@dataclass(frozen=True)
+class Task:
+    """A finetuning task: the built-in dataset it trains on, the domain its samples should be in, its prompts."""
+
+    data: str
+    domain: str
+
+    @property
+    def prompts(self) -> list[str]:
+        if self.data == "shapes-novel-colours":
+            from d2f.world.novel import prompts
+
+            return prompts()
+        from d2f.world.shapes import all_prompts
+
+        return all_prompts()
+
+    def eval_prompts(self, n: int) -> list[str]:
+        return [self.prompts[k % len(self.prompts)] for k in range(n)]
+
+    def references(self, prompts: list[str]) -> torch.Tensor:
+        if self.data == "shapes-novel-colours":
+            from d2f.world.novel import reference_images
+
+            return reference_images(prompts, seed=0)
+        from d2f.world.metrics import reference_images
+
+        return reference_images(prompts, self.domain, seed=0)
+
+    def correct(self, images: torch.Tensor, prompts: list[str]) -> list[bool]:
+        if self.data == "shapes-novel-colours":
+            from d2f.world.novel import correct
+
+            return correct(images, prompts, load_evaluator())
+        from d2f.world.shapes import parse_prompt
+
+        pred = load_evaluator().predict(images)
+        return [(s, c) == parse_prompt(p) for s, c, p in zip(pred["shape"], pred["colour"], prompts)]
+
+
+TASKS = {
+    "shapes-target": Task("shapes-target", "target"),  # a style shift: same content, outline on dark
+    "shapes-novel-colours": Task("shapes-novel-colours", "base"),  # new content: colours the prior never drew
+}
+
+
+def natural_sampler(objective: str) -> str:
+    """The sampler an objective's model is meant for: DDIM for diffusion, FM Euler for the FM objectives."""
+    return NATURAL.get(objective, "euler")
+
+
+def other_sampler(objective: str) -> str:
+    return "euler" if natural_sampler(objective) == "ddim" else "ddim"
+
+
+@functools.lru_cache(maxsize=8)
+def reference_features(task_name: str, n: int) -> torch.Tensor:
+    task = TASKS[task_name]
+    return load_evaluator().embed(task.references(task.eval_prompts(n)))
+
+
+def _fraction(hits: list[bool]) -> dict:
+    k, n = sum(hits), len(hits)
+    low, high = wilson_interval(k, n)
+    # wilson_interval's bounds at k = 0 or n are off by round-off (1e-17): keep the estimate inside
+    return {"value": k / n, "low": min(low, k / n), "high": max(high, k / n), "k": k, "n": n}
+
+
+def _with_interval(statistic, feats: torch.Tensor, ref: torch.Tensor) -> dict:
+    """value +- 1.96 x the bootstrap standard deviation. Not the percentile interval: resampling with
+    replacement duplicates rows, which inflates a Frechet distance (its percentile interval can miss the
+    estimate itself at small n); the spread of the bootstrap values is still the estimate's sampling noise."""
+    gen = torch.Generator().manual_seed(0)
+    boot = []
+    for _ in range(N_BOOT):
+        a = feats[torch.randint(0, len(feats), (len(feats),), generator=gen)]
+        b = ref[torch.randint(0, len(ref), (len(ref),), generator=gen)]
+        boot.append(statistic(a, b))
+    value, sd = statistic(feats, ref), float(torch.tensor(boot, dtype=torch.float64).std())
+    return {"value": value, "low": value - 1.96 * sd, "high": value + 1.96 * sd, "boot_sd": sd}
+
+
+def score(images: torch.Tensor, task_name: str, prompts: list[str]) -> dict:
+    """Every metric of ``images`` (one per prompt) with its 95 % interval."""
+    task = TASKS[task_name]
+    evaluator = load_evaluator()
+    feats = evaluator.embed(images)
+    ref = reference_features(task_name, len(prompts))
+    domain = evaluator.predict(images)["domain"]
+    return {
+        "prompt_accuracy": _fraction(task.correct(images, prompts)),
+        "domain_accuracy": _fraction([d == task.domain for d in domain]),
+        "fd": _with_interval(frechet_distance, feats, ref),
+        "kid": _with_interval(kid, feats, ref),
+    }
+
+
+@dataclass(frozen=True)
+class Eval:
+    """One way of scoring a model: sampler, network calls (= steps: one call per step for Euler and DDIM;
+    guidance runs conditional and unconditional in one batched call), guidance, evaluation seed."""
+
+    sampler: str
+    calls: int
+    guidance: float
+    eval_seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler}-{self.calls}-w{self.guidance:g}-e{self.eval_seed}"
+
+
+@torch.no_grad()
+def evaluate(pipe, unet, objective: str, task_name: str, ev: Eval, n: int, resolution: int = 32) -> dict:
+    """Sample n images of the task's prompts as ``ev`` says, with the model's ``objective`` parametrisation,
+    and ``score`` them; adds ``seconds`` (sampling + scoring)."""
+    start = time.perf_counter()
+    prompts = TASKS[task_name].eval_prompts(n)
+    was_training = unet.training
+    unet.eval()
+    try:
+        images = generate(
+            pipe,
+            prompts,
+            sampler=ev.sampler,
+            steps=ev.calls,
+            guidance=ev.guidance,
+            seed=ev.eval_seed,
+            height=resolution,
+            width=resolution,
+            objective=objective,
+            batch_size=256,
+        )
+    finally:
+        unet.train(was_training)
+    out = score(images, task_name, prompts)
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    return out

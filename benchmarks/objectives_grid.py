@@ -1,0 +1,178 @@
+"""The grid of ``bench_objectives.py``: its cells, the two presets, and the results file (JSONL).
+
+A cell is one finetune: (prior, task, objective, LoRA rank, training seed) with the preset's steps, batch, LR
+schedule and evaluations. Within a preset every cell of a given rank gets the same LR (1e-3 for a LoRA, 1e-4
+for a full finetune, rank 0), warm-up, cosine schedule, batch and steps, whatever its objective: no objective
+is tuned more than another. Cells with the same training seed see the same data order, posterior noise and
+FM noise x0 (``d2f.training.batches``: every draw comes from (seed, step)); only the time each objective draws
+differs (t for the FM objectives, an integer timestep for diffusion).
+
+Results file: one JSON object per line, appended only when a cell has finished (one ``os.write`` of the whole
+line on an ``O_APPEND`` file, then fsync), so a killed run leaves at most an unfinished cell, never a half
+line that counts; ``read_records`` skips a torn last line. A cell whose ``key`` is in the file is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PRIORS = {"eps": "tiny-shapes-eps", "v": "tiny-shapes-v"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One finetune and how it is scored (see the module doc); ``role`` says which question it serves."""
+
+    model: str
+    task: str
+    objective: str
+    rank: int
+    seed: int
+    steps: int
+    batch_size: int
+    curve_steps: tuple[int, ...]
+    n_eval: int
+    calls: tuple[int, ...]  # network calls of the final evaluations; the curve uses calls[0]
+    guidance: float
+    eval_seed: int
+    max_samples: int | None = None
+    other_sampler: bool = False  # also score with the other objective's sampler
+    guidance_sweep: tuple[float, ...] = ()
+    redraws: int = 0  # re-draws of the evaluation noise (the resolvable difference)
+    role: str = ""
+
+    @property
+    def lr(self) -> float:
+        return 1e-4 if self.rank == 0 else 1e-3
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, self.steps // 10)
+
+    @property
+    def key(self) -> str:
+        spec = json.dumps(asdict(self), sort_keys=True)
+        digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
+        rank = "full" if self.rank == 0 else f"r{self.rank}"
+        return f"{self.model}|{self.task}|{self.objective}|{rank}|s{self.seed}|{digest}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    steps: int
+    batch_size: int
+    curve_steps: tuple[int, ...]
+    n_eval: int
+    calls: tuple[int, ...]
+    headline_seeds: tuple[int, ...]
+    other_seeds: tuple[int, ...]
+    guidance: float = 2.0
+    eval_seed: int = 1_000_000
+    max_samples: int | None = None
+    guidance_sweep: tuple[float, ...] = (1.0, 2.0, 4.0)
+    redraws: int = 5
+    cost_rounds: int = 5
+    cost_steps: int = 5
+    blocks: list = field(default_factory=list)
+
+
+MAIN = ("diff2flow", "fm", "diffusion")
+
+
+def _blocks(full: bool) -> list[tuple[str, str, tuple[str, ...], tuple[int, ...], str]]:
+    """(prior, task, objectives, ranks, role) of each block of cells; headline blocks get the headline seeds."""
+    if not full:
+        return [
+            ("eps", "shapes-target", MAIN, (4,), "headline"),
+            ("eps", "shapes-target", ("fm-raw-t",), (4,), "raw-t"),
+            ("eps", "shapes-novel-colours", ("diff2flow",), (4,), "novel"),
+        ]
+    return [
+        ("eps", "shapes-target", MAIN, (4, 64), "headline"),
+        ("eps", "shapes-target", ("fm-raw-t",), (4, 64), "raw-t"),
+        ("eps", "shapes-target", MAIN, (16, 0), "ranks"),
+        ("v", "shapes-target", MAIN, (64,), "v-prior"),
+        ("eps", "shapes-novel-colours", MAIN, (64,), "novel"),
+        ("v", "shapes-novel-colours", MAIN, (64,), "novel"),
+    ]
+
+
+PRESETS = {
+    "quick": Preset(
+        "quick", steps=4, batch_size=4, curve_steps=(0, 2, 4), n_eval=24, calls=(2, 4), headline_seeds=(0, 1),
+        other_seeds=(0,), max_samples=64, guidance_sweep=(1.0, 2.0), redraws=2, cost_rounds=2, cost_steps=2,
+    ),
+    "full": Preset(
+        "full", steps=300, batch_size=16, curve_steps=(0, 100, 200, 300), n_eval=256, calls=(8, 25),
+        headline_seeds=(0, 1, 2, 3, 4), other_seeds=(0, 1),
+    ),
+}  # fmt: skip
+
+
+def plan(preset: Preset) -> list[Cell]:
+    """Every cell of a preset, headline cells first (seed-major, so a partial grid already pairs seeds)."""
+    cells = []
+    for prior, task, objectives, ranks, role in _blocks(preset.name == "full"):
+        headline = role == "headline"
+        seeds = preset.headline_seeds if headline else preset.other_seeds
+        for seed in seeds:
+            for rank in ranks:
+                for objective in objectives:
+                    sweep = headline and rank == max(ranks) and seed in preset.headline_seeds[:2]
+                    swap = headline and seed in preset.headline_seeds[:3]  # the other sampler: 3 seeds
+                    first = headline and objective == "diff2flow" and rank == max(ranks) and seed == seeds[0]
+                    cells.append(
+                        Cell(
+                            model=PRIORS[prior], task=task, objective=objective, rank=rank, seed=seed,
+                            steps=preset.steps, batch_size=preset.batch_size, curve_steps=preset.curve_steps,
+                            n_eval=preset.n_eval, calls=preset.calls, guidance=preset.guidance,
+                            eval_seed=preset.eval_seed, max_samples=preset.max_samples, other_sampler=swap,
+                            guidance_sweep=preset.guidance_sweep if sweep else (),
+                            redraws=preset.redraws if first else 0, role=role,
+                        )
+                    )  # fmt: skip
+    return cells
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a results file (none if it does not exist); a torn last line is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def done_keys(path: str | Path) -> set[str]:
+    return {r["key"] for r in read_records(path) if "key" in r}
+
+
+def append_record(path: str | Path, record: dict) -> None:
+    """Append one record as one line, in one write (see the module doc)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size and not _ends_with_newline(path):
+            line = b"\n" + line  # after a torn line: start a fresh one
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
