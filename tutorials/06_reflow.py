@@ -14,8 +14,8 @@
 # %% [markdown]
 # # 6. Straightening the flow: reflow
 #
-# Notebooks 3 and 5 sampled flow-matching models in a few steps and saw the images fall apart below about 8
-# network calls. This notebook says why, measures it, and fixes part of it with **reflow** (Liu et al. 2022,
+# Notebooks 3 and 5 sampled flow-matching models in a few steps and saw the images degrade as the steps
+# went down. This notebook says why, measures it, and fixes part of it with **reflow** (Liu et al. 2022,
 # *Flow Straight and Fast*, [arXiv:2209.03003](https://arxiv.org/abs/2209.03003); InstaFlow, Liu et al. 2023,
 # [arXiv:2309.06380](https://arxiv.org/abs/2309.06380)): retrain the model on pairs (noise, where the model's own
 # ODE carries that noise), so that its paths become straight lines that one Euler step can follow.
@@ -36,8 +36,8 @@
 # 4. Compare teacher and student at 1, 2 and 4 steps with network calls counted honestly (a guided step is 2
 #    calls), against the teacher's 25-step result from the same noise.
 #
-# Runs in about 2-3 minutes on 2 CPU cores: a 192-pair, 200-step reflow is a demonstration, not a finished
-# student (`d2f reflow`'s defaults are 1024 pairs and 500+ steps).
+# Runs in under 2 minutes on 2 CPU cores (`tutorials/timings.json`): a 192-pair, 200-step reflow is a
+# demonstration, not a finished student (`d2f reflow`'s defaults are 1024 pairs and 1000 steps of batch 32).
 
 # %%
 import warnings
@@ -144,8 +144,9 @@ fig.tight_layout()
 
 # %% [markdown]
 # All 24 land on one point, the data's mean. At `t = 0` the state is the noise itself and independent of the
-# data, so `u(x, 0) = E[x1] - x`, and one Euler step gives `x + u(x, 0) = E[x1]` for *every* start. On images
-# this is the blurry average image, the 1-step row of the teacher in section 6.6.
+# data, so `u(x, 0) = E[x1] - x`, and one Euler step gives `x + u(x, 0) = E[x1]` for *every* start. For a
+# text-conditioned image model it is the average image of the prompt, a blurred blob of roughly the right
+# colour: the teacher's 1-step row in section 6.6.
 #
 # **Check yourself** (float64): `u(x, 0) = E[x1] - x` exactly, hence the collapse.
 
@@ -289,7 +290,9 @@ print("ok")
 # ## 6.4 Pairs on the tiny world
 #
 # Now the same on images, with d2f. The teacher is the built-in prior `tiny-shapes-eps`, untouched, sampled as
-# an FM model through the bridge (notebook 3): FM Euler, 25 steps, classifier-free guidance `w = 2`.
+# an FM model through the bridge (notebook 3): FM Euler, 25 steps, classifier-free guidance `w = 2`. (For an
+# untouched model `d2f reflow` defaults to the model's own sampler, DDIM, the same ODE on another grid; here
+# FM Euler throughout, so that the reference row of section 6.6 is made exactly as the pairs' `x1` are.)
 #
 # `d2f.reflow.generate_pairs` makes pair `i` from the noise `d2f sample --seed S` draws for image `i`
 # (`torch.Generator().manual_seed(S + i)`) and the caption `i mod 24` of the world's prompts. An untouched
@@ -338,7 +341,8 @@ print(f"{NUM_PAIRS} pairs in {time.perf_counter() - start:.1f} s: {record['shard
 print(f"UNet forwards: {len(evaluations)} (batched), network evaluations: {sum(evaluations)}")
 assert sum(evaluations) == NUM_PAIRS * PAIR_STEPS * 2  # 2 per guided step and image
 print(sorted(p.name for p in pairs_dir.iterdir()))
-print(json.dumps({k: v for k, v in record["settings"].items() if k != "captions"}, indent=1))
+shown_settings = {k: v for k, v in record["settings"].items() if k not in ("captions", "teacher_model")}
+print("pairs.json settings (besides the 24 captions and the prior's folder):", json.dumps(shown_settings, indent=1))
 
 # %% [markdown]
 # Each `shard_XXXXX.safetensors` holds `x0`, `x1` (float32 latents) and `caption` (an index into
@@ -373,7 +377,7 @@ fig.tight_layout()
 # `d2f.training.train`'s loop on them, with the student starting from the teacher's weights plus a LoRA,
 # the Diff2Flow objective on the paired points, captions never dropped, and guidance 1 at sampling: the
 # teacher's guidance is *in the pairs*, so the student needs no unconditional branch and a step is one call.
-# From a shell, the same run (with the notebook's small budget):
+# From a shell, the same run (with the notebook's small budget; the output folder defaults to `runs/`):
 #
 #     d2f reflow --model tiny-shapes-eps --data shapes-base --num-pairs 192 --pair-sampler euler \
 #                --steps 200 --batch-size 32 --validate-every 0 --checkpoint-every 0
@@ -402,7 +406,7 @@ summary = reflow(
     builtin=builtin_data,
 )
 print(f"reflow: {time.perf_counter() - start:.1f} s, final loss {summary['final_loss']:.4f}")
-print("pairs:", summary["pairs"])
+print("pairs:", {k: v for k, v in summary["pairs"].items() if k != "folder"})
 assert summary["pairs"]["shards_written"] == 0, "the pairs of 6.4 were reused, not made again"
 run_record = json.loads((work / "student" / "d2f_run.json").read_text())
 print({k: run_record[k] for k in ("objective", "reflow_objective", "sampler", "guidance", "sample_steps")})
@@ -423,8 +427,9 @@ for axis in ax:
 fig.tight_layout()
 
 # %% [markdown]
-# The loss is largest near `t = 0`: there the student must predict the teacher's whole map `ODE(x0) - x0` from
-# the noise alone (section 6.3), and that is exactly where a 1-step sampler evaluates it. (`d2f reflow
+# Read the right panel at `t` near 0: there the student must predict the teacher's whole map `ODE(x0) - x0`
+# from the noise alone (section 6.3), the hardest part of the regression, and that is exactly where a 1-step
+# sampler evaluates it. (`d2f reflow
 # --t-sampling near-noise` puts more training weight there.)
 #
 # ## 6.6 Before and after: 1, 2 and 4 steps
@@ -450,14 +455,15 @@ reference = sample_latents(teacher, prompts, "euler", PAIR_STEPS, GUIDANCE, TEST
 rows["teacher 25 (reference)"], calls["teacher 25 (reference)"] = reference, 2 * PAIR_STEPS
 
 images = {name: decode(teacher, latents) for name, latents in rows.items()}
-columns = list(range(0, 24, 3))  # 8 of the 24 prompts
+columns = [0, 3, 7, 10, 14, 17, 20, 21]  # 8 of the 24 prompts: every shape, every colour
 fig, ax = plt.subplots(len(rows), len(columns), figsize=(9.5, 1.25 * len(rows) + 0.4))
 for r, name in enumerate(rows):
     for c, k in enumerate(columns):
         ax[r, c].imshow(images[name][k].permute(1, 2, 0)), ax[r, c].set_xticks([]), ax[r, c].set_yticks([])
         if r == 0:
             ax[r, c].set_title(prompts[k][2:], fontsize=8)
-    ax[r, 0].set_ylabel(f"{name.split(' (')[0]} steps\n{calls[name]} calls", fontsize=7)
+    who, steps = name.split(" ")[:2]
+    ax[r, 0].set_ylabel(f"{who}, {steps} step{'s' if steps != '1' else ''}\n{calls[name]} calls", fontsize=7)
 fig.tight_layout()
 
 # %% [markdown]
@@ -524,23 +530,23 @@ for name, pipe, w in (("teacher", teacher, GUIDANCE), ("student", student, 1.0))
     # the integrand ||u - chord||^2 / T per dimension, at each step's start time
     ax.plot(ts[:-1], terms / dt, "o-", ms=3, label=f"{name} ({'guided, ' if w != 1 else ''}S = {S[name]:.3f})")
 ax.set(xlabel="FM time t (0 = noise)", ylabel="||u - chord||^2 / T per dimension", yscale="log")
-ax.set_title("where the 25-step paths bend (the area under each curve is S)", fontsize=10)
+ax.set_title("where the 25-step paths bend (S is the area under each curve)", fontsize=10)
 ax.legend()
 fig.tight_layout()
 
 # %% [markdown]
-# Read the two curves together with the printed `S`. The student is straighter where it was trained on
-# straight lines and had the most to gain, in the middle of the path; it still bends at the ends. Near `t = 0`
-# it must learn times below `t_min` that the untouched prior never saw (its sampling starts at `t_min`) and
-# predict the teacher's whole map from noise alone (the largest loss in 6.5); near `t = 1` it keeps the
-# teacher's own late corrections. A longer run, more pairs, or a second reflow (reflowing the student:
+# Read the two curves together with the printed `S`: the area under a curve is its `S`, and the height
+# says where the path turns. What is left of the student's bending sits at the ends. Near `t = 0` it must
+# learn times below `t_min` that the untouched prior never saw (the teacher's sampling starts at `t_min`) and
+# predict the teacher's whole map from noise alone (the left end of the loss in 6.5); near `t = 1` it keeps
+# the teacher's own late corrections. A longer run, more pairs, or a second reflow (reflowing the student:
 # "2-rectified flow" in Liu et al.) straighten further.
 #
 # **Check yourself.** The claims of this section, as assertions with margin (the measured values are printed;
 # the thresholds were set after measuring, with room for another machine and for rebuilt priors):
 #
 # * at equal cost, the student's 2 calls land closer to the teacher's 25-step result than the teacher's own
-#   2 calls (one guided step, which lands near the average image): error ratio below 0.75;
+#   2 calls (one guided step, which lands near the prompt's average image): error ratio below 0.75;
 # * the student's 25-step paths are straighter than the teacher's: `S` ratio below 0.9.
 
 # %%
@@ -562,10 +568,10 @@ print(f"ok (notebook so far: {time.perf_counter() - NOTEBOOK_START:.0f} s)")
 # * Reflow trains the same FM regression on the teacher's own pairs `(x0, ODE(x0))`. At `t = 0` the paired
 #   velocity is the teacher's whole map, and the paths straighten (the 2D toy: `S` down by orders of
 #   magnitude, one step better than the teacher's four).
-# * On the tiny world, `generate_pairs` and `reflow` (the `d2f reflow` command) did this in about a minute; the
-#   student is unguided (guidance distilled), so a step is one call, against two for the guided teacher. This
-#   short run beats the teacher at equal calls and straightens its paths; a full run (more pairs and steps)
-#   is what closes the gap to the reference.
+# * On the tiny world, `generate_pairs` and `reflow` (the `d2f reflow` command) do the same on a CPU in a
+#   minute or two. The student is unguided (guidance distilled), so a step is one call, against two for the
+#   guided teacher. This short run beats the teacher at equal calls and straightens its paths (both
+#   asserted); closing the gap to the reference takes a full run (more pairs and steps).
 #
 # **Further:** `benchmarks/bench_reflow.py` measures teachers and their reflowed students at 1, 2, 4 and 8
 # calls with the evaluator (prompt accuracy with Wilson intervals, FD), for the default finetuned teacher and
