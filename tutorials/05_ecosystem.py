@@ -346,5 +346,6 @@ print("ok: every option exists and parses")
 #   8 Euler steps and breaks below.
 # * The same commands finetune SD 1.5 / SD 2.1 on a GPU; their memory and time were not measured here.
 #
-# This is the last notebook. `docs/math.md` has every equation in one place; the
-# README lists the commands and benchmarks.
+# **Next:** notebook 6 (`06_reflow.ipynb`) says why few steps fail (the flow's paths curve) and straightens
+# them with reflow into a student that samples in 1-4 unguided steps. `docs/math.md` has every equation in one
+# place; the README lists the commands and benchmarks.
