@@ -21,10 +21,10 @@ def build_tiny_sd(folder: Path, prediction_type: str, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from d2f.world.tokenizer import build_tokenizer
+    from d2f.world.tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = load_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from d2f.world import build, priors
+from d2f.world import build, priors, vae_training
 from d2f.world.shapes import all_prompts
-from d2f.world.tokenizer import MODEL_MAX_LENGTH, build_tokenizer, caption_words
+from d2f.world.tokenizer import MODEL_MAX_LENGTH
 
 ASSETS = Path(priors.__file__).resolve().parent.parent / "assets"
 EXPECTED_FILES = [
@@ -42,27 +42,6 @@ def load(folder):
     return pipe
 
 
-# ----------------------------------------------------------------------------- tokenizer
-
-
-def test_each_caption_word_is_one_token_and_other_words_still_tokenize(tmp_path):
-    from transformers import CLIPTokenizer
-
-    tok = build_tokenizer()
-    assert tok.model_max_length == MODEL_MAX_LENGTH
-    ids = {w: tok(w).input_ids for w in caption_words()}
-    for word, seq in ids.items():
-        assert seq[0] == tok.bos_token_id and seq[-1] == tok.eos_token_id and len(seq) == 3, (word, seq)
-    assert len({seq[1] for seq in ids.values()}) == len(caption_words())  # all distinct
-    assert len(tok("a pink star").input_ids) > 5  # unknown words fall back to bytes
-    # transformers 5 saves only tokenizer.json: the saved folder must load back, offline, identically
-    tok.save_pretrained(tmp_path)
-    again = CLIPTokenizer.from_pretrained(tmp_path)
-    assert again.model_max_length == MODEL_MAX_LENGTH
-    for prompt in all_prompts():
-        assert again(prompt).input_ids == tok(prompt).input_ids
-
-
 # ----------------------------------------------------------------------------- shipped priors
 
 
@@ -75,7 +54,7 @@ def test_shipped_prior_loads_with_plain_diffusers(name, prediction_type, schedul
     missing = [f for f in EXPECTED_FILES if not (folder / f).is_file()]
     assert not missing, f"{name} lacks {missing}"
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    assert size < 10 * 2**20, f"{name} is {size / 2**20:.1f} MiB"
+    assert size < 16 * 2**20, f"{name} is {size / 2**20:.1f} MiB"
     assert not [f for f in folder.rglob("*") if f.suffix in (".bin", ".pkl", ".pt", ".ckpt")]
 
     pipe = load(folder)
@@ -107,14 +86,17 @@ def test_shipped_prior_draws_the_prompted_shape_and_colour(name):
     assert domain_accuracy(images, "base") >= 0.9  # it learned the base domain only
 
 
-def test_shared_vae_reconstructs_both_domains():
-    """The VAE plays SD's general-purpose one: target-domain outlines must survive encode-decode."""
+def test_shared_vae_reconstructs_every_kind_of_the_corpus():
+    """The VAE plays SD's general-purpose one: held-out images of every corpus kind, the shapes world's
+    target domain included, survive encode-decode; the shipped numbers are in its build record."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(ASSETS / "tiny-shapes-eps" / "vae")
-    for domain in ("base", "target"):
-        # pixel MSE on [-1,1] images; the mean image (a blank background) scores about 0.1-0.2
-        assert priors.reconstruction_mse(vae, domain, num_images=64) < 0.02, domain
+    psnr = vae_training.psnr_by_kind(vae, num_images=32)
+    # a blank (mean-colour) reconstruction scores about 8-12 dB; the old shapes-only VAE read strokes at 12.6
+    assert min(psnr.values()) > 18, psnr
+    shipped = json.loads((ASSETS / "tiny-shapes-eps" / "d2f_build.json").read_text())["vae"]["held_out_psnr_db"]
+    assert shipped.keys() == psnr.keys()
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -130,7 +112,7 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
                 "--only",
                 "vae",
                 "--only",
-                "priors",
+                "priors",  # the tokenizer stage needs wordfreq (the build extra): the shipped merges are used
                 "--vae-steps",
                 "2",
                 "--prior-steps",
@@ -159,6 +141,6 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
         assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
         vae = pipe.vae
     # scaling_factor = 1/std(latents): scaled posterior samples of the training images have unit std
-    images, _ = priors.shape_images(32, "base", 0)
-    latents = priors.encode(vae, images, sample=True, generator=torch.Generator().manual_seed(0))
+    images = vae_training.to_unit_range(vae_training.corpus(8, 0))
+    latents = vae_training.encode(vae, images, sample=True, generator=torch.Generator().manual_seed(0))
     assert abs((latents * vae.config.scaling_factor).std().item() - 1) < 0.2

@@ -116,7 +116,7 @@ def test_long_captions_are_counted_once(tmp_path, tiny_sd_eps, shapes_folder):
     data = tmp_path / "long"
     shutil.copytree(shapes_folder, data)
     rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
-    rows[0]["text"] = " ".join(["a red circle"] * 20)  # far past the tiny tokenizer's window
+    rows[0]["text"] = " ".join(["a red circle"] * 40)  # 120 words: far past the 77-token window
     (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     events = []
     run(tiny_sd_eps, data, tmp_path / "r", events, steps=1)

@@ -4,20 +4,23 @@
     python -m d2f.world.build --output d2f/assets --only priors   # reuse the VAE of the last build
     python -m d2f.world.build --output d2f/assets --only quality  # re-measure the shipped priors
 
-Stages, in order (``priors.py`` has the recipe and why):
+Stages, in order (``priors.py`` has the recipe and why); each keeps its result, so a build that stops
+resumes from the stage it was in (``--only`` the remaining stages):
 
-1. ``vae``: train the AutoencoderKL on both domains; kept in ``<output>/_build/vae`` for stage 2
-   (not shipped on its own: each prior folder has a copy in ``vae/``).
-2. ``priors``: ``tiny-shapes-eps`` and ``tiny-shapes-v`` (UNet + text encoder from scratch on the
-   base domain), each saved as a StableDiffusionPipeline folder with a ``d2f_build.json`` record.
-3. ``evaluator``: ``d2f.world.evaluator.train_evaluator`` into ``<output>/evaluator``.
-4. ``quality``: sample each prior (64 prompts, 25 DDIM steps, guidance 5) and score it with the
+1. ``tokenizer``: learn the BPE merges from ``wordfreq``'s English words (``tokenizer.py``); kept in
+   ``<output>/_build/tokenizer``.
+2. ``vae``: train the AutoencoderKL on the broad corpus (``corpus.py``, ``vae_training.py``) and measure its
+   reconstruction PSNR per kind; kept in ``<output>/_build/vae`` (each prior folder gets a copy in ``vae/``).
+3. ``priors``: ``tiny-shapes-eps`` and ``tiny-shapes-v`` (UNet + text encoder from scratch on the
+   shapes world's base domain and the corpus), each saved as a StableDiffusionPipeline folder with a
+   ``d2f_build.json`` record.
+4. ``evaluator``: ``d2f.world.evaluator.train_evaluator`` into ``<output>/evaluator``.
+5. ``quality``: sample each prior (64 prompts, 25 DDIM steps, guidance 5) and score it with the
    evaluator's ``prompt_accuracy``; the numbers go into each prior's ``d2f_build.json``.
-5. ``grid``: a PNG with one row of samples per prior (``--grid``, default ``docs/priors.png``).
+6. ``grid``: a PNG with one row of samples per prior (``--grid``, default ``docs/priors.png``).
 
-The shipped priors were trained in three stages; each ``d2f_build.json`` lists them under ``history``,
-and ``benchmarks/results/world_build.md`` has the times measured for a build. Runs on one CPU thread by
-default (see that file for why).
+``benchmarks/results/world_build.md`` has the times measured for the shipped build. The build scripts need
+the ``build`` extra (``pip install -e ".[build]"``: wordfreq's word list, scikit-image's photographs).
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from pathlib import Path
 import torch
 
 from d2f.versions import versions
-from d2f.world import priors
+from d2f.world import priors, tokenizer, vae_training
 from d2f.world.components import save_prior
 
-STAGES = ("vae", "priors", "evaluator", "quality", "grid")
+STAGES = ("tokenizer", "vae", "priors", "evaluator", "quality", "grid")
 
 
 def _progress(console, label: str, total: int):
@@ -61,27 +64,48 @@ def _progress(console, label: str, total: int):
     return bar, log
 
 
+def build_tokenizer(out: Path, console) -> Path:
+    start = time.time()
+    merges = tokenizer.train_merges(tokenizer.english_word_counts(), tokenizer.NUM_MERGES)
+    folder = out / "_build" / "tokenizer"
+    tokenizer.write_vocab_files(folder, merges)
+    (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
+    console.print(f"tokenizer: {len(merges)} merges in {time.time() - start:.0f} s -> {folder}")
+    return folder
+
+
+def load_merges(out: Path) -> list[tuple[str, str]]:
+    """The merges of the last ``tokenizer`` stage, else those of the priors in ``out``, else the shipped ones."""
+    for folder in (out / "_build" / "tokenizer", out / "tiny-shapes-eps" / "tokenizer", tokenizer.SHIPPED):
+        if (folder / "merges.txt").is_file():
+            return tokenizer.read_merges(folder)
+    raise FileNotFoundError(
+        f"no tokenizer under {out}: run `python -m d2f.world.build --output {out} --only tokenizer`"
+    )
+
+
 def build_vae(out: Path, args, console) -> Path:
     start = time.time()
     bar, log = _progress(console, "vae", args.vae_steps)
     with bar:
-        vae, loss = priors.train_vae(
-            args.vae_steps, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed, log=log
+        vae, loss = vae_training.train_vae(
+            args.vae_steps, num_per_kind=args.num_images, batch_size=args.batch_size, seed=args.seed, log=log
         )
+    seconds = time.time() - start
     folder = out / "_build" / "vae"
     vae.save_pretrained(folder, safe_serialization=True)
     (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
     record = dict(
         steps=args.vae_steps,
-        num_images_per_domain=args.num_images,
+        num_images_per_kind=args.num_images,
+        kinds=list(vae_training.KINDS),
         batch_size=args.batch_size,
         seed=args.seed,
         final_loss=round(loss, 5),
         scaling_factor=vae.config.scaling_factor,
-        reconstruction_mse={
-            d: round(priors.reconstruction_mse(vae, d, min(256, args.num_images)), 5) for d in ("base", "target")
-        },
-        seconds=round(time.time() - start, 1),
+        held_out_psnr_db=vae_training.psnr_by_kind(vae, min(256, args.num_images)),
+        train_seconds=round(seconds, 1),
+        threads=torch.get_num_threads(),
     )
     (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"vae: {record}")
@@ -99,12 +123,11 @@ def load_vae(out: Path):
 
 
 def build_prior(out: Path, name: str, args, console) -> Path:
-    from d2f.world.tokenizer import build_tokenizer
-
     prediction_type = priors.PRIORS[name]
     vae, vae_folder = load_vae(out)
     vae_record = vae_folder / "d2f_build.json"
-    tokenizer = build_tokenizer()
+    merges = load_merges(out)
+    tok = tokenizer.make_tokenizer(merges)
     start = time.time()
     init, history = None, []
     if args.resume:  # continue from the weights (EMA) of the prior already in <output>/<name>
@@ -121,7 +144,7 @@ def build_prior(out: Path, name: str, args, console) -> Path:
     with bar:
         unet, text_encoder, loss = priors.train_prior(
             vae,
-            tokenizer,
+            tok,
             prediction_type,
             args.prior_steps,
             num_images=args.num_images,
@@ -132,7 +155,7 @@ def build_prior(out: Path, name: str, args, console) -> Path:
             init=init,
         )
     seconds = time.time() - start
-    folder = save_prior(out / name, vae, text_encoder, tokenizer, unet, prediction_type)
+    folder = save_prior(out / name, vae, text_encoder, tok, unet, prediction_type, merges)
     record = {
         "name": name,
         "command": f"python -m d2f.world.build --output {out} --only priors --priors {name} "
@@ -140,9 +163,12 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         "prediction_type": prediction_type,
         "recipe": {
             "unet": "UNet2DConditionModel (32,64,64), layers_per_block 1, cross-attention 64, from scratch",
-            "text_encoder": "CLIPTextModel hidden 64, 2 layers, d2f byte-level BPE tokenizer, from scratch",
+            "text_encoder": f"CLIPTextModel hidden 64, 2 layers, 77 positions, from scratch; byte-level BPE of "
+            f"{len(merges)} merges learnt from wordfreq's English words",
             "objective": f"diffusion, {prediction_type} target, i ~ U{{0..999}}, SD betas scaled_linear 0.00085-0.012",
-            "data": f"{args.num_images} base-domain images (seed {args.seed + 1}), VAE posterior sample each step",
+            "data": f"{args.num_images} shapes base-domain images ({priors.SHAPES_FRACTION:.0%} of draws) and "
+            f"{args.num_images // 4} of each of {list(priors.KIND_CAPTIONS)} (seed {args.seed + 1}), "
+            "VAE posterior sample each step",
             "steps": args.prior_steps,
             "batch_size": args.batch_size,
             "lr": args.lr,
@@ -218,7 +244,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "--evaluator-steps", type=int, default=800
     )  # the shipped evaluator's recipe (d2f/assets/evaluator/d2f_build.json)
-    p.add_argument("--num-images", type=int, default=4096, help="images per domain")
+    p.add_argument("--num-images", type=int, default=4096, help="images per corpus kind (VAE) and of shapes (priors)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="prior learning rate")
     p.add_argument("--eval-samples", type=int, default=64)
@@ -240,6 +266,8 @@ def main(argv=None) -> None:
     unknown = [n for n in names if n not in priors.PRIORS]
     if unknown:
         p.error(f"unknown prior(s) {unknown}; choose from {list(priors.PRIORS)}")
+    if "tokenizer" in stages:
+        build_tokenizer(out, console)
     if "vae" in stages:
         build_vae(out, args, console)
     if "priors" in stages:

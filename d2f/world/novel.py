@@ -1,10 +1,11 @@
 """A "new content" task for the built-in world: ``shapes-novel-colours``, shapes in colours the priors never drew.
 
-The priors were trained on six colours (``shapes.COLOURS``). This dataset draws the same four shapes, filled on
-a light background (the priors' own ``base`` style), in three colours they never saw (``shapes.NOVEL_COLOURS``:
-pink, cyan, brown), captioned "a pink circle". A finetune must therefore learn new content (a colour word the
-text encoder only ever saw as unknown character pieces, and a colour the decoder never produced), not a new
-style: the counterpart of ``shapes-target``, which keeps the content and changes the style.
+The priors drew their shapes in six colours (``shapes.COLOURS``). This dataset draws the same four shapes, filled
+on a light background (the priors' own ``base`` style), in three colours no shape of theirs ever had
+(``shapes.NOVEL_COLOURS``: pink, cyan, brown), captioned "a pink circle". A finetune must therefore learn new
+content (a colour word that never appeared in a caption the priors were trained on, so its embedding is
+untrained, bound to a shape in a colour it was never asked for), not a new style: the counterpart of
+``shapes-target``, which keeps the content and changes the style.
 
 Scoring. The evaluator's shape and domain heads read these images (they are shapes in the base style); its
 colour head knows only the six old colours, so the colour is read off the pixels instead

@@ -1,27 +1,25 @@
 """The built-in priors ``tiny-shapes-eps`` and ``tiny-shapes-v``: tiny Stable Diffusions, made here.
 
 Each prior is a complete diffusers ``StableDiffusionPipeline`` folder with exactly SD's components at a
-tiny size (``d2f.world.components``).
+tiny size (``d2f.world.components``). The recipe, in the order SD was made:
 
-The recipe, in the order SD was made:
-
-1. **VAE** on images of *both* domains. It plays SD's general-purpose autoencoder: a later finetune
-   on the target domain (outlines on dark) must be able to encode its data. Loss: pixel MSE plus a
-   small KL (no GAN, no perceptual loss: 32 px shapes do not need them). Then
-   ``scaling_factor = 1/std(latents)`` so that scaled latents have unit variance (SD's 0.18215 is
-   the same rule for SD's VAE, not a constant).
-2. **UNet + text encoder**, jointly from scratch, on the *base* domain only, with the diffusion
-   objective of the prior's prediction type (docs/math.md §8, "Diffusion"):
-   ``i ~ U{0..N-1}``, ``z = alpha_i*x1 + sigma_i*eps``, target ``eps`` (epsilon) or
-   ``v = alpha_i*eps - sigma_i*x1`` (v_prediction). Captions are dropped to ``""`` 10% of the
-   time so classifier-free guidance works. The shipped weights are an EMA of the trained ones.
+1. **Tokenizer**: a byte-level BPE learnt from ordinary English (``tokenizer.py``), SD's 77-token window.
+2. **VAE** on a broad corpus (``corpus.py``, trained by ``vae_training.py``): strokes, polygons, gradients,
+   textures, glyphs, photo crops and the shapes world, so that it encodes images it never saw.
+3. **UNet + text encoder**, jointly from scratch, with the diffusion objective of the prior's prediction
+   type (docs/math.md §8, "Diffusion"): ``i ~ U{0..N-1}``, ``z = alpha_i x1 + sigma_i eps``, target ``eps``
+   (epsilon) or ``v = alpha_i eps - sigma_i x1`` (v_prediction). The data: the shapes world's base domain
+   (``SHAPES_FRACTION`` of each batch, captions "a red circle") and, for the rest, the corpus kinds that are
+   not glyphs (captioned by kind: "strokes", "a photo", ...), so that the prior has drawn more than shapes
+   and a finetune on a user's images starts from a general model, as SD's does. Glyphs and the shapes
+   world's target domain stay unseen: they are what finetunes are measured on. Captions are dropped to
+   ``""`` 10% of the time so classifier-free guidance works. The shipped weights are an EMA of the trained ones.
 
 The eps prior's scheduler config mirrors SD 1.5 (PNDM), the v prior's SD 2.x (DDIM).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +28,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d2f.world.components import RESOLUTION, SD_BETAS, make_text_encoder, make_unet, make_vae
+from d2f.training.ema import EMA
+from d2f.world.components import RESOLUTION, SD_BETAS, make_text_encoder, make_unet
+from d2f.world.corpus import corpus_images
+from d2f.world.lr_schedule import warmup_cosine
 from d2f.world.shapes import all_prompts, caption, draw, make_specs
 
 PRIORS = {"tiny-shapes-eps": "epsilon", "tiny-shapes-v": "v_prediction"}
+# corpus kinds the priors also learn to draw, with their captions (glyphs stay unseen: see the module doc)
+KIND_CAPTIONS = {
+    "strokes": "colourful strokes",
+    "polygons": "colourful polygons",
+    "gradients": "a colour gradient",
+    "textures": "a pattern",
+    "photos": "a photo",
+}
+SHAPES_FRACTION = 0.65
 
 Log = Callable[[int, float], None]  # (step, loss) -> None, for progress bars
 
@@ -47,105 +57,21 @@ def shape_images(num_images: int, domain: str, seed: int) -> tuple[torch.Tensor,
     return images, [caption(s.shape, s.colour) for s in specs]
 
 
-def warmup_cosine(opt, steps: int, warmup_fraction: float = 0.05, floor: float = 0.1):
-    """Learning-rate factor: linear warmup over the first 5% of steps, then a cosine from 1 down to
-    ``floor`` at the last step."""
-    warmup = max(1, int(steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-class EMA:
-    """Exponential moving average of parameters: ``avg <- d*avg + (1-d)*param`` each step, with the
-    usual warmup ``d = min(decay, (1+k)/(10+k))`` at step k so that a short run does not average in
-    its untrained start. Short from-scratch runs sample much cleaner from the average."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params, self.decay, self.step = params, decay, 0
-        self.avg = [p.detach().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self):
-        self.step += 1
-        d = min(self.decay, (1 + self.step) / (10 + self.step))
-        torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self):
-        for p, a in zip(self.params, self.avg):
-            p.copy_(a)
-
-
-# ----------------------------------------------------------------------------- 1. the VAE
-
-
-def train_vae(
-    steps: int,
-    num_images: int = 4096,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    kl_weight: float = 1e-4,
-    seed: int = 0,
-    log: Log | None = None,
-):
-    """Train the VAE on ``num_images`` images per domain; set its ``scaling_factor``.
-
-    Loss per batch: ``mean((x_hat - x)^2) + kl_weight * KL / (3*32*32)``: the KL (summed over the
-    latent) is put on the same per-pixel scale as the MSE. Returns ``(vae, final_loss)``."""
-    torch.manual_seed(seed)
-    vae = make_vae()
-    base, _ = shape_images(num_images, "base", seed)
-    target, _ = shape_images(num_images, "target", seed)
-    images = torch.cat([base, target])
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
-    loss_value = float("nan")
-    vae.train()
-    for step in range(steps):
-        x = images[torch.randint(len(images), (batch_size,), generator=gen)]
-        posterior = vae.encode(x).latent_dist
-        x_hat = vae.decode(posterior.sample(generator=gen)).sample
-        loss = F.mse_loss(x_hat, x) + kl_weight * posterior.kl().mean() / x[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_value = loss.item()
-        if log:
-            log(step, loss_value)
-    vae.eval()
-    latents = encode(vae, images, sample=True, generator=gen)
-    # scaled latents should have unit variance: the diffusion schedule assumes data of scale ~1
-    vae.register_to_config(scaling_factor=float(1 / latents.std()))
-    return vae, loss_value
-
-
-@torch.no_grad()
-def encode(vae, images: torch.Tensor, sample: bool = False, generator=None, batch: int = 256) -> torch.Tensor:
-    """Unscaled latents (B,4,8,8) of images (B,3,32,32) in [-1,1]: the posterior mean, or a sample."""
-    out = []
-    for chunk in images.split(batch):
-        dist = vae.encode(chunk).latent_dist
-        out.append(dist.sample(generator=generator) if sample else dist.mean)
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def reconstruction_mse(vae, domain: str, num_images: int = 256, seed: int = 12345) -> float:
-    """Pixel MSE (images in [-1,1]) of encode-decode on fresh images of ``domain``."""
-    images, _ = shape_images(num_images, domain, seed)
-    recon = torch.cat([vae.decode(z).sample for z in encode(vae, images).split(256)])
-    return F.mse_loss(recon.clamp(-1, 1), images).item()
-
-
-# ----------------------------------------------------------------------------- 2. a prior
+def prior_data(num_images: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """The priors' training images (float, [-1, 1]), their captions, and each image's sampling weight:
+    ``num_images`` shapes (base domain) sharing ``SHAPES_FRACTION`` of the draws, and ``num_images / 4`` of each
+    kind in ``KIND_CAPTIONS`` sharing the rest."""
+    shapes, captions = shape_images(num_images, "base", seed)
+    per_kind = num_images // 4
+    kinds = [corpus_images(kind, per_kind, seed + 1).float() / 127.5 - 1 for kind in KIND_CAPTIONS]
+    captions += [text for text in KIND_CAPTIONS.values() for _ in range(per_kind)]
+    weights = torch.cat(
+        [
+            torch.full((num_images,), SHAPES_FRACTION / num_images),
+            torch.full((per_kind * len(kinds),), (1 - SHAPES_FRACTION) / (per_kind * len(kinds))),
+        ]
+    )
+    return torch.cat([shapes, *kinds]), captions, weights
 
 
 def train_prior(
@@ -162,8 +88,8 @@ def train_prior(
     log: Log | None = None,
     init=None,
 ):
-    """Train UNet + text encoder (from scratch unless ``init``) on base-domain latents. Returns
-    ``(unet, text_encoder, final_loss)`` with the EMA weights loaded. ``init``: an optional
+    """Train UNet + text encoder (from scratch unless ``init``) on the priors' data (``prior_data``).
+    Returns ``(unet, text_encoder, final_loss)`` with the EMA weights loaded. ``init``: an optional
     ``(unet, text_encoder)`` pair to continue training instead of starting from scratch.
 
     Latents are precomputed once as posterior mean and std; each step draws a fresh posterior
@@ -172,29 +98,31 @@ def train_prior(
 
     torch.manual_seed(seed)
     noise_sched = DDPMScheduler(**SD_BETAS, prediction_type=prediction_type)
-    images, captions = shape_images(num_images, "base", seed + 1)
+    images, captions, weights = prior_data(num_images, seed + 1)
     with torch.no_grad():
         moments = [vae.encode(c).latent_dist for c in images.split(256)]
     mean = torch.cat([m.mean for m in moments])
     std = torch.cat([m.std for m in moments])
     scale = vae.config.scaling_factor
-    # every caption the model sees is one of 24 prompts or "": tokenize them once
-    vocab = all_prompts() + [""]
+    # every caption the model sees is one of a few dozen or "": tokenize them once
+    vocab = sorted(set(captions)) + [""]
     ids = tokenizer(
         vocab, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
     index = torch.tensor([vocab.index(c) for c in captions])
 
     unet, text_encoder = init or (make_unet(), make_text_encoder(tokenizer))
-    params = [*unet.parameters(), *text_encoder.parameters()]
+    named = {f"unet.{k}": p for k, p in unet.named_parameters()}
+    named |= {f"text_encoder.{k}": p for k, p in text_encoder.named_parameters()}
+    params = list(named.values())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
-    ema = EMA(params, ema_decay)
+    ema = EMA(named, ema_decay)
     gen = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
     unet.train(), text_encoder.train()
     for step in range(steps):
-        pick = torch.randint(num_images, (batch_size,), generator=gen)
+        pick = torch.multinomial(weights, batch_size, replacement=True, generator=gen)
         # x1: a posterior sample, scaled to unit variance
         data = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=gen)) * scale
         which = index[pick].clone()
@@ -216,7 +144,9 @@ def train_prior(
         loss_value = loss.item()  # the last batch's loss is what the build records as final_loss
         if log:
             log(step, loss_value)
-    ema.copy_to()
+    with torch.no_grad():
+        for k, p in named.items():
+            p.copy_(ema.avg[k])
     unet.eval(), text_encoder.eval()
     return unet, text_encoder, loss_value
 

@@ -134,13 +134,13 @@ def build_sd_pipeline(folder: str | Path, version: str, seed: int = 0) -> Path:
     """Write a complete ``StableDiffusionPipeline`` folder (safetensors, fp32) with SD 1.5's (``"sd15"``) or
     SD 2.1's (``"sd21"``) architecture and seeded random weights, plus a ``d2f_build.json`` with the
     parameter counts. Loads with ``StableDiffusionPipeline.from_pretrained`` and ``d2f.pipeline.load_pipeline``."""
-    from d2f.world.tokenizer import build_tokenizer
+    from d2f.world.tokenizer import load_tokenizer
 
     if version not in VERSIONS:
         raise ValueError(f"unknown version {version!r}; expected one of {', '.join(VERSIONS)}")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(model_max_length=MAX_LENGTH)
+    tokenizer = load_tokenizer(model_max_length=MAX_LENGTH)
     modules = {
         "unet": make_unet(version),
         "text_encoder": make_text_encoder(version, tokenizer),

@@ -1,35 +1,36 @@
-"""The built-in priors' tokenizer: a CLIP byte-level BPE that d2f writes itself.
+"""The built-in priors' tokenizer: a CLIP byte-level BPE trained here on ordinary English.
 
 Stable Diffusion's ``CLIPTokenizer`` reads two files:
 
 - ``vocab.json``: token -> id. CLIP's layout: the 256 *byte-unicode* characters (each byte mapped to a
   printable character), the same 256 with the end-of-word suffix ``</w>``, then one token per merge,
-  then ``<|startoftext|>`` and ``<|endoftext|>``. Without merges that is 514 tokens.
+  then ``<|startoftext|>`` and ``<|endoftext|>``.
 - ``merges.txt``: ranked pairs ``"left right"``; BPE repeatedly joins the lowest-ranked adjacent pair.
 
-We add merges so that every word of the shapes world's captions ("a", the colours, the shapes)
-becomes **one** token, e.g. for ``red</w>``: ``r e`` then ``re d</w>``. Any other word still
-tokenizes (into bytes), so arbitrary prompts work, they just mean nothing to the model.
+The merges are learnt by byte-pair encoding (Sennrich et al. 2016, "Neural machine translation of rare
+words with subword units") from the 30,000 most frequent English words of ``wordfreq`` (an offline word
+list, a build-time dependency only), each weighted by its frequency: ``NUM_MERGES`` of them give a vocabulary
+of about 8,000 tokens in which common words are one token and rare ones a few. Because the base symbols
+are all 256 bytes, **any** text tokenizes (byte fallback): no caption is ever mapped to an unknown token.
 
-``model_max_length`` is small (16): the default (about 1e30) would make the pipeline pad to it. The
-text encoder's ``max_position_embeddings`` must be at least this.
+The window is SD's: ``MODEL_MAX_LENGTH = 77`` tokens including start and end, so an ordinary caption is
+never cut (``d2f train`` counts the captions that are, and says so).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
 
-from d2f.world.shapes import COLOURS, SHAPES
-
-MODEL_MAX_LENGTH = 16
+MODEL_MAX_LENGTH = 77
+NUM_MERGES = 7680  # + 512 byte tokens + 2 specials ~ 8,192
+NUM_WORDS = 30000
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SUFFIX = "</w>"
-
-
-def caption_words() -> list[str]:
-    """The words that get their own token: ``a``, the colour names and the shape names."""
-    return ["a", *COLOURS, *SHAPES]
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "tiny-shapes-eps" / "tokenizer"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -47,76 +48,98 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def _bpe(word: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Apply ranked merges to a list of symbols the way BPE does: join the lowest-ranked pair,
-    all its occurrences, until no ranked pair is left."""
-    while len(word) > 1:
-        pairs = [(ranks.get((a, b), float("inf")), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
-        rank, first = min(pairs)
-        if rank == float("inf"):
-            break
-        a, b = word[first], word[first + 1]
-        merged, i = [], 0
-        while i < len(word):
-            if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                merged.append(a + b)
-                i += 2
-            else:
-                merged.append(word[i])
-                i += 1
-        word = merged
-    return word
+def symbols(word: str) -> list[str]:
+    """A word as BPE's starting symbols: its UTF-8 bytes as byte-unicode characters, the last one
+    carrying the end-of-word suffix (``"red"`` -> ``["r", "e", "d</w>"]``)."""
+    table = bytes_to_unicode()
+    chars = [table[b] for b in word.encode("utf-8")]
+    return [*chars[:-1], chars[-1] + SUFFIX]
 
 
-def build_merges(words: list[str]) -> list[tuple[str, str]]:
-    """Merges that turn each word into a single token.
+def train_merges(counts: dict[str, float], num_merges: int) -> list[tuple[str, str]]:
+    """Byte-pair encoding: repeatedly merge the most frequent adjacent pair of symbols (ties: the
+    lexicographically smallest pair, so the result is deterministic), ``num_merges`` times or until no
+    pair is left. ``counts``: word -> weight.
 
-    Words are added one at a time. For each, we run BPE with the merges so far (a new word may
-    already be partly merged by an earlier one: "green" after "red" starts as ``g re e n</w>``) and
-    append left-to-right joins of the pieces it ends up with. New merges rank below all earlier
-    ones, so they can never fire inside an earlier word before that word is already one token."""
+    Pair counts are kept up to date incrementally (only words that contain the merged pair change) with a
+    heap of candidates whose stale entries are skipped when popped."""
+    words = [symbols(w) for w in counts]
+    weights = list(counts.values())
+    pair_count: dict[tuple[str, str], float] = defaultdict(float)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+
+    def add(i: int, sign: int) -> set[tuple[str, str]]:
+        touched = set()
+        for pair in zip(words[i], words[i][1:]):
+            pair_count[pair] += sign * weights[i]
+            (where[pair].add if sign > 0 else where[pair].discard)(i)
+            touched.add(pair)
+        return touched
+
+    for i in range(len(words)):
+        add(i, +1)
+    heap = [(-c, p) for p, c in pair_count.items()]
+    heapq.heapify(heap)
     merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
-    for word in words:
-        pieces = _bpe([*word[:-1], word[-1] + SUFFIX], ranks)
-        left = pieces[0]
-        for right in pieces[1:]:
-            if (left, right) not in ranks:
-                ranks[(left, right)] = len(merges)
-                merges.append((left, right))
-            left = left + right
+    while heap and len(merges) < num_merges:
+        negative, pair = heapq.heappop(heap)
+        if not where[pair] or -negative != pair_count[pair]:
+            continue  # stale: the pair's count changed after this entry was pushed
+        merges.append(pair)
+        a, b = pair
+        touched = set()
+        for i in sorted(where[pair]):
+            touched |= add(i, -1)
+            word, merged, k = words[i], [], 0
+            while k < len(word):
+                if k + 1 < len(word) and word[k] == a and word[k + 1] == b:
+                    merged.append(a + b)
+                    k += 2
+                else:
+                    merged.append(word[k])
+                    k += 1
+            words[i] = merged
+            touched |= add(i, +1)
+        for p in touched:
+            if where[p]:
+                heapq.heappush(heap, (-pair_count[p], p))
     return merges
 
 
+def english_word_counts(num_words: int = NUM_WORDS) -> dict[str, float]:
+    """The ``num_words`` most frequent English words (letters only: CLIP's pre-tokenizer splits digits and
+    punctuation off anyway) with their frequencies, from ``wordfreq``."""
+    try:
+        from wordfreq import top_n_list, word_frequency
+    except ImportError as e:
+        raise ImportError("training the tokenizer needs an offline word list: pip install wordfreq") from e
+    words = [w for w in top_n_list("en", num_words) if re.fullmatch(r"[a-z]+", w)]
+    return {w: word_frequency(w, "en") for w in words}
+
+
 def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
-    """CLIP's vocab order: bytes, bytes + ``</w>``, one token per merge, then the two specials."""
+    """CLIP's vocab order: bytes, bytes + ``</w>``, one token per merge, then the two specials (a merge
+    whose result another merge already made adds no second token)."""
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + SUFFIX for c in chars] + [a + b for a, b in merges] + [BOS, EOS]
-    return {tok: i for i, tok in enumerate(tokens)}
+    return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
 
 
-def write_vocab_files(folder: str | Path) -> tuple[Path, Path]:
+def write_vocab_files(folder: str | Path, merges: list[tuple[str, str]]) -> tuple[Path, Path]:
     """Write ``vocab.json`` and ``merges.txt`` (with CLIP's ``#version`` header) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    merges = build_merges(caption_words())
     vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
-    vocab_path.write_text(json.dumps(build_vocab(merges), ensure_ascii=False, indent=0))
+    vocab_path.write_text(json.dumps(build_vocab(merges), ensure_ascii=False, indent=0), encoding="utf-8")
     merges_path.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     return vocab_path, merges_path
 
 
-def build_tokenizer(folder: str | Path | None = None, model_max_length: int = MODEL_MAX_LENGTH):
-    """A ``transformers.CLIPTokenizer`` over the world's vocabulary.
-
-    With ``folder``, the vocab files are written there too (for inspection or reuse); the returned
-    tokenizer is built from the same in-memory vocab and merges either way. Shapes: ``tokenizer(
-    prompts, padding="max_length", max_length=model_max_length)`` gives ``input_ids`` (B, 16)."""
+def make_tokenizer(merges: list[tuple[str, str]], model_max_length: int = MODEL_MAX_LENGTH):
+    """A ``transformers.CLIPTokenizer`` over these merges. Shapes: ``tokenizer(prompts, padding=
+    "max_length", max_length=model_max_length)`` gives ``input_ids`` (B, 77)."""
     from transformers import CLIPTokenizer
 
-    merges = build_merges(caption_words())
-    if folder is not None:
-        write_vocab_files(folder)
     return CLIPTokenizer(
         vocab=build_vocab(merges),
         merges=merges,
@@ -126,3 +149,14 @@ def build_tokenizer(folder: str | Path | None = None, model_max_length: int = MO
         pad_token=EOS,
         unk_token=EOS,
     )
+
+
+def read_merges(folder: str | Path = SHIPPED) -> list[tuple[str, str]]:
+    """The merges of a tokenizer folder (default: the one the built-in priors ship)."""
+    lines = (Path(folder) / "merges.txt").read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split(" ")) for line in lines[1:] if line]
+
+
+def load_tokenizer(folder: str | Path = SHIPPED, model_max_length: int = MODEL_MAX_LENGTH):
+    """The built-in tokenizer (or the one in ``folder``), e.g. for tiny test models."""
+    return make_tokenizer(read_merges(folder), model_max_length)
