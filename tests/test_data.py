@@ -79,7 +79,7 @@ def test_unreadable_image_is_named_or_skipped(tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing", r"data folder .* does not exist; give a built-in name \(shapes-base, shapes-target, shapes-novel-colours\)"),
+        ("missing", r"data folder .* does not exist; give a built-in name \(shapes-base, shapes-target, shapes-novel"),
         ("empty", r"no images in .*metadata\.jsonl"),
         ("no-captions", r"no caption column 'text' in .*; its columns are image: pass --caption-column NAME"),
         ("wrong-column", r"no caption column 'prompt' in .*; its columns are image, text: pass --caption-column"),

@@ -1,8 +1,8 @@
 """How well the model's VAE reconstructs the user's images, measured before training.
 
-A finetune can only draw what the VAE can decode: a VAE that never saw images like the user's (the built-in
-old shapes-only built-in VAE on handwriting, SD's VAE on tiny line art) caps every result, whatever the objective. So before the
-first step d2f encodes and decodes a few of the training images (posterior mean, no sampling) and reports
+A finetune can only draw what the VAE can decode: a VAE that never saw images like the user's (the old
+shapes-only built-in VAE on handwriting, SD's VAE on tiny line art) caps every result, whatever the objective.
+So before the first step d2f encodes and decodes a few of the training images (posterior mean, no sampling) and reports
 
     PSNR = 10 log10(1 / MSE)      MSE over pixels in [0, 1]
 
