@@ -72,18 +72,9 @@ def reflow(
     cfg = _student_config(rcfg, teacher, run, flow.name)
     check_config(cfg)
     _check_output_early(cfg)
-    from d2f.training.data import load_data
+    from d2f.training.data import load_run_data
 
-    data = load_data(
-        cfg.data,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-        resolution=cfg.resolution,
-        max_samples=cfg.max_samples,
-        skip_bad_images=cfg.skip_bad_images,
-        seed=cfg.seed,
-        builtin=builtin,
-    )
+    data = load_run_data(cfg, cfg.resolution, builtin)
     settings = PairSettings(
         teacher_model=resolve_model(cfg.model).source,
         teacher_weights=cfg.init_weights,

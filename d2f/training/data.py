@@ -247,3 +247,18 @@ def load_data(
         known,
         digest.hexdigest()[:16],
     )
+
+
+def load_run_data(cfg, resolution: int, builtin: BuiltinResolver | None = None) -> ImageCaptionData:
+    """``load_data`` with a run's settings (a ``TrainConfig``): what ``d2f train`` and ``d2f reflow`` read."""
+    return load_data(
+        cfg.data,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+        resolution=resolution,
+        center_crop=cfg.center_crop,
+        max_samples=cfg.max_samples,
+        skip_bad_images=cfg.skip_bad_images,
+        seed=cfg.seed,
+        builtin=builtin,
+    )

@@ -28,7 +28,7 @@ from d2f.pipeline.run_folder import METRICS_FILE
 from d2f.training import trackers
 from d2f.training.batches import Batches
 from d2f.training.config import TrainConfig, check_config, default_output
-from d2f.training.data import BuiltinResolver, load_data
+from d2f.training.data import BuiltinResolver, load_run_data
 from d2f.training.ema import EMA
 from d2f.training.lock import RunLock, take_lock
 from d2f.training.lora import add_lora
@@ -168,17 +168,7 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
     """The training data, the validation prompts, and the batches (with the VAE / text caches)."""
     cfg, acc, pipe = run.cfg, run.acc, run.pipe
     with acc.main_process_first():  # built-in data is written to its cache folder once
-        run.data = load_data(
-            cfg.data,
-            image_column=cfg.image_column,
-            caption_column=cfg.caption_column,
-            resolution=run.resolution,
-            center_crop=cfg.center_crop,
-            max_samples=cfg.max_samples,
-            skip_bad_images=cfg.skip_bad_images,
-            seed=cfg.seed,
-            builtin=builtin,
-        )
+        run.data = load_run_data(cfg, run.resolution, builtin)
     if run.data.num_skipped:
         names = ", ".join(run.data.skipped[:3]) + (", ..." if run.data.num_skipped > 3 else "")
         run.notice(
