@@ -26,7 +26,9 @@ def reflow(
     objective: str | None = typer.Option(
         None, help="Student objective: diff2flow or fm (default: fm for an fm teacher, else diff2flow)."
     ),
-    t_sampling: str = typer.Option(C.t_sampling, help="Training t: uniform, logit-normal or near-noise."),
+    t_sampling: str | None = typer.Option(
+        None, help="Training t: near-noise (density 2(1 - t); the default, measured best), uniform or logit-normal."
+    ),
     steps: int = typer.Option(C.steps, help="Optimizer steps of the student."),
     lora_rank: int | None = typer.Option(None, help="Student LoRA rank (default: the teacher's; 0 = full)."),
     lr: float = typer.Option(C.lr, help="Peak learning rate."),
@@ -60,7 +62,9 @@ def reflow(
     if lora is None and model is None:
         model, lora, using = choose_source(None, None, runs_dir)
         err_console.print(f"teacher: {using}", highlight=False)
-    train = dict(t_sampling=t_sampling, steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps)
+    train = dict(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps)
+    if t_sampling is not None:  # else the reflow default (d2f.reflow.run.T_SAMPLING)
+        train["t_sampling"] = t_sampling
     train.update(validate_every=validate_every, checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite)
     train.update(mixed_precision=mixed_precision)
     if lora_rank is not None:

@@ -28,6 +28,9 @@ from d2f.training.config import TrainConfig, check_config
 from d2f.training.data import BuiltinResolver
 
 VALIDATION_STEPS = [1, 2, 4]
+# measured (README, "Few-step students"): with the same pairs and budget, t with density 2 (1 - t) gave the
+# prior's student 0.64 / FD 70 at 1 call and 0.96 / FD 17 at 2 calls, against 0.54 / 89 and 0.94 / 22 uniform
+T_SAMPLING = "near-noise"
 
 
 @dataclass
@@ -139,6 +142,7 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
     elif weights:
         own.update(lora_rank=0)
     given = dict(rcfg.train)
+    given.setdefault("t_sampling", T_SAMPLING)
     for key in ("lora_rank", "lora_alpha", "lora_targets"):
         if key in own and key in given and given[key] != own[key]:
             raise UserError(
