@@ -429,8 +429,8 @@ fig.tight_layout()
 # %% [markdown]
 # Read the right panel at `t` near 0: there the student must predict the teacher's whole map `ODE(x0) - x0`
 # from the noise alone (section 6.3), the hardest part of the regression, and that is exactly where a 1-step
-# sampler evaluates it. (`d2f reflow
-# --t-sampling near-noise` puts more training weight there.)
+# sampler evaluates it. That is why `d2f reflow` draws training t with density 2 (1 - t) by default
+# (`--t-sampling near-noise`; measured better than uniform t in the README's reflow table).
 #
 # ## 6.6 Before and after: 1, 2 and 4 steps
 #
