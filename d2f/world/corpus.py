@@ -227,3 +227,8 @@ def corpus_images(kind: str, num_images: int, seed: int, resolution: int = 32, h
     rng = random.Random(f"{kind}-{seed}-{held_out}")
     pixels = np.stack([np.asarray(draw_image(kind, rng, resolution, held_out)) for _ in range(num_images)])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [-1, 1], the VAE's range:  x = p / 127.5 - 1."""
+    return pixels.float() / 127.5 - 1

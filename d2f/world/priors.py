@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from d2f.training.ema import EMA
 from d2f.world.components import RESOLUTION, SD_BETAS, make_text_encoder, make_unet
-from d2f.world.corpus import corpus_images
+from d2f.world.corpus import corpus_images, to_unit_range
 from d2f.world.lr_schedule import warmup_cosine
 from d2f.world.shapes import all_prompts, caption, draw, make_specs
 
@@ -53,7 +53,7 @@ def shape_images(num_images: int, domain: str, seed: int) -> tuple[torch.Tensor,
     with their captions."""
     specs = make_specs(num_images, domain, seed)
     pixels = np.stack([np.asarray(draw(s, RESOLUTION)) for s in specs])  # (B,H,W,3) uint8
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = to_unit_range(torch.from_numpy(pixels).permute(0, 3, 1, 2))
     return images, [caption(s.shape, s.colour) for s in specs]
 
 
@@ -63,7 +63,7 @@ def prior_data(num_images: int, seed: int) -> tuple[torch.Tensor, list[str], tor
     kind in ``KIND_CAPTIONS`` sharing the rest."""
     shapes, captions = shape_images(num_images, "base", seed)
     per_kind = num_images // 4
-    kinds = [corpus_images(kind, per_kind, seed + 1).float() / 127.5 - 1 for kind in KIND_CAPTIONS]
+    kinds = [to_unit_range(corpus_images(kind, per_kind, seed + 1)) for kind in KIND_CAPTIONS]
     captions += [text for text in KIND_CAPTIONS.values() for _ in range(per_kind)]
     weights = torch.cat(
         [

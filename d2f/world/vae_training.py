@@ -16,7 +16,6 @@ VAE check of ``d2f train`` (``d2f.training.vae_check``) measures on a user's dat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -24,16 +23,11 @@ import torch.nn.functional as F
 
 from d2f.training.vae_check import vae_psnr
 from d2f.world.components import RESOLUTION, make_vae
-from d2f.world.corpus import KINDS, corpus_images
+from d2f.world.corpus import KINDS, corpus_images, to_unit_range
 from d2f.world.lr_schedule import warmup_cosine
 
 Log = Callable[[int, float], None]  # (step, loss) -> None, for progress bars
 HELD_OUT_SEED = 12345  # the training corpus uses --seed (0 by default): never this one
-
-
-def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [-1, 1], the VAE's range."""
-    return pixels.float() / 127.5 - 1
 
 
 def corpus(num_per_kind: int, seed: int, kinds=KINDS) -> torch.Tensor:
@@ -101,13 +95,4 @@ def psnr_by_kind(vae, num_images: int = 256, kinds=KINDS) -> dict[str, float]:
     held_out = {kind: to_unit_range(corpus_images(kind, num_images, HELD_OUT_SEED, held_out=True)) for kind in kinds}
     for domain in ("base", "target"):
         held_out[f"shapes-{domain}"] = shape_images(num_images, domain, HELD_OUT_SEED)[0]
-    out = {}
-    for name, pixels in held_out.items():
-        mse = sum(_mse(vae, chunk) * len(chunk) for chunk in pixels.split(128)) / len(pixels)
-        out[name] = round(10 * math.log10(1 / mse), 2)
-    return out
-
-
-def _mse(vae, pixels: torch.Tensor) -> float:
-    """Mean squared error on [0, 1] pixels (what ``vae_psnr`` turns into dB)."""
-    return 10 ** (-vae_psnr(vae, pixels) / 10)
+    return {name: round(vae_psnr(vae, pixels), 2) for name, pixels in held_out.items()}
