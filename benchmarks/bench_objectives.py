@@ -3,12 +3,14 @@
 A grid of finetunes of the built-in priors, objective x LoRA rank x training seed x task
 (``objectives_grid.py``), each scored along its learning curve and at the end with fixed evaluation noise
 (``objectives_eval.py``), plus the cost of a training step of every objective measured in this process.
-One process, one cell at a time; each finished cell is appended to the results file, and a rerun skips the
-cells already there (resumable: kill it at any time and start it again with the same command).
+One cell at a time per process, one thread per process; each finished cell is appended to the results file,
+and a rerun skips the cells already there (resumable: kill it at any time and start it again with the same
+command). ``--workers N`` runs N such processes side by side, worker k taking every N-th cell of the plan
+(``--shard k/N``), each logging to ``<out>.worker<k>.log``; give it no more workers than idle cores.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --quick --out /tmp/quick.jsonl --report
     OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --full --dry-run      # the plan and its time estimate
-    OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --full                # the published numbers
+    python benchmarks/bench_objectives.py --full --workers 2 --report             # the published numbers
     python benchmarks/bench_objectives.py --report-only --out benchmarks/results/objectives.jsonl
 
 ``--full`` writes ``benchmarks/results/objectives.jsonl`` by default; ``--report`` (after the grid) or
@@ -216,19 +218,42 @@ def main(argv=None) -> None:
     parser.add_argument("--report", action="store_true", help="write the report after the grid")
     parser.add_argument("--report-only", action="store_true", help="only write the report from --out")
     parser.add_argument("--report-dir", default=None, help="where the report goes (default: benchmarks/results)")
+    parser.add_argument("--workers", type=int, default=1, help="processes side by side, one thread each (<= cores)")
+    parser.add_argument("--shard", default="0/1", help="K/N: run only every N-th cell from the K-th (for --workers)")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     out = Path(args.out) if args.out else RESULTS / "objectives.jsonl"
     report_dir = Path(args.report_dir) if args.report_dir else RESULTS
-    if not args.report_only:
-        run_grid(preset, out, args.dry_run)
+    shard = tuple(int(x) for x in args.shard.split("/"))
+    if not args.report_only and args.workers > 1 and not args.dry_run:
+        run_workers(preset, out, args.workers)
+    elif not args.report_only:
+        run_grid(preset, out, args.dry_run, shard, args.workers)
     if args.report or args.report_only:
         from objectives_report import write_report
 
         print(f"report: {write_report(out, report_dir)}", file=sys.stderr)
 
 
-def run_grid(preset, out: Path, dry_run: bool = False) -> None:
+def run_workers(preset, out: Path, workers: int) -> None:
+    """Measure the costs once, then run ``workers`` shards of the grid as child processes and wait for them."""
+    import subprocess
+
+    run_grid(preset, out, dry_run=False, shard=(0, 1), workers=workers, cost_only=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    children = []
+    for k in range(workers):
+        log = open(f"{out}.worker{k}.log", "a")
+        argv = [sys.executable, __file__, f"--{preset.name}", "--out", str(out), "--shard", f"{k}/{workers}"]
+        children.append((subprocess.Popen(argv, env=env, stdout=log, stderr=log), log))
+    codes = [child.wait() for child, _ in children]
+    for _, log in children:
+        log.close()
+    if any(codes):
+        sys.exit(f"a worker failed (exit codes {codes}); see {out}.worker*.log, then rerun to resume")
+
+
+def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_only=False) -> None:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -252,17 +277,20 @@ def run_grid(preset, out: Path, dry_run: bool = False) -> None:
         cost = measure_cost(cost_cell, preset.cost_rounds, preset.cost_steps)
         if not dry_run:
             append_record(out, cost)
-    todo = [c for c in cells if c.key not in done]
-    eta = sum(estimate_seconds(c, cost) for c in todo)
+    k, n = shard
+    todo = [c for i, c in enumerate(cells) if c.key not in done and i % n == k]
+    eta = sum(estimate_seconds(c, cost) for c in todo) / (workers if n == 1 else 1)
     s_step = {o: statistics.median(v) for o, v in cost["s_per_step"].items()}
     console.print(
         f"[bold]{preset.name}[/]: {len(cells)} cells ({len(cells) - len(todo)} done), "
         f"{sum(c.steps for c in todo)} training steps; measured s/step "
         + ", ".join(f"{o} {v:.3f}" for o, v in s_step.items())
         + f", sampling {cost['sample_s_per_image_call'] * 1e3:.2f} ms per image-call; "
-        f"planned wall time {eta / 3600:.2f} h ({eta:.0f} s) -> {out}"
+        f"planned wall time {eta / 3600:.2f} h ({eta:.0f} s"
+        + (f", {workers} workers on idle cores" if workers > 1 else "")
+        + f") -> {out}"
     )
-    if dry_run:
+    if dry_run or cost_only:
         return
     step0 = _step0_cache(records)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
