@@ -66,6 +66,9 @@ def train(
     lora_rank: int = typer.Option(C.lora_rank, help="LoRA rank; 0 = full finetune of the UNet."),
     lora_alpha: float | None = typer.Option(C.lora_alpha, help="LoRA alpha (default: the rank)."),
     lora_targets: str = typer.Option(C.lora_targets, help="attn or attn+conv."),
+    train_text_encoder: bool = typer.Option(
+        C.train_text_encoder, "--train-text-encoder", help="A LoRA on the text encoder too (new words in captions)."
+    ),
     lr: float = typer.Option(C.lr, help="Peak learning rate (AdamW)."),
     lr_scheduler: str = typer.Option(C.lr_scheduler, help="constant, cosine or linear (after warmup)."),
     warmup_steps: int = typer.Option(C.warmup_steps, help="Linear warmup steps."),

@@ -5,7 +5,8 @@ reads. kohya's sd-scripts, AUTOMATIC1111, ComfyUI and InvokeAI read the kohya fo
 ``lora_unet_<module with _>.lora_down.weight`` / ``.lora_up.weight`` plus one ``.alpha`` scalar per layer. The
 conversion is diffusers' own ``convert_state_dict_to_kohya`` (from PEFT's ``lora_A`` / ``lora_B`` names); d2f
 adds the run's real alpha (diffusers' converter writes alpha = rank, i.e. scale 1, which is wrong for a LoRA
-trained with another ``--lora-alpha``): a kohya loader scales each layer by alpha / rank.
+trained with another ``--lora-alpha``): a kohya loader scales each layer by alpha / rank. A text-encoder LoRA
+(``--train-text-encoder``) becomes kohya's ``lora_te_<module>`` layers, the SD 1.x/2.x name (one text encoder).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ TO_PEFT = {
     ".lora.up.weight": ".lora_B.weight",
     ".lora_A.weight": ".lora_A.weight",
     ".lora_B.weight": ".lora_B.weight",
+    ".lora_linear_layer.down.weight": ".lora_A.weight",  # the text encoder's
+    ".lora_linear_layer.up.weight": ".lora_B.weight",
 }
 
 
@@ -43,16 +46,19 @@ def lora_alpha(metadata: dict, run: dict | None, rank: int) -> float:
 
 
 def to_kohya(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """A diffusers-format UNet LoRA state dict in kohya's format, with ``.alpha`` = ``alpha`` for every layer."""
+    """A diffusers-format LoRA state dict (UNet, and text encoder if any) in kohya's format, with ``.alpha`` =
+    ``alpha`` for every layer (d2f gives both adapters the same rank and alpha)."""
     from diffusers.utils import convert_state_dict_to_kohya
 
     peft = {}
     for key, value in state.items():
         suffix = next((s for s in TO_PEFT if key.endswith(s)), None)
-        if suffix is None or not key.startswith("unet."):
-            raise UserError(f"unexpected LoRA key {key!r}: d2f exports UNet LoRAs in diffusers' format")
+        if suffix is None or not key.startswith(("unet.", "text_encoder.")):
+            raise UserError(f"unexpected LoRA key {key!r}: d2f exports its own LoRAs, in diffusers' format")
         peft[key[: -len(suffix)] + TO_PEFT[suffix]] = value
     kohya = convert_state_dict_to_kohya(peft)
+    # diffusers names the text encoder te1 (SDXL's first of two); SD 1.x/2.x LoRAs call their one encoder te
+    kohya = {k.replace("lora_te1_", "lora_te_", 1): v for k, v in kohya.items()}
     return {k: (torch.tensor(alpha) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
 
 

@@ -158,7 +158,15 @@ def run_scheduler(config, run: dict):
     return Diff2FlowEulerScheduler.from_config(config, objective=objective, **overrides)
 
 
-LORA_SUFFIXES = {".lora.down.weight": "in", ".lora_A.weight": "in", ".lora.up.weight": "out", ".lora_B.weight": "out"}
+# diffusers' UNet names, peft's, and diffusers' text-encoder names (``q_proj.lora_linear_layer.down.weight``)
+LORA_SUFFIXES = {
+    ".lora.down.weight": "in",
+    ".lora_A.weight": "in",
+    ".lora_linear_layer.down.weight": "in",
+    ".lora.up.weight": "out",
+    ".lora_B.weight": "out",
+    ".lora_linear_layer.up.weight": "out",
+}
 
 
 def _lora_layers(keys) -> dict[str, tuple[str, str, str]]:

@@ -3,7 +3,9 @@
 The frozen VAE and text encoder run once before training (``cache=True``): the VAE posterior (mean, std)
 of every image (and of its mirror image with ``--random-flip``) and the text embedding of every caption.
 A step then costs one UNet forward and backward, whatever the objective. ``cache=False`` runs them in
-every step instead, with the same draws.
+every step instead, with the same draws. With ``text_trainable`` (``--train-text-encoder``) the text encoder
+is part of what is trained, so nothing of it can be cached: ``cond`` is the captions' token ids (B, L), which
+the training step embeds.
 
 Reproducibility: every random draw of micro step k on process r (which images, flips, caption dropout,
 posterior noise, x0, t) comes from a generator seeded by (seed, k, r), so a run resumed from a checkpoint
@@ -65,6 +67,7 @@ class Batches:
         device,
         noise_offset: float = 0.0,
         workers: int = 0,
+        text_trainable: bool = False,
     ):
         self.data, self.vae, self.text_encoder, self.tokenizer, self.flow = data, vae, text_encoder, tokenizer, flow
         self.batch_size, self.caption_dropout, self.random_flip = batch_size, caption_dropout, random_flip
@@ -75,20 +78,24 @@ class Batches:
         self.captions = sorted(set(data.captions) | {""})
         self.caption_index = torch.tensor([self.captions.index(c) for c in data.captions])
         self.empty = self.captions.index("")
-        self.text_cache = self.encode_text(self.captions) if cache else None
+        self.token_ids = self.tokenize(self.captions) if text_trainable else None
+        self.text_cache = self.encode_text(self.captions) if cache and not text_trainable else None
         self.latent_cache = self._encode_all() if cache else None
 
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """Text encoder hidden states (B, L, D), float32, as the SD pipeline computes them."""
-        ids = self.tokenizer(
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """Token ids (B, L), padded and cut to the tokenizer's window, as the SD pipeline makes them."""
+        return self.tokenizer(
             captions,
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].float()
+        ).input_ids
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Text encoder hidden states (B, L, D), float32, as the SD pipeline computes them."""
+        return self.text_encoder(self.tokenize(captions).to(self.device))[0].float()
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,11 +143,15 @@ class Batches:
         if self.latent_cache is not None:
             mean = torch.stack([self.latent_cache[bool(f)][0][k] for k, f in zip(idx, flips)])
             std = torch.stack([self.latent_cache[bool(f)][1][k] for k, f in zip(idx, flips)])
-            cond = self.text_cache[which]
         else:
             pixels = self.pixels(idx)
             pixels = torch.where(flips[:, None, None, None], pixels.flip(-1), pixels)
             mean, std = self.encode_images(pixels)
+        if self.token_ids is not None:  # the text encoder is trained: the step embeds the ids
+            cond = self.token_ids[which]
+        elif self.text_cache is not None:
+            cond = self.text_cache[which]
+        else:
             cond = self.encode_text([self.captions[k] for k in which])
         scaling = self.vae.config.scaling_factor
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0

@@ -57,6 +57,7 @@ class TrainConfig:
     lora_rank: int = 64
     lora_alpha: float | None = None  # None: = rank
     lora_targets: str = "attn+conv"
+    train_text_encoder: bool = False  # a LoRA on the text encoder too (d2f.training.lora)
     lr: float = 1e-3
     lr_scheduler: str = "cosine"
     warmup_steps: int = 50
@@ -143,6 +144,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--guidance must be >= 0, got {cfg.guidance}")
     if any(k < 1 for k in cfg.validation_steps or []):
         raise UserError(f"validation steps must be at least 1, got {cfg.validation_steps}")
+    if cfg.train_text_encoder and cfg.lora_rank == 0:
+        raise UserError(
+            "--train-text-encoder adds a LoRA to the text encoder: it needs a LoRA run (--lora-rank > 0), "
+            "not a full finetune of the UNet"
+        )
+    if cfg.train_text_encoder and cfg.pairs:
+        raise UserError("reflow trains the UNet only: drop --train-text-encoder")
     if cfg.pairs and cfg.objective == "diffusion":
         raise UserError("training on reflow pairs needs an FM objective (diff2flow or fm), not diffusion")
 

@@ -99,14 +99,17 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     losses, times = [], []
     for micro in range(cfg.grad_accum):
         data, noise, t, cond = run.batches.get(step * cfg.grad_accum + micro, acc.process_index, acc.num_processes)
-        with acc.accumulate(run.model):
+        models = (run.model,) if run.text_model is None else (run.model, run.text_model)
+        with acc.accumulate(*models):
+            if run.text_model is not None:  # --train-text-encoder: cond holds token ids, embedded with gradients
+                cond = run.text_model(cond)[0]
             out = run.flow.loss(net, data, noise, t, cond)
             per_sample = acc.gather(out.per_sample.detach()).float().cpu()
             if not torch.isfinite(per_sample).all():
                 _diverged(run, step)
             acc.backward(out.loss)
             if acc.sync_gradients and cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+                acc.clip_grad_norm_(list(run.trainable.values()), cfg.max_grad_norm)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         losses.append(per_sample)
@@ -156,9 +159,14 @@ def _checkpoint(run: Run, step: int) -> None:
 
     def _save_lora(folder):  # every checkpoint is also a LoRA that ``pipe.load_lora_weights(folder)`` loads
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            save_weights(run.acc.unwrap_model(run.model), folder, run.cfg.lora_rank)
+            save_weights(run.acc.unwrap_model(run.model), folder, run.cfg.lora_rank, _text_encoder(run))
 
     on_main(run, save)
+
+
+def _text_encoder(run: Run):
+    """The text encoder whose LoRA is saved with the UNet's (--train-text-encoder), else None."""
+    return run.acc.unwrap_model(run.text_model) if run.text_model is not None else None
 
 
 def _finish(run: Run) -> dict:
@@ -168,7 +176,7 @@ def _finish(run: Run) -> dict:
 
     def save():
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            return save_weights(run.acc.unwrap_model(run.model), run.out, cfg.lora_rank)
+            return save_weights(run.acc.unwrap_model(run.model), run.out, cfg.lora_rank, _text_encoder(run))
 
     path = on_main(run, save)
     kill_point("finish:weights")

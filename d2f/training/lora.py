@@ -17,9 +17,15 @@ Targets (``--lora-targets``):
 
 ``rank = 0`` means no adapter: the whole UNet is trained (a full finetune).
 
+``--train-text-encoder`` adds a second LoRA, of the same rank and alpha, on the text encoder's attention
+projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``: diffusers' ``--train_text_encoder`` in its
+DreamBooth LoRA script). The UNet only learns what the captions' embeddings tell apart; a text encoder that
+maps new words ("a digit 3", "a digit 7") to nearly the same states needs to learn them too.
+
 Saving uses diffusers' own format, so a plain ``StableDiffusionPipeline.load_lora_weights(folder)`` loads
 the result (``pytorch_lora_weights.safetensors``, with the peft config in the safetensors metadata so that
-``lora_alpha`` and the targets survive the round trip); a full finetune saves the UNet as a diffusers
+``lora_alpha`` and the targets survive the round trip; the text encoder's layers under ``text_encoder.``, which
+``load_lora_weights`` puts into ``pipe.text_encoder``); a full finetune saves the UNet as a diffusers
 model folder (``unet/``).
 """
 
@@ -35,6 +41,8 @@ from d2f.pipeline.run_folder import LORA_FILE, UNET_DIR
 ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "conv"]
 TARGETS = {"attn": ATTN_TARGETS, "attn+conv": ATTN_TARGETS + CONV_TARGETS}
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections
+TEXT_PREFIX = "text_encoder."  # the text encoder's names among a run's trainable weights (and in the LoRA file)
 
 
 def check_lora_settings(rank: int, alpha: float | None, targets: str) -> None:
@@ -65,9 +73,25 @@ def add_lora(unet, rank: int = 4, alpha: float | None = None, targets: str = "at
     return [p for p in unet.parameters() if p.requires_grad]
 
 
+def add_text_lora(text_encoder, rank: int, alpha: float | None = None) -> list[torch.nn.Parameter]:
+    """Freeze the text encoder and add a LoRA (``rank`` > 0) to its attention projections; returns the
+    trainable parameters (the LoRA's). Seed the global RNG first, as for ``add_lora``."""
+    from peft import LoraConfig
+
+    text_encoder.requires_grad_(False)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=True, target_modules=TEXT_TARGETS
+    )
+    try:
+        text_encoder.add_adapter(config)
+    except ValueError as exc:  # transformers checks the peft version first (5.24 wants peft >= 0.22)
+        raise UserError(f"cannot add a LoRA to the text encoder: {exc}; or install transformers<5.24") from None
+    return [p for p in text_encoder.parameters() if p.requires_grad]
+
+
 def trainable_state(unet, rank: int) -> dict[str, torch.Tensor]:
     """The trained weights in diffusers' format: the LoRA layers (``rank`` > 0), or the UNet's
-    state dict (``rank`` = 0)."""
+    state dict (``rank`` = 0). Also for the text encoder's LoRA."""
     if rank == 0:
         return {k: v.detach() for k, v in unet.state_dict().items()}
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -76,12 +100,12 @@ def trainable_state(unet, rank: int) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
-def save_weights(unet, folder: str | Path, rank: int) -> Path:
+def save_weights(unet, folder: str | Path, rank: int, text_encoder=None) -> Path:
     """Save what was trained into ``folder``: ``pytorch_lora_weights.safetensors`` (LoRA, loadable with
-    ``pipe.load_lora_weights(folder)``) or ``unet/`` (full finetune, loadable with
-    ``UNet2DConditionModel.from_pretrained(folder / "unet")``). Returns the path written.
+    ``pipe.load_lora_weights(folder)``; with ``text_encoder``, its LoRA too) or ``unet/`` (full finetune,
+    loadable with ``UNet2DConditionModel.from_pretrained(folder / "unet")``). Returns the path written.
 
-    Beside a LoRA, the same adapter in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``),
+    Beside a LoRA, the UNet's adapter in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``),
     so that ``peft.PeftModel.from_pretrained(unet, folder)`` loads it without diffusers."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,13 +114,19 @@ def save_weights(unet, folder: str | Path, rank: int) -> Path:
         return folder / UNET_DIR
     from diffusers import StableDiffusionPipeline
 
-    metadata = unet.peft_config["default"].to_dict()
+    text = {}
+    if text_encoder is not None:
+        text = {
+            "text_encoder_lora_layers": trainable_state(text_encoder, rank),
+            "text_encoder_lora_adapter_metadata": text_encoder.peft_config["default"].to_dict(),
+        }
     StableDiffusionPipeline.save_lora_weights(
         folder,
         unet_lora_layers=trainable_state(unet, rank),
         safe_serialization=True,
         weight_name=LORA_FILE,
-        unet_lora_adapter_metadata=metadata,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        **text,
     )
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file

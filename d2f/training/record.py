@@ -28,7 +28,12 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         "resolution": data.resolution,
         "mixed_precision": run.acc.mixed_precision,  # the effective one (accelerate's when not given)
         "weights": LORA_FILE if cfg.lora_rank else UNET_DIR,
-        "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank, "targets": cfg.lora_targets}
+        "lora": {
+            "rank": cfg.lora_rank,
+            "alpha": cfg.lora_alpha or cfg.lora_rank,
+            "targets": cfg.lora_targets,
+            "text_encoder": cfg.train_text_encoder,
+        }
         if cfg.lora_rank
         else None,
         "time_convention": TIME_CONVENTION,

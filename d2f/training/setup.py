@@ -31,7 +31,7 @@ from d2f.training.config import TrainConfig, check_config, default_output
 from d2f.training.data import BuiltinResolver, load_run_data
 from d2f.training.ema import EMA
 from d2f.training.lock import RunLock, take_lock
-from d2f.training.lora import add_lora
+from d2f.training.lora import TEXT_PREFIX, add_lora, add_text_lora
 from d2f.training.metrics import TrainWindow
 from d2f.training.model import load_model
 from d2f.training.output import check_output, claim_output
@@ -62,6 +62,7 @@ class Run:
     metrics_lines: int = 0  # lines in metrics.jsonl: a checkpoint records how far to rewind it
     metrics_before: dict | None = None
     ema: object = None
+    text_model: object = None  # the text encoder as prepared by accelerate, with --train-text-encoder only
     vae_psnr: float | None = None  # how well the VAE reconstructs the data (d2f.training.vae_check)
     seconds_before: float = 0.0  # training time of earlier attempts (a resumed run)
     started: float = field(default_factory=time.perf_counter)
@@ -207,6 +208,7 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
         device=acc.device,
         noise_offset=cfg.noise_offset,
         workers=cfg.dataloader_num_workers,
+        text_trainable=cfg.train_text_encoder,
     )
 
 
@@ -239,11 +241,14 @@ def captions_over_window(tokenizer, captions: list[str]) -> list[str]:
 
 def _build_optimizer(run: Run) -> None:
     """The adapter (or a full finetune), AdamW, the LR schedule, accelerate's wrapping, then the EMA on the
-    prepared parameters' device."""
-    cfg, unet = run.cfg, run.unet
+    prepared parameters' device. With --train-text-encoder, the text encoder's LoRA joins the same optimizer
+    (its weights named ``text_encoder.<name>`` among the run's trainable ones)."""
+    cfg, unet, text_encoder = run.cfg, run.unet, run.pipe.text_encoder
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[run.acc.mixed_precision]
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is part of the run
     params = add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    if cfg.train_text_encoder:
+        params += add_text_lora(text_encoder, cfg.lora_rank, cfg.lora_alpha)
     if cfg.init_weights:  # reflow: the student starts as its teacher
         load_start_weights(unet, cfg.init_weights, cfg.lora_rank)
     if cfg.lora_rank > 0 and weight_dtype != torch.float32:
@@ -263,7 +268,12 @@ def _build_optimizer(run: Run) -> None:
         num_warmup_steps=cfg.warmup_steps,
         num_training_steps=cfg.steps,
     )
-    run.model, run.optimizer = run.acc.prepare(unet, optimizer)
+    if cfg.train_text_encoder:
+        run.model, run.text_model, run.optimizer = run.acc.prepare(unet, text_encoder, optimizer)
+    else:
+        run.model, run.optimizer = run.acc.prepare(unet, optimizer)
     # after prepare: the trainable parameters now live on the accelerator's device
     run.trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    if cfg.train_text_encoder:
+        run.trainable.update({TEXT_PREFIX + n: p for n, p in text_encoder.named_parameters() if p.requires_grad})
     run.ema = EMA(run.trainable, cfg.ema_decay) if cfg.ema else None

@@ -58,7 +58,13 @@ def load_start_weights(unet, path: str | Path, rank: int) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = {k.removeprefix("unet."): v for k, v in load_file(path).items() if k.startswith("unet.")}
+    saved = load_file(path)
+    if any(k.startswith("text_encoder.") for k in saved):
+        raise UserError(
+            f"the LoRA {path} also changes the text encoder (a --train-text-encoder run); a student trains the "
+            "UNet only, so it cannot start from it: reflow a run trained without --train-text-encoder"
+        )
+    state = {k.removeprefix("unet."): v for k, v in saved.items() if k.startswith("unet.")}
     config = unet.peft_config["default"]
     found = lora_file_settings(path)
     if (found["rank"], found["alpha"]) != (config.r, float(config.lora_alpha)):
