@@ -255,9 +255,38 @@ def plot_curves(groups: dict, path: Path) -> Path | None:
     return path
 
 
+def long_section(cells: list[dict], folder: Path) -> list[str]:
+    """The ``long`` block (the demo's budget): its table, the paired differences and its curves."""
+    if not cells:
+        return []
+    groups = _group(cells)
+    spec = cells[0]["spec"]
+
+    def final(objective, metric):
+        by_seed = groups.get((spec["model"], spec["task"], objective, spec["rank"]), {})
+        return {s: _value(r, _natural(r["spec"]), metric) for s, r in by_seed.items()}
+
+    lines = [
+        f"## The demo's budget ({spec['steps']} steps of batch {spec['batch_size']}, {_rank_name(spec['rank'])})",
+        "",
+        *summary_table(groups),
+        "",
+    ]
+    for other in ("fm", "diffusion"):
+        for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
+            d = paired_difference(final("diff2flow", metric), final(other, metric))
+            lines.append(f"- {metric}(diff2flow) - {metric}({other}) = {_ci(d, digits)}")
+    plot = plot_curves(groups, folder / "objectives_long_curves.png")
+    if plot:
+        lines += ["", f"![FD along the long finetunes]({plot.name})"]
+    return lines + [""]
+
+
 def write_report(results: str | Path, folder: str | Path) -> Path:
     records = read_records(results)
-    cells = [r for r in records if r.get("kind") == "cell"]
+    every = [r for r in records if r.get("kind") == "cell"]
+    cells = [r for r in every if r["spec"]["role"] != "long"]
+    long = [r for r in every if r["spec"]["role"] == "long"]
     cost = next((r for r in records if r.get("kind") == "cost"), None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -270,7 +299,8 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
         f"`{Path(results).name}`: {len(cells)} finetunes, {spec.get('steps')} steps, batch {spec.get('batch_size')}, "
         f"n = {spec.get('n_eval')} samples per evaluation, guidance {spec.get('guidance')} for all, evaluation noise "
         f"seed {spec.get('eval_seed')} (fixed, separate from the training seeds); grid wall time "
-        f"{sum(r['wall_seconds'] for r in cells) / 3600:.2f} h. Regenerate with "
+        f"{sum(r['wall_seconds'] for r in every) / 3600:.2f} h (sum over cells; {len(long)} of them at the demo's "
+        "budget, below). Regenerate with "
         "`python benchmarks/bench_objectives.py --report-only --out RESULTS.jsonl`.", "",
         "## The four answers", "", *answers(groups, cost, precision), "",
         "## Precision", "",
@@ -296,6 +326,7 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
               + ", ".join(f"{t}: {m} >= {v}" for t, (m, v) in THRESHOLDS.items()) + ".", ""]  # fmt: skip
     lines += ["## Samplers at equal network calls (headline cells)", "", *sampler_table(groups), ""]
     lines += ["## Guidance sweep (headline cells, natural sampler, most calls)", "", *guidance_table(groups), ""]
+    lines += long_section(long, folder)
     if cost:
         lines += [
             "## Cost",

@@ -46,9 +46,16 @@ def test_plan_keys_are_unique_stable_and_change_with_any_setting():
     full = plan(PRESETS["full"])
     head = [c for c in full if c.role == "headline"]
     assert {c.seed for c in head} == {0, 1, 2, 3, 4} and {c.rank for c in head} == {4, 64}
-    # no objective tuned more than another: within a rank, the same LR, steps, batch and warm-up
-    for rank in {c.rank for c in full}:
-        assert len({(c.lr, c.steps, c.batch_size, c.warmup_steps) for c in full if c.rank == rank}) == 1
+    # no objective tuned more than another: within a block and rank, the same LR, steps, batch and warm-up
+    for role, rank in {(c.role, c.rank) for c in full}:
+        same = {(c.lr, c.steps, c.batch_size, c.warmup_steps) for c in full if (c.role, c.rank) == (role, rank)}
+        assert len(same) == 1
+    long = [c for c in full if c.role == "long"]
+    assert {(c.steps, c.batch_size) for c in long} == {(1000, 32)} and {c.objective for c in long} == {
+        "diff2flow",
+        "fm",
+        "diffusion",
+    }
     assert {c.task for c in full} == {"shapes-target", "shapes-novel-colours"}
     assert {c.model for c in full} == {"tiny-shapes-eps", "tiny-shapes-v"}
     assert sum(c.redraws > 1 for c in full) == 1

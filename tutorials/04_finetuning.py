@@ -81,7 +81,7 @@ for k in range(8):
 # same UNet (docs/math.md §8):
 #
 # * **Diff2Flow**: `t ~ U[0, 1]`, `x_t = t*x1 + (1-t)*x0`, `o = net(c(t)*x_t, tau(t), cond)`,
-#   loss `= mean ||v_hat(o) - (x1 - x0)||^2` with `v_hat = x1_hat - eps_hat` (notebook 3).
+#   loss `= mean ||u_hat(o) - (x1 - x0)||^2` with `u_hat = x1_hat - eps_hat` (notebook 3).
 # * **Naive FM**: `o = net(x_t, (1-t)*(N-1), cond)`, loss `= mean ||o - (x1 - x0)||^2`: the raw output is
 #   taken as the velocity, with no scaling and no conversion (the timestep is `t` mapped linearly onto
 #   the network's range; the paper's code passes the raw `t`, a harsher baseline).
@@ -113,8 +113,8 @@ with torch.no_grad():
     tv = t.view(-1, 1, 1, 1)
     x_t = tv * x1 + (1 - tv) * x0
     z, tau = fm_to_diffusion(sched, x_t, t.double())  # z = c(t) x_t at tau(t)
-    v_hat = fm_velocity(sched, pipe.unet(z, tau, encoder_hidden_states=cond).sample, x_t, t.double())
-    by_hand = ((v_hat - (x1 - x0)) ** 2).mean().item()
+    u_hat = fm_velocity(sched, pipe.unet(z, tau, encoder_hidden_states=cond).sample, x_t, t.double())
+    by_hand = ((u_hat - (x1 - x0)) ** 2).mean().item()
     fm_loss = NaiveFMModel(sched).loss(net, x1, x0, t, cond).loss.item()
     i = torch.randint(0, 1000, (16,), generator=gen).float()
     diff_loss = DiffusionModel(sched, "epsilon").loss(net, x1, x0, i, cond).loss.item()

@@ -140,7 +140,7 @@ print(pipe.scheduler.config.prediction_type, "| init_noise_sigma =", pipe.schedu
 #
 #     timesteps[k]                  = tau(t_k)                 (fractional; the UNet takes float timesteps)
 #     scale_model_input(x, tau_k)   = c(t_k) * x               (z, the sample the network was trained on)
-#     step(o, tau_k, x)             = x + (t_{k+1} - t_k) * v_hat,    v_hat = x1_hat(o, z) - eps_hat(o, z)
+#     step(o, tau_k, x)             = x + (t_{k+1} - t_k) * u_hat,    u_hat = x1_hat(o, z) - eps_hat(o, z)
 #
 # Near `t = 0` several grid points share `tau = N-1` (the clamp of notebook 2).
 
