@@ -34,6 +34,7 @@ def test_text_encoder_lora_is_trained_saved_and_loaded_by_diffusers(tmp_path, ti
 
     from d2f.pipeline.export import export_lora
     from d2f.pipeline.loading import load_pipeline
+    from d2f.reflow.run import ReflowConfig, reflow
     from d2f.training.start_weights import load_start_weights
 
     out = tmp_path / "run"
@@ -69,9 +70,12 @@ def test_text_encoder_lora_is_trained_saved_and_loaded_by_diffusers(tmp_path, ti
     assert len(te) == 24 and not any(k.startswith("lora_te1_") for k in kohya)
     assert all(float(kohya[k]) == 8 for k in te if k.endswith(".alpha"))
 
-    # reflow trains the UNet only: a student cannot start from this run
+    # reflow trains the UNet only: a student cannot start from this run (said before any pair is made)
     with pytest.raises(UserError, match="text encoder"):
         load_start_weights(ours.unet, out / "pytorch_lora_weights.safetensors", 4)
+    with pytest.raises(UserError, match="--train-text-encoder"):
+        reflow(ReflowConfig(lora=str(out), output=str(tmp_path / "student")))
+    assert not (tmp_path / "student").exists()
 
 
 def test_resume_with_text_encoder_reproduces_the_uninterrupted_run(tmp_path, tiny_sd_eps, shapes_folder):

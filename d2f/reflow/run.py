@@ -113,6 +113,11 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
 
     weights = str(resolve_lora(rcfg.lora)[0]) if rcfg.lora else None
     settings = run.get("settings") or {}
+    if settings.get("train_text_encoder"):  # before the pairs: the student (UNet only) could not start as it
+        raise UserError(
+            f"the teacher {rcfg.lora} was trained with --train-text-encoder; reflow trains the UNet only, so "
+            "its student cannot start as this teacher: reflow a run trained without it"
+        )
     resolution = rcfg.resolution or run.get("resolution")
     resolution = resolution or int(teacher.unet.config.sample_size) * teacher.vae_scale_factor
     objective = rcfg.objective or ("fm" if teacher_objective == "fm" else "diff2flow")
