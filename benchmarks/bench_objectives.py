@@ -5,7 +5,7 @@ A grid of finetunes of the built-in priors, objective x LoRA rank x training see
 (``objectives_eval.py``), plus the cost of a training step of every objective measured in this process.
 One cell at a time per process, one thread per process; each finished cell is appended to the results file,
 and a rerun skips the cells already there (resumable: kill it at any time and start it again with the same
-command). ``--workers N`` runs N such processes side by side, worker k taking every N-th cell of the plan
+command). ``--workers N`` runs N such processes side by side, worker k taking every N-th cell not yet done
 (``--shard k/N``), each logging to ``<out>.worker<k>.log``; give it no more workers than idle cores.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --quick --out /tmp/quick.jsonl --report
@@ -277,8 +277,8 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
         cost = measure_cost(cost_cell, preset.cost_rounds, preset.cost_steps)
         if not dry_run:
             append_record(out, cost)
-    k, n = shard
-    todo = [c for i, c in enumerate(cells) if c.key not in done and i % n == k]
+    k, n = shard  # every worker reads the same file at the same start: the same list, split k::n
+    todo = [c for c in cells if c.key not in done][k::n]
     eta = sum(estimate_seconds(c, cost) for c in todo) / (workers if n == 1 else 1)
     s_step = {o: statistics.median(v) for o, v in cost["s_per_step"].items()}
     console.print(
