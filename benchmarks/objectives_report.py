@@ -28,7 +28,8 @@ METRICS = ("fd", "kid", "prompt_accuracy", "domain_accuracy")
 # must draw the asked new colour and shape half of the time
 THRESHOLDS = {"shapes-target": ("domain_accuracy", 0.9), "shapes-novel-colours": ("prompt_accuracy", 0.5)}
 NAIVE_FM_FINDING = """\
-**Why d2f's naive FM gets worse with training** (`benchmarks/probe_naive_fm.py`, 100-step runs, table below).
+**Why d2f's naive FM got worse with training on the previous built-in world** (before issue #11's rebuild:
+`benchmarks/probe_naive_fm.py`, 100-step runs, table below; the grid above is on the rebuilt world).
 At step 0 the naive-FM model is the epsilon prior read as a velocity: it outputs eps-hat ~ x0 where FM wants
 x1 - x0, the noise with the wrong sign and no data term, so its samples are no shapes at all (FD ~ 540, prompt
 accuracy at chance). The default LoRA (`attn+conv`) does not reach `conv_in`, `conv_out`, the time embedding,
@@ -212,6 +213,22 @@ def answers(groups: dict, cost: dict | None, precision: dict | None) -> list[str
     return out
 
 
+def naive_fm_trend(groups: dict) -> list[str]:
+    """Naive FM's FD at step 0 and at the end in this grid (mean over seeds), per form and rank: does it learn?"""
+    lines = []
+    for (model, task, objective, rank), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if not objective.startswith("fm") or task != "shapes-target" or model != "tiny-shapes-eps":
+            continue
+        first = statistics.fmean(_curve(r, "fd")[1][0] for r in by_seed.values())
+        last = statistics.fmean(_curve(r, "fd")[1][-1] for r in by_seed.values())
+        verb = "improves" if last < first else "gets worse"
+        lines.append(
+            f"- {objective} {_rank_name(rank)}: FD {first:.1f} at step 0 -> {last:.1f} at the end "
+            f"({len(by_seed)} seeds): it {verb} with training here."
+        )
+    return lines
+
+
 def _precision(cells: list[dict]) -> dict | None:
     for r in cells:
         spec = r["spec"]
@@ -340,7 +357,8 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
         lines.append("")
     if plot:
         lines += ["## Learning curves", "", f"![FD along training, mean and min-max over seeds]({plot.name})", ""]
-    lines += ["## Baselines", "", NAIVE_FM_FINDING, ""]
+    lines += ["## Baselines", "", "Naive FM in this grid (FD along its own curve, FM Euler at the fewest calls):", ""]
+    lines += [*naive_fm_trend(groups), "", NAIVE_FM_FINDING, ""]
     probe = Path(__file__).resolve().parent / "results" / "naive_fm_probe.md"
     if probe.is_file():
         lines += [probe.read_text().strip(), ""]
