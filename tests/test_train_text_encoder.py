@@ -32,7 +32,7 @@ def text_states(text_encoder, tokenizer, captions=("a red circle", "a digit 7"))
 def test_text_encoder_lora_is_trained_saved_and_loaded_by_diffusers(tmp_path, tiny_sd_eps, shapes_folder):
     from diffusers import StableDiffusionPipeline
 
-    from d2f.pipeline.export import export_lora
+    from d2f.pipeline.export import export_lora, to_kohya
     from d2f.pipeline.loading import load_pipeline
     from d2f.reflow.run import ReflowConfig, reflow
     from d2f.training.start_weights import load_start_weights
@@ -41,8 +41,8 @@ def test_text_encoder_lora_is_trained_saved_and_loaded_by_diffusers(tmp_path, ti
     run(tiny_sd_eps, shapes_folder, out, steps=3, lora_alpha=8, checkpoint_every=3)
     lora = load_file(out / "pytorch_lora_weights.safetensors")
     text_keys = [k for k in lora if k.startswith("text_encoder.")]
-    # 2 layers x (q, k, v, out) x (down, up)
-    assert len(text_keys) == 16 and any(k.startswith("unet.") for k in lora)
+    # 2 layers x (q, k, v, out) x (down, up), and the token embedding's A and B
+    assert len(text_keys) == 18 and any(k.startswith("unet.") for k in lora)
 
     # plain diffusers puts the file's text-encoder layers into pipe.text_encoder: its states are those of a
     # text encoder holding the step-3 checkpoint's weights, and no longer the base model's
@@ -64,8 +64,11 @@ def test_text_encoder_lora_is_trained_saved_and_loaded_by_diffusers(tmp_path, ti
     ours = load_pipeline(lora=out)
     torch.testing.assert_close(text_states(ours.text_encoder, ours.tokenizer), loaded, rtol=0, atol=1e-6)
 
-    # kohya: one lora_te_ layer (down, up, alpha) per adapted projection, with the run's alpha
-    kohya = load_file(export_lora(out))
+    # kohya has no token-embedding layers: the run is refused whole; its attention layers convert to one
+    # lora_te_ layer (down, up, alpha) per adapted projection, with the run's alpha
+    with pytest.raises(UserError, match="token embedding"):
+        export_lora(out)
+    kohya = to_kohya({k: v for k, v in lora.items() if "token_embedding" not in k}, 8.0)
     te = {k for k in kohya if k.startswith("lora_te_")}
     assert len(te) == 24 and not any(k.startswith("lora_te1_") for k in kohya)
     assert all(float(kohya[k]) == 8 for k in te if k.endswith(".alpha"))

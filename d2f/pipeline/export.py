@@ -6,7 +6,9 @@ reads. kohya's sd-scripts, AUTOMATIC1111, ComfyUI and InvokeAI read the kohya fo
 conversion is diffusers' own ``convert_state_dict_to_kohya`` (from PEFT's ``lora_A`` / ``lora_B`` names); d2f
 adds the run's real alpha (diffusers' converter writes alpha = rank, i.e. scale 1, which is wrong for a LoRA
 trained with another ``--lora-alpha``): a kohya loader scales each layer by alpha / rank. A text-encoder LoRA
-(``--train-text-encoder``) becomes kohya's ``lora_te_<module>`` layers, the SD 1.x/2.x name (one text encoder).
+becomes kohya's ``lora_te_<module>`` layers, the SD 1.x/2.x name (one text encoder). The kohya format has no
+token-embedding layers, so a ``--train-text-encoder`` run (which changes the token embedding too) is refused:
+dropping that part would export another model than the one trained.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def to_kohya(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Te
     ``alpha`` for every layer (d2f gives both adapters the same rank and alpha)."""
     from diffusers.utils import convert_state_dict_to_kohya
 
+    if any("lora_embedding" in key for key in state):
+        raise UserError(
+            "this LoRA changes the text encoder's token embedding (d2f train --train-text-encoder), which the kohya "
+            "format cannot hold; use the diffusers file itself (pipe.load_lora_weights loads it)"
+        )
     peft = {}
     for key, value in state.items():
         suffix = next((s for s in TO_PEFT if key.endswith(s)), None)

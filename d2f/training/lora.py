@@ -19,8 +19,10 @@ Targets (``--lora-targets``):
 
 ``--train-text-encoder`` adds a second LoRA, of the same rank and alpha, on the text encoder's attention
 projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``: diffusers' ``--train_text_encoder`` in its
-DreamBooth LoRA script). The UNet only learns what the captions' embeddings tell apart; a text encoder that
-maps new words ("a digit 3", "a digit 7") to nearly the same states needs to learn them too.
+DreamBooth LoRA script) and on its token embedding (peft's ``Embedding`` LoRA: a low-rank change of the rows,
+as textual inversion learns new words). The UNet only learns what the captions' states tell apart: a text
+encoder whose words for the data were never trained ("a digit 3" vs "a digit 7" for the built-in priors) keeps
+those words at their random initial embeddings, and its attention has learnt to pass them on only faintly.
 
 Saving uses diffusers' own format, so a plain ``StableDiffusionPipeline.load_lora_weights(folder)`` loads
 the result (``pytorch_lora_weights.safetensors``, with the peft config in the safetensors metadata so that
@@ -41,7 +43,7 @@ from d2f.pipeline.run_folder import LORA_FILE, UNET_DIR
 ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "conv"]
 TARGETS = {"attn": ATTN_TARGETS, "attn+conv": ATTN_TARGETS + CONV_TARGETS}
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "token_embedding"]  # CLIP's attention, its words
 TEXT_PREFIX = "text_encoder."  # the text encoder's names among a run's trainable weights (and in the LoRA file)
 
 
