@@ -163,9 +163,9 @@ def answers(groups: dict, cost: dict | None, precision: dict | None) -> list[str
     model, task = next(iter(head))[:2] if head else (None, None)
     out = []
 
-    def fd_by_seed(objective, rank, sampler_of=None):
+    def fd_by_seed(objective, rank, sampler_of=None, metric="fd"):
         by_seed = head.get((model, task, objective, rank), {})
-        out = {s: _value(r, _natural(r["spec"], sampler=sampler_of), "fd") for s, r in by_seed.items()}
+        out = {s: _value(r, _natural(r["spec"], sampler=sampler_of), metric) for s, r in by_seed.items()}
         return {s: v for s, v in out.items() if v is not None}  # the other sampler: only the seeds that have it
 
     for number, other in ((1, "fm"), (2, "diffusion")):
@@ -175,9 +175,13 @@ def answers(groups: dict, cost: dict | None, precision: dict | None) -> list[str
             swapped = paired_difference(
                 fd_by_seed("diff2flow", rank, other_sampler("diff2flow")), fd_by_seed(other, rank, other_sampler(other))
             )
+            acc = paired_difference(
+                *(fd_by_seed(o, rank, metric="prompt_accuracy") for o in ("diff2flow", other))
+            )  # FD alone misleads where samples have no shapes at all (naive FM): read prompt accuracy beside it
             parts.append(
                 f"at {_rank_name(rank)} FD(diff2flow) - FD({other}) = {_ci(d)}; "
-                f"with the samplers swapped {_ci(swapped)}"
+                f"with the samplers swapped {_ci(swapped)}; prompt accuracy (positive = Diff2Flow better) "
+                f"{_ci(acc, 2)}"
             )
         title = "naive FM" if other == "fm" else "diffusion"
         out.append(f"{number}. **Diff2Flow vs {title}** (final FD, natural sampler, "
