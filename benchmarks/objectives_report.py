@@ -223,12 +223,12 @@ def naive_fm_trend(groups: dict) -> list[str]:
     for (model, task, objective, rank), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if not objective.startswith("fm") or task != "shapes-target" or model != "tiny-shapes-eps":
             continue
-        first = statistics.fmean(_curve(r, "fd")[1][0] for r in by_seed.values())
-        last = statistics.fmean(_curve(r, "fd")[1][-1] for r in by_seed.values())
-        verb = "improves" if last < first else "gets worse"
+        first, last = (statistics.fmean(_curve(r, "fd")[1][k] for r in by_seed.values()) for k in (0, -1))
+        acc0, acc1 = (statistics.fmean(_curve(r, "prompt_accuracy")[1][k] for r in by_seed.values()) for k in (0, -1))
+        steps = next(iter(by_seed.values()))["spec"]["steps"]
         lines.append(
-            f"- {objective} {_rank_name(rank)}: FD {first:.1f} at step 0 -> {last:.1f} at the end "
-            f"({len(by_seed)} seeds): it {verb} with training here."
+            f"- {objective} {_rank_name(rank)} ({steps} steps, {len(by_seed)} seeds): FD {first:.1f} -> {last:.1f} "
+            f"({'falls' if last < first else 'rises'}), prompt accuracy {acc0:.2f} -> {acc1:.2f}."
         )
     return lines
 
@@ -362,7 +362,7 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
     if plot:
         lines += ["## Learning curves", "", f"![FD along training, mean and min-max over seeds]({plot.name})", ""]
     lines += ["## Baselines", "", "Naive FM in this grid (FD along its own curve, FM Euler at the fewest calls):", ""]
-    lines += [*naive_fm_trend(groups), "", NAIVE_FM_FINDING, ""]
+    lines += [*naive_fm_trend(groups), *naive_fm_trend(_group(long)), "", NAIVE_FM_FINDING, ""]
     probe = Path(__file__).resolve().parent / "results" / "naive_fm_probe.md"
     if probe.is_file():
         lines += [probe.read_text().strip(), ""]
