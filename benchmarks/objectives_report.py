@@ -276,19 +276,29 @@ def plot_curves(groups: dict, path: Path) -> Path | None:
     return path
 
 
-def long_section(cells: list[dict], folder: Path) -> list[str]:
-    """The ``long`` block (the demo's budget): its table, the paired differences and its curves."""
+BLOCK_TITLES = {
+    "long": "The demo's budget",
+    "novel": "New content: shapes in colours the prior never drew",
+    "v-prior": "The v-prediction prior",
+}
+
+
+def block_section(cells: list[dict], folder: Path) -> list[str]:
+    """One block other than the headline (all its cells share a role): its table, the paired differences of
+    Diff2Flow against each baseline (FD and prompt accuracy), and its curves."""
     if not cells:
         return []
     groups = _group(cells)
     spec = cells[0]["spec"]
+    role = spec["role"]
 
     def final(objective, metric):
         by_seed = groups.get((spec["model"], spec["task"], objective, spec["rank"]), {})
         return {s: _value(r, _natural(r["spec"]), metric) for s, r in by_seed.items()}
 
     lines = [
-        f"## The demo's budget ({spec['steps']} steps of batch {spec['batch_size']}, {_rank_name(spec['rank'])})",
+        f"## {BLOCK_TITLES.get(role, role)} ({spec['model']}, {spec['task']}, {spec['steps']} steps of batch "
+        f"{spec['batch_size']}, {_rank_name(spec['rank'])})",
         "",
         *summary_table(groups),
         "",
@@ -297,9 +307,9 @@ def long_section(cells: list[dict], folder: Path) -> list[str]:
         for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
             d = paired_difference(final("diff2flow", metric), final(other, metric))
             lines.append(f"- {metric}(diff2flow) - {metric}({other}) = {_ci(d, digits)}")
-    plot = plot_curves(groups, folder / "objectives_long_curves.png")
+    plot = plot_curves(groups, folder / f"objectives_{role.replace('-', '_')}_curves.png")
     if plot:
-        lines += ["", f"![FD along the long finetunes]({plot.name})"]
+        lines += ["", f"![FD along training, {role} block]({plot.name})"]
     return lines + [""]
 
 
@@ -308,6 +318,9 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
     every = [r for r in records if r.get("kind") == "cell"]
     cells = [r for r in every if r["spec"]["role"] != "long"]
     long = [r for r in every if r["spec"]["role"] == "long"]
+    by_role = defaultdict(list)
+    for r in every:
+        by_role[r["spec"]["role"]].append(r)
     cost = next((r for r in records if r.get("kind") == "cost"), None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -347,7 +360,8 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
               + ", ".join(f"{t}: {m} >= {v}" for t, (m, v) in THRESHOLDS.items()) + ".", ""]  # fmt: skip
     lines += ["## Samplers at equal network calls (headline cells)", "", *sampler_table(groups), ""]
     lines += ["## Guidance sweep (headline cells, natural sampler, most calls)", "", *guidance_table(groups), ""]
-    lines += long_section(long, folder)
+    for role in BLOCK_TITLES:
+        lines += block_section(by_role[role], folder)
     if cost:
         lines += [
             "## Cost",
