@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2f.world.corpus import draw_glyph
+from d2f.world.evaluator import conv_body
 
 FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf", "cmb10.ttf")
 DIGITS = "0123456789"
@@ -75,12 +76,7 @@ class DigitClassifier(nn.Module):
 
     def __init__(self, channels=(16, 32, 64)):
         super().__init__()
-        layers, c_in = [], 3
-        for c in channels:
-            for stride in (1, 2):
-                layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c), nn.SiLU()]
-                c_in = c
-        self.body = nn.Sequential(*layers)
+        self.body, c_in = conv_body(channels)
         self.head = nn.Linear(2 * c_in, len(DIGITS))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,18 @@ def as_batch(images) -> torch.Tensor:
     return images.clamp(0, 1)
 
 
+def conv_body(channels) -> tuple[nn.Sequential, int]:
+    """Per stage a 3x3 conv at full size, then a stride-2 one (32 -> 16 -> 8 -> 4 px for three stages), each
+    with BatchNorm and SiLU; returns the stack and its output channels. BatchNorm matters: measured after 400
+    steps, shape accuracy 37% without it, 95% with it, 100% with it and the max pooling of ``features``."""
+    layers, c_in = [], 3
+    for c in channels:
+        for stride in (1, 2):
+            layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c), nn.SiLU()]
+            c_in = c
+    return nn.Sequential(*layers), c_in
+
+
 class Evaluator(nn.Module):
     """Three-headed classifier. ``channels`` are the widths of the three stride-2 stages."""
 
@@ -81,15 +93,7 @@ class Evaluator(nn.Module):
             "colours": list(colours),
             "domains": list(domains),
         }
-        layers, c_in = [], 3
-        for c in channels:
-            # a 3x3 conv at full size, then a stride-2 one: 32 -> 16 -> 8 -> 4 px. BatchNorm matters:
-            # measured after 400 steps, shape accuracy 37% without it, 95% with it, 100% with it
-            # and the max pooling of ``features``
-            for stride in (1, 2):
-                layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c), nn.SiLU()]
-                c_in = c
-        self.body = nn.Sequential(*layers)
+        self.body, c_in = conv_body(channels)
         self.neck = nn.Sequential(nn.Linear(2 * c_in, feature_dim), nn.SiLU())
         self.heads = nn.ModuleDict(
             {
