@@ -163,7 +163,7 @@ def answers(groups: dict, cost: dict | None, precision: dict | None) -> list[str
     model, task = next(iter(head))[:2] if head else (None, None)
     out = []
 
-    def fd_by_seed(objective, rank, sampler_of=None, metric="fd"):
+    def scores(objective, rank, sampler_of=None, metric="fd"):  # {seed: final metric}
         by_seed = head.get((model, task, objective, rank), {})
         out = {s: _value(r, _natural(r["spec"], sampler=sampler_of), metric) for s, r in by_seed.items()}
         return {s: v for s, v in out.items() if v is not None}  # the other sampler: only the seeds that have it
@@ -171,12 +171,12 @@ def answers(groups: dict, cost: dict | None, precision: dict | None) -> list[str
     for number, other in ((1, "fm"), (2, "diffusion")):
         parts = []
         for rank in ranks:
-            d = paired_difference(fd_by_seed("diff2flow", rank), fd_by_seed(other, rank))
+            d = paired_difference(scores("diff2flow", rank), scores(other, rank))
             swapped = paired_difference(
-                fd_by_seed("diff2flow", rank, other_sampler("diff2flow")), fd_by_seed(other, rank, other_sampler(other))
+                scores("diff2flow", rank, other_sampler("diff2flow")), scores(other, rank, other_sampler(other))
             )
             acc = paired_difference(
-                *(fd_by_seed(o, rank, metric="prompt_accuracy") for o in ("diff2flow", other))
+                *(scores(o, rank, metric="prompt_accuracy") for o in ("diff2flow", other))
             )  # FD alone misleads where samples have no shapes at all (naive FM): read prompt accuracy beside it
             parts.append(
                 f"at {_rank_name(rank)} FD(diff2flow) - FD({other}) = {_ci(d)}; "
@@ -190,8 +190,8 @@ def answers(groups: dict, cost: dict | None, precision: dict | None) -> list[str
         low, high = ranks[0], ranks[-1]
         parts = []
         for other in ("fm", "diffusion"):
-            a = {s: v - fd_by_seed(other, low).get(s, float("nan")) for s, v in fd_by_seed("diff2flow", low).items()}
-            b = {s: v - fd_by_seed(other, high).get(s, float("nan")) for s, v in fd_by_seed("diff2flow", high).items()}
+            a = {s: v - scores(other, low).get(s, float("nan")) for s, v in scores("diff2flow", low).items()}
+            b = {s: v - scores(other, high).get(s, float("nan")) for s, v in scores("diff2flow", high).items()}
             parts.append(
                 f"vs {other}: gap at {_rank_name(low)} minus gap at {_rank_name(high)} = {_ci(paired_difference(a, b))}"
             )
@@ -316,11 +316,10 @@ def block_section(cells: list[dict], folder: Path) -> list[str]:
 def write_report(results: str | Path, folder: str | Path) -> Path:
     records = read_records(results)
     every = [r for r in records if r.get("kind") == "cell"]
-    cells = [r for r in every if r["spec"]["role"] != "long"]
-    long = [r for r in every if r["spec"]["role"] == "long"]
     by_role = defaultdict(list)
     for r in every:
         by_role[r["spec"]["role"]].append(r)
+    cells, long = [r for r in every if r["spec"]["role"] != "long"], by_role["long"]
     cost = next((r for r in records if r.get("kind") == "cost"), None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
