@@ -76,8 +76,8 @@ def add_lora(unet, rank: int = 4, alpha: float | None = None, targets: str = "at
 
 
 def add_text_lora(text_encoder, rank: int, alpha: float | None = None) -> list[torch.nn.Parameter]:
-    """Freeze the text encoder and add a LoRA (``rank`` > 0) to its attention projections; returns the
-    trainable parameters (the LoRA's). Seed the global RNG first, as for ``add_lora``."""
+    """Freeze the text encoder and add a LoRA (``rank`` > 0) to its attention projections and token embedding;
+    returns the trainable parameters (the LoRA's). Seed the global RNG first, as for ``add_lora``."""
     from peft import LoraConfig
 
     text_encoder.requires_grad_(False)
