@@ -219,7 +219,7 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true", help="only write the report from --out")
     parser.add_argument("--report-dir", default=None, help="where the report goes (default: benchmarks/results)")
     parser.add_argument("--workers", type=int, default=1, help="processes side by side, one thread each (<= cores)")
-    parser.add_argument("--shard", default="0/1", help="K/N: run only every N-th cell from the K-th (for --workers)")
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th cell not yet done, from the K-th")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     out = Path(args.out) if args.out else RESULTS / "objectives.jsonl"
