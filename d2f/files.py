@@ -20,6 +20,21 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def shareable(*paths: Path) -> None:
+    """Give the safetensors files at ``paths`` (files, or folders searched recursively) the mode any new file
+    gets, 0o666 minus the umask, as ``metadata.jsonl`` or ``d2f_run.json`` beside them have.
+
+    safetensors 0.8 writes through a temporary file that is always created 0600 and renamed into place
+    (safetensors/safetensors#782), so without this a LoRA trained by one user could not be read by another
+    (a shared server, a Docker image built as root)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in map(Path, paths):
+        for file in path.rglob("*.safetensors") if path.is_dir() else [path]:
+            if file.is_file():
+                os.chmod(file, 0o666 & ~umask)
+
+
 def check_writable_dir(folder: Path, option: str) -> None:
     """``UserError`` unless ``folder`` is (or can be made) a folder this process can write into. Makes no
     folder: it walks up to the first one that exists and tries a temporary file there."""

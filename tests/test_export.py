@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -48,6 +49,9 @@ def test_kohya_export_loads_back_in_diffusers_with_the_runs_alpha(alpha8_run, ti
     result = CliRunner().invoke(app, ["export", str(alpha8_run), "--format", "kohya", "--output", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"output": str(out), "format": "kohya"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not safetensors' 0600
     with safe_open(str(out), "pt") as f:
         keys = list(f.keys())
         alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}

@@ -74,6 +74,11 @@ def test_run_folder_contract_and_lora_round_trip(tmp_path, tiny_sd_eps, shapes_f
     assert all(len(l["loss_t_bins"]) == 10 and l["lr"] > 0 and l["seconds"] >= 0 for l in train_lines)
     assert [l["step"] for l in lines if l["kind"] == "validation"] == [0, 2, 3]
     assert all((out / l["grid"]).is_file() for l in lines if l["kind"] == "validation")
+    # every weights file is as readable as the JSON beside it (safetensors alone would leave them 0600)
+    mode = (out / "d2f_run.json").stat().st_mode & 0o777
+    assert {f.relative_to(out).as_posix(): f.stat().st_mode & 0o777 for f in out.rglob("*.safetensors")} == {
+        f.relative_to(out).as_posix(): mode for f in out.rglob("*.safetensors")
+    } and len(list(out.rglob("*.safetensors"))) >= 6
 
     # plain diffusers loads the LoRA and reproduces the trained weights (kept in the step-3 checkpoint)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_eps)

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from d2f.errors import UserError
+from d2f.files import shareable
 from d2f.pipeline.run_folder import resolve_lora
 
 FORMATS = ("kohya",)
@@ -92,4 +93,5 @@ def export_lora(lora: str | Path, output: str | Path | None = None, fmt: str = "
         output,
         metadata={"format": "pt", "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}"},
     )
+    shareable(output)
     return output

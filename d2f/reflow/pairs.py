@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from d2f.errors import UserError
-from d2f.files import write_json_atomic
+from d2f.files import shareable, write_json_atomic
 from d2f.training.pairs import PAIRS_FILE, SHARD, read_pairs_record, shard_count
 
 
@@ -137,6 +137,7 @@ def _save_shard(path: Path, tensors: dict, k: int, total: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp))
+        shareable(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from d2f.errors import UserError
+from d2f.files import shareable
 from d2f.training.faults import kill_point
 
 PREFIX = "step_"
@@ -144,6 +145,7 @@ def save_checkpoint(
     written("rng.safetensors")
     if extra_files is not None:
         extra_files(tmp)
+    shareable(tmp)
     state = {"step": step, "optimizer": rest, "lr_scheduler": _jsonable(lr_scheduler.state_dict()), **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     written("state.json")

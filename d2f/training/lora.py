@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from d2f.errors import UserError
+from d2f.files import shareable
 from d2f.pipeline.run_folder import LORA_FILE, UNET_DIR
 
 ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -113,6 +114,7 @@ def save_weights(unet, folder: str | Path, rank: int, text_encoder=None) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         unet.save_pretrained(folder / UNET_DIR, safe_serialization=True)
+        shareable(folder / UNET_DIR)
         return folder / UNET_DIR
     from diffusers import StableDiffusionPipeline
 
@@ -137,4 +139,5 @@ def save_weights(unet, folder: str | Path, rank: int, text_encoder=None) -> Path
     # PeftModel wraps the UNet as base_model.model: its keys carry that prefix
     state = {f"base_model.model.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
     save_file(state, folder / "adapter_model.safetensors")
+    shareable(folder / LORA_FILE, folder / "adapter_model.safetensors")
     return folder / LORA_FILE
