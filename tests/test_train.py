@@ -244,8 +244,10 @@ def test_existing_run_and_changed_settings_are_refused(tmp_path, tiny_sd_eps, sh
 
 
 @pytest.mark.slow
-def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder):
-    """torchrun with 2 processes: accelerate runs MULTI_CPU over gloo; each process draws its own batch."""
+@pytest.mark.parametrize("text_encoder", [False, True], ids=["unet", "with-text-encoder"])
+def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder, text_encoder):
+    """torchrun with 2 processes: accelerate runs MULTI_CPU over gloo; each process draws its own batch. With
+    --train-text-encoder both prepared models (UNet and text encoder) train under DDP and both LoRAs are saved."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -254,7 +256,7 @@ def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(29533 + text_encoder),
         "-m",
         "d2f",
         "train",
@@ -277,6 +279,7 @@ def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder):
         "--lora-rank",
         "4",
         "--json",
+        *(["--train-text-encoder"] if text_encoder else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -288,3 +291,5 @@ def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder):
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "checkpoints" / "step_00002" / "state.json").is_file()
     assert not (out / "d2f.lock").exists()  # taken by rank 0 only, and released
+    text_keys = [k for k in load_file(out / "pytorch_lora_weights.safetensors") if k.startswith("text_encoder.")]
+    assert bool(text_keys) == text_encoder == bool(record["lora"].get("text_encoder"))
