@@ -70,6 +70,7 @@ def test_shipped_prior_loads_with_plain_diffusers(name, prediction_type, schedul
     record = json.loads((folder / "d2f_build.json").read_text())
     assert record["prediction_type"] == prediction_type
     assert record["recipe"]["steps"] > 0 and record["final_loss"] > 0 and "torch" in record["versions"]
+    assert record["captions"] == priors.training_captions()  # what d2f train's caption check compares against
 
 
 @pytest.mark.parametrize("name", ["tiny-shapes-eps", "tiny-shapes-v"])
@@ -131,6 +132,7 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
         assert pipe.scheduler.config.prediction_type == prediction_type
         record = json.loads((tmp_path / name / "d2f_build.json").read_text())
         assert record["recipe"]["steps"] == 2 and record["vae"]["steps"] == 2
+        assert record["captions"] == priors.training_captions()
         out = pipe(
             "a red circle",
             num_inference_steps=2,

@@ -27,6 +27,7 @@ from d2f.files import check_writable_dir
 from d2f.pipeline.run_folder import METRICS_FILE
 from d2f.training import trackers
 from d2f.training.batches import Batches
+from d2f.training.caption_check import check_captions
 from d2f.training.config import TrainConfig, check_config, default_output
 from d2f.training.data import BuiltinResolver, load_run_data
 from d2f.training.ema import EMA
@@ -187,6 +188,7 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
             f"will be cut, e.g. {cut[0][:60]!r}",
             count=len(cut),
         )
+    check_captions(run)
     run.prompts = validation_prompts(cfg, run.data)
     pipe.text_encoder.to(acc.device)
     pipe.vae.to(acc.device)

@@ -183,6 +183,7 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         "threads": torch.get_num_threads(),
         "versions": versions(("torch", "diffusers", "transformers", "tokenizers", "safetensors", "numpy", "pillow")),
         "quality": None,
+        "captions": priors.training_captions(),  # what its text encoder learnt (d2f.training.caption_check)
         "history": history,  # earlier runs this one continued from (--resume), oldest first
         "total_steps": args.prior_steps + sum(h["recipe"]["steps"] for h in history),
     }

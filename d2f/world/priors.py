@@ -45,6 +45,14 @@ KIND_CAPTIONS = {
 }
 SHAPES_FRACTION = 0.65
 
+
+def training_captions() -> list[str]:
+    """Every caption the priors were trained on (besides "" for guidance): the world's 24 shape captions and the
+    corpus kinds'. Recorded in each prior's ``d2f_build.json``, where ``d2f train`` finds the words it never
+    learnt (``d2f.training.caption_check``)."""
+    return all_prompts() + list(KIND_CAPTIONS.values())
+
+
 Log = Callable[[int, float], None]  # (step, loss) -> None, for progress bars
 
 
