@@ -1,6 +1,7 @@
 """Finetune the built-in prior on "your own images" it never saw, and measure that it learnt their content.
 
     python benchmarks/own_images.py                    # ~6 min on 2 cores: data, classifier, d2f train, scoring
+    python benchmarks/own_images.py --steps 3000       # 3x the budget (~16 min): own_images_3000.md / .png
     python benchmarks/own_images.py --run runs/digits  # score a run that exists (no training)
 
 1. Writes the held-out digits dataset (``d2f.world.digits``: digits 0-9 in fonts no part of the built-in world
@@ -72,11 +73,15 @@ def main(argv=None) -> None:
     p.add_argument(
         "--unet-only", dest="train_text_encoder", action="store_false", help="train without --train-text-encoder"
     )
+    p.add_argument("--steps", type=int, help="training steps (default: d2f train's, 1000)")
     p.add_argument("--per-digit", type=int, default=10, help="samples per prompt")
     p.add_argument("--seed", type=int, default=1000, help="sampling noise")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "own_images.md"))
-    p.add_argument("--grid", default=str(ROOT / "docs" / "own_images.png"))
+    p.add_argument("--results", help="default: benchmarks/results/own_images[_STEPS].md")
+    p.add_argument("--grid", help="default: docs/own_images[_STEPS].png")
     args = p.parse_args(argv)
+    suffix = f"_{args.steps}" if args.steps else ""  # the default budget keeps the plain names
+    args.results = args.results or str(ROOT / "benchmarks" / "results" / f"own_images{suffix}.md")
+    args.grid = args.grid or str(ROOT / "docs" / f"own_images{suffix}.png")
     work, start = Path(args.work), time.time()
 
     data = work / "digits"
@@ -92,6 +97,7 @@ def main(argv=None) -> None:
         run = str(work / "run")
         command = [sys.executable, "-m", "d2f", "train", "--model", args.model, "--data", str(data), "--output", run]
         command += ["--train-text-encoder"] if args.train_text_encoder else []
+        command += ["--steps", str(args.steps)] if args.steps else []
         t = time.time()
         subprocess.run(command, check=True)
         train_seconds = time.time() - t
@@ -112,7 +118,8 @@ def main(argv=None) -> None:
         "",
         f"Data: `d2f.world.digits`, 1000 images (digits 0-9 in STIX / Computer Modern fonts, light on dark, "
         f'captions "a digit 3"). Model: `{args.model}`, run `{record.get("objective")}` with `d2f train`\'s defaults '
-        f"({record['settings']['steps']} steps, LoRA rank {record['lora']['rank']}, guidance {record['guidance']})"
+        + (f"but `--steps {args.steps}` " if args.steps else "")
+        + f"({record['settings']['steps']} steps, LoRA rank {record['lora']['rank']}, guidance {record['guidance']})"
         + (" and `--train-text-encoder`" if record["lora"].get("text_encoder") else ", the UNet only")
         + ". "
         f"VAE PSNR on the data: {record['data']['vae_psnr']:.1f} dB.",
