@@ -121,9 +121,10 @@ def summary_table(groups: dict) -> list[str]:
 
 def sampler_table(groups: dict) -> list[str]:
     lines = [
-        "| objective | rank | sampler | calls | FD (mean over seeds) | prompt acc |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "| objective | rank | sampler | calls | FD (mean over seeds) | prompt acc | seeds |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    # both samplers over the same seeds: those whose cells also ran the other sampler
     for (_, _, objective, rank), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
         spec = next(iter(by_seed.values()))["spec"]
         swapped = [r for r in by_seed.values() if r["spec"]["other_sampler"]]
@@ -134,7 +135,7 @@ def sampler_table(groups: dict) -> list[str]:
                 acc = [_value(r, name, "prompt_accuracy") for r in swapped]
                 lines.append(
                     f"| {objective} | {_rank_name(rank)} | {sampler} | {calls} | {statistics.fmean(fds):.1f} | "
-                    f"{statistics.fmean(acc):.2f} |"
+                    f"{statistics.fmean(acc):.2f} | {len(swapped)} |"
                 )
     return lines
 
