@@ -37,10 +37,12 @@ def test_config_file_with_command_line_overrides(tmp_path, tiny_sd_eps, shapes_f
         "adam_beta2 = 0.99\n"
     )
     out = tmp_path / "r"
-    result = cli_train("--config", config, "--lora-rank", 4, "--output", out, "--json")
+    result = cli_train("--config", config, "--lora-rank", 4, "--output", out, "--cpu", "--json")
     assert result.exit_code == 0, result.output
-    settings = json.loads((out / "d2f_run.json").read_text())["settings"]
+    record = json.loads((out / "d2f_run.json").read_text())
+    settings = record["settings"]
     assert settings["lora_rank"] == 4  # the command line wins
+    assert settings["cpu"] is True and record["device"] == "cpu"  # --cpu: the CPU also where CUDA is
     assert (settings["steps"], settings["weight_decay"], settings["adam_beta2"]) == (2, 0.05, 0.99)
     assert settings["validation_prompts"] == ["a red circle"]
     bad = tmp_path / "bad.toml"

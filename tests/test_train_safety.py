@@ -150,6 +150,7 @@ def test_a_second_real_process_is_refused(tmp_path, tiny_sd_eps, shapes_folder):
 def test_damaged_latest_checkpoint_and_torn_metrics_line(tmp_path, tiny_sd_eps, shapes_folder):
     a, b = tmp_path / "a", tmp_path / "b"
     settings = dict(steps=4, checkpoint_every=1, checkpoints_total_limit=0, log_every=3)
+    settings.update(cpu=True)  # bit for bit on a CPU only: CUDA's kernels are not deterministic
     run(tiny_sd_eps, shapes_folder, a, **settings)
     shutil.copytree(a, b)
     interrupt(b, keep_step=4)
@@ -173,7 +174,12 @@ def test_damaged_latest_checkpoint_and_torn_metrics_line(tmp_path, tiny_sd_eps, 
 
 
 def _flags(settings: dict) -> list[str]:
-    return [x for k, v in settings.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    """TrainConfig settings as CLI flags: ``cpu=True`` -> ``--cpu``, ``steps=4`` -> ``--steps 4``."""
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
 
 
 def test_resume_refuses_changed_data_unless_allowed(tmp_path, tiny_sd_eps, shapes_folder):
@@ -204,6 +210,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, tiny_sd_eps, shapes
     before the update) was finite: the step-2 checkpoint is refused and the error names step 1's."""
     out = tmp_path / "inf"
     settings = dict(lr=1e38, weight_decay=100, warmup_steps=2, lr_scheduler="constant", ema=True)
+    settings.update(cpu=True)  # CUDA's AdamW refuses lr x weight decay = 1e40 as a float overflow before it is inf
     with pytest.raises(UserError, match=r"trainable weights .* became NaN or infinite at step 2 .*its checkpoint was "):
         run(tiny_sd_eps, shapes_folder, out, steps=4, checkpoint_every=1, **settings)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00001"]

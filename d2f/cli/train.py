@@ -86,6 +86,7 @@ def train(
     gradient_checkpointing: bool = typer.Option(
         C.gradient_checkpointing, "--gradient-checkpointing", help="Trade compute for memory."
     ),
+    cpu: bool = typer.Option(C.cpu, "--cpu", help="Train on the CPU even where a CUDA GPU is (accelerate's cpu)."),
     ema: bool = typer.Option(C.ema, "--ema", help="Keep an EMA of the trainable weights (validated and saved)."),
     ema_decay: float = typer.Option(C.ema_decay, help="EMA decay."),
     caption_dropout: float = typer.Option(C.caption_dropout, help="Probability of an empty caption (guidance)."),

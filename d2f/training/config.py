@@ -30,6 +30,7 @@ RESUMABLE_CHANGES = {
     "dataloader_num_workers",
     "resume_from",
     "allow_pickle",  # how the base model may be read, not which model it is
+    "cpu",  # where it runs, not what it learns (a run started on a CPU may go on on a GPU, as without the flag)
     "steps",  # may grow: the LR schedule is re-planned for the new total (see ``check_resume_steps``)
 }
 
@@ -71,6 +72,7 @@ class TrainConfig:
     noise_offset: float = 0.0  # diffusion objective only (see check_config)
     mixed_precision: str | None = None  # None: accelerate's (accelerate launch / config), else "no"
     gradient_checkpointing: bool = False
+    cpu: bool = False  # train on the CPU even where CUDA is (there, and only there, --resume is bit-identical)
     ema: bool = False
     ema_decay: float = 0.999
     caption_dropout: float = 0.1

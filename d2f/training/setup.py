@@ -126,17 +126,18 @@ def setup(
 def _accelerator(cfg: TrainConfig, out: Path):
     # a second run in the same process (a notebook, the tests) may use other settings; keep the process group
     AcceleratorState._reset_state(reset_partial_state=False)
-    # without CUDA, cpu=True: under torchrun / accelerate launch that is what makes accelerate run MULTI_CPU
-    # over gloo (and d2f's float64 schedule maths would not run on MPS anyway). mixed_precision None takes
-    # accelerate's own setting (``accelerate launch --mixed_precision``, ``accelerate config``), else "no".
+    # without CUDA (or with --cpu), cpu=True: under torchrun / accelerate launch that is what makes accelerate run
+    # MULTI_CPU over gloo (and d2f's float64 schedule maths would not run on MPS anyway). mixed_precision None
+    # takes accelerate's own setting (``accelerate launch --mixed_precision``, ``accelerate config``), else "no".
+    on_cpu = cfg.cpu or not torch.cuda.is_available()
     acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
-        cpu=not torch.cuda.is_available(),
+        cpu=on_cpu,
         log_with=cfg.report_to or None,
         project_dir=str(out),
     )
-    if acc.mixed_precision == "fp16" and not torch.cuda.is_available():
+    if acc.mixed_precision == "fp16" and on_cpu:
         raise UserError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
     return acc
 
