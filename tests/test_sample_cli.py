@@ -136,6 +136,9 @@ def test_run_default_sampler_and_human_output(tiny_sd_eps, tmp_path):
         (["--sampler", "dpm"], "unknown sampler 'dpm'"),
         (["--height", 30], "size 30 px does not fit"),
         (["--num-images", 0], "--num-images must be at least 1"),
+        (["--dtype", "float8"], "unknown --dtype 'float8'"),
+        (["--device", "tpu"], "--device 'tpu': use cpu, cuda or cuda:N"),
+        (["--device", "cpu", "--dtype", "float16"], "--dtype float16 needs a CUDA GPU"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tiny_sd_eps, tmp_path, args, message):
@@ -143,6 +146,22 @@ def test_bad_settings_are_one_line_errors(tiny_sd_eps, tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is not there")
+def test_cuda_without_a_gpu_is_one_line(tiny_sd_eps, tmp_path):
+    result = d2f_sample("--model", tiny_sd_eps, "--prompt", "a red circle", "--device", "cuda")
+    assert result.exit_code == 2 and "torch sees no CUDA GPU here; use --device cpu" in result.output
+
+
+def test_device_and_dtype_are_used_and_recorded(tiny_sd_eps, tmp_path):
+    args = ["--model", tiny_sd_eps, "--prompt", "a red circle", "--steps", 2, "--output", tmp_path / "g.png"]
+    result = d2f_sample(*args, "--device", "cpu", "--dtype", "bfloat16", "--json")
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.stdout)["settings"]
+    assert (settings["device"], settings["dtype"]) == ("cpu", "bfloat16") and (tmp_path / "g.png").is_file()
+    default = json.loads(d2f_sample(*args, "--json").stdout)["settings"]
+    assert default["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and default["dtype"] == "float32"
 
 
 def test_no_prompts_on_a_non_builtin_model(tiny_sd_eps, tmp_path):

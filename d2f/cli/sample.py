@@ -55,6 +55,8 @@ def sample(
     runs_dir: Path = typer.Option(Path("runs"), help="Where to look for the latest run."),
     variant: str | None = typer.Option(None, help="Weights variant of the model folder or hub id, e.g. fp16."),
     revision: str | None = typer.Option(None, help="Hub revision (branch, tag or commit) of the model."),
+    device: str | None = typer.Option(None, help="cpu, cuda or cuda:N (default: cuda where torch sees a GPU)."),
+    dtype: str = typer.Option("float32", help="Weights' precision: float32, float16 (GPU) or bfloat16."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
     """Sample a model (optionally with a LoRA) with FM Euler, FM Heun or DDIM.
@@ -79,6 +81,8 @@ def sample(
         revision=revision,
         model_config=model_config,
         allow_pickle=allow_pickle,
+        device=device,
+        dtype=dtype,
     )
     log = None if as_json else (lambda line: err_console.print(line, highlight=False))
     result = sample_images(

@@ -24,6 +24,7 @@ from d2f.sampling import get_sampler, network_calls
 COMPARE_SAMPLERS = ("euler", "heun", "ddim")
 DEFAULT_GRID = Path("samples/grid.png")
 FALLBACK = {"sampler": "euler", "guidance": 7.5, "steps": 25}  # for a model without a run
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -47,6 +48,8 @@ class SampleSettings:
     revision: str | None = None
     model_config: str | None = None  # a single-file model's diffusers config (folder or hub id)
     allow_pickle: bool = False  # let a pickled single file (.ckpt) be loaded
+    device: str | None = None  # cpu, cuda or cuda:N; None: the CUDA GPU where there is one, else the CPU
+    dtype: str = "float32"  # the weights' precision; the noise and the ODE state stay float32
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
@@ -73,6 +76,25 @@ def choose_source(model: str | None, lora: str | None, runs_dir: str | Path) -> 
         return DEFAULT_MODEL, None, f"the built-in {DEFAULT_MODEL} (no --model, --lora or run under {runs_dir}/)"
     what = " + ".join(x for x in (model and f"model {model}", lora and f"LoRA {lora}") if x)
     return model, lora, what
+
+
+def resolve_device(device: str | None, dtype: str) -> tuple[str, object]:
+    """(device, torch dtype) to sample on, checked: by default the first CUDA GPU where torch sees one."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise UserError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 ...)")
+    if kind == "cpu" and dtype == "float16":
+        raise UserError("--dtype float16 needs a CUDA GPU; on a CPU use bfloat16 or float32")
+    return device, getattr(torch, dtype)
 
 
 def run_defaults(run: dict | None) -> dict:
@@ -118,10 +140,18 @@ def sample_images(
         check_image_path(Path(output), "--output")
     if output_dir is not None:
         check_writable_dir(Path(output_dir), "--output-dir")
+    device, dtype = resolve_device(s.device, s.dtype)
     quiet_third_party()
     model, lora, using = choose_source(s.model, s.lora, runs_dir)
     pipe = load_pipeline(
-        model, lora, variant=s.variant, revision=s.revision, model_config=s.model_config, allow_pickle=s.allow_pickle
+        model,
+        lora,
+        device=device,
+        dtype=dtype,
+        variant=s.variant,
+        revision=s.revision,
+        model_config=s.model_config,
+        allow_pickle=s.allow_pickle,
     )
     run = pipe.d2f_run or {}
     flow = pipe_parametrization(pipe)
@@ -149,7 +179,7 @@ def sample_images(
     if log:
         log(
             f"using {using}; objective {flow.name}, prediction type {flow.prediction_type}; "
-            f"{'/'.join(samplers)}, {steps} steps, guidance {guidance:g}"
+            f"{'/'.join(samplers)}, {steps} steps, guidance {guidance:g}; {device}, {s.dtype}"
         )
 
     rows, paths, metrics = [], [], {}
@@ -193,6 +223,7 @@ def sample_images(
         network_calls={name: network_calls(name, steps) for name in samplers},
         model=model or run.get("base_model"),
         lora=lora,
+        device=device,
     )
     result = {"images": paths, "settings": record, "seconds": round(time.time() - start, 3), "using": using}
     if evaluate:
