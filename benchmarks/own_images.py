@@ -2,6 +2,7 @@
 
     python benchmarks/own_images.py                    # ~6 min on 2 cores: data, classifier, d2f train, scoring
     python benchmarks/own_images.py --steps 3000       # 3x the budget (~16 min): own_images_3000.md / .png
+    python benchmarks/own_images.py --lr 3e-3 --t-sampling logit-normal --name new_content   # the README's command
     python benchmarks/own_images.py --run runs/digits  # score a run that exists (no training)
 
 1. Writes the held-out digits dataset (``d2f.world.digits``: digits 0-9 in fonts no part of the built-in world
@@ -9,13 +10,14 @@
 2. Trains the digit classifier on fresh images of the same generator and reports its accuracy on held-out
    real images (the ceiling: a sample can only be read as well as a real image is).
 3. Runs ``d2f train --data FOLDER --output RUN --train-text-encoder`` with every other option at its default
-   (the command the README shows), unless ``--run`` names a finished run. The text encoder is trained too: the
-   prior's was trained on the shapes world's few words and maps "a digit 0" ... "a digit 9" to nearly the same
-   states, so a UNet-only LoRA learns the digits' look but cannot tell them apart (measured: ``own_images.md``).
+   but those given (``--steps``, ``--lr``, ``--t-sampling``), unless ``--run`` names a finished run. The text
+   encoder is trained too: the prior's was trained on the shapes world's few words and maps "a digit 0" ...
+   "a digit 9" to nearly the same states, so a UNet-only LoRA learns the digits' look but cannot tell them
+   apart (measured: ``own_images.md``).
 4. Samples the prior before and the run after, 10 images per prompt ``"a digit k"`` from the same noise with
    each model's default sampler, and reads them with the classifier: digit accuracy with a 95% Wilson interval
-   (chance is 0.10). Writes the table to ``benchmarks/results/own_images.md`` and the before/after grid to
-   ``docs/own_images.png``.
+   (chance is 0.10). Writes the table to ``benchmarks/results/own_images[_NAME].md`` and the before/after grid
+   to ``docs/own_images[_NAME].png``.
 """
 
 from __future__ import annotations
@@ -74,12 +76,15 @@ def main(argv=None) -> None:
         "--unet-only", dest="train_text_encoder", action="store_false", help="train without --train-text-encoder"
     )
     p.add_argument("--steps", type=int, help="training steps (default: d2f train's, 1000)")
+    p.add_argument("--lr", type=float, help="learning rate (default: d2f train's, 1e-3)")
+    p.add_argument("--t-sampling", help="t sampling (default: d2f train's, uniform)")
+    p.add_argument("--name", help="suffix of the results and grid files (default: _STEPS with --steps, else none)")
     p.add_argument("--per-digit", type=int, default=10, help="samples per prompt")
     p.add_argument("--seed", type=int, default=1000, help="sampling noise")
     p.add_argument("--results", help="default: benchmarks/results/own_images[_STEPS].md")
     p.add_argument("--grid", help="default: docs/own_images[_STEPS].png")
     args = p.parse_args(argv)
-    suffix = f"_{args.steps}" if args.steps else ""  # the default budget keeps the plain names
+    suffix = f"_{args.name}" if args.name else f"_{args.steps}" if args.steps else ""  # defaults: the plain names
     args.results = args.results or str(ROOT / "benchmarks" / "results" / f"own_images{suffix}.md")
     args.grid = args.grid or str(ROOT / "docs" / f"own_images{suffix}.png")
     work, start = Path(args.work), time.time()
@@ -98,6 +103,8 @@ def main(argv=None) -> None:
         command = [sys.executable, "-m", "d2f", "train", "--model", args.model, "--data", str(data), "--output", run]
         command += ["--train-text-encoder"] if args.train_text_encoder else []
         command += ["--steps", str(args.steps)] if args.steps else []
+        command += ["--lr", str(args.lr)] if args.lr else []
+        command += ["--t-sampling", args.t_sampling] if args.t_sampling else []
         t = time.time()
         subprocess.run(command, check=True)
         train_seconds = time.time() - t
@@ -113,12 +120,14 @@ def main(argv=None) -> None:
         print(f"{name}: digit accuracy {correct}/{n} = {correct / n:.2f} [{low:.2f}, {high:.2f}]")
     grid(rows, Path(args.grid))
     record = json.loads((Path(run) / "d2f_run.json").read_text())
+    options = dict(steps=args.steps, lr=args.lr, t_sampling=args.t_sampling)
+    changed = [f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v]
     lines = [
         "# Finetuning the built-in prior on images it never saw (`benchmarks/own_images.py`)",
         "",
         f"Data: `d2f.world.digits`, 1000 images (digits 0-9 in STIX / Computer Modern fonts, light on dark, "
         f'captions "a digit 3"). Model: `{args.model}`, run `{record.get("objective")}` with `d2f train`\'s defaults '
-        + (f"but `--steps {args.steps}` " if args.steps else "")
+        + (f"but `{' '.join(changed)}` " if changed else "")
         + f"({record['settings']['steps']} steps, LoRA rank {record['lora']['rank']}, guidance {record['guidance']})"
         + (" and `--train-text-encoder`" if record["lora"].get("text_encoder") else ", the UNet only")
         + ". "

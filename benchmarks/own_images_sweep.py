@@ -12,9 +12,10 @@ learns only part of the digits, by changing one thing at a time (``VARIANTS``):
   for 0, ..., ``"a purple square"`` for 9), so the same images with captions the prior already tells apart.
   The gap between a ``known`` row and its ``digit`` twin is what the prior's small vocabulary costs.
 
-Every variant trains in its own process (``OMP_NUM_THREADS=2`` each) from the same data, seed and prior, and is
-scored from the same noise: 10 samples per digit, each model's default sampler and guidance, read by the digit
-classifier (``d2f.world.digits``), accuracy with a 95% Wilson interval; chance is 0.10. Records are appended to
+Every variant trains in its own process (``OMP_NUM_THREADS=2`` each unless set) from the same data, seed and
+prior (``-seed1``: training seed 1), and is scored from the same noise: 10 samples per digit, each model's default
+sampler and guidance, read by the digit classifier (``d2f.world.digits``), accuracy with a 95% Wilson interval;
+chance is 0.10. Records are appended to
 ``benchmarks/results/own_images_sweep.jsonl`` (one line per variant, with the device) and the table is rewritten
 in ``own_images_sweep.md``. One training seed per row: treat differences under ~0.15 as noise.
 """
@@ -42,6 +43,8 @@ VARIANTS = {  # name: (captions, d2f train options beyond --data / --output)
     "te-noclip": ("digit", [*TE, "--max-grad-norm", "0"]),
     "te-lr3e-3-noclip": ("digit", [*TE, "--lr", "3e-3", "--max-grad-norm", "0"]),
     "te-logitnormal": ("digit", [*TE, "--t-sampling", "logit-normal"]),
+    "te-lr3e-3-logitnormal": ("digit", [*TE, "--lr", "3e-3", "--t-sampling", "logit-normal"]),
+    "te-lr3e-3-logitnormal-seed1": ("digit", [*TE, "--lr", "3e-3", "--t-sampling", "logit-normal", "--seed", "1"]),
     "te-b16-2k": ("digit", [*TE, "--batch-size", "16", "--steps", "2000"]),
     "te-b16-2k-lr3e-3": ("digit", [*TE, "--batch-size", "16", "--steps", "2000", "--lr", "3e-3"]),
     "te-lr3e-3-2k": ("digit", [*TE, "--lr", "3e-3", "--steps", "2000"]),
@@ -139,7 +142,7 @@ def main(argv=None) -> None:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     work, names = Path(args.work), args.variants or list(VARIANTS)
     data = {c: write_data(work / f"data-{c}", c) for c in ("digit", "known")}
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     waiting, running, started = list(names), {}, {}
     classifier = digits.train_classifier()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
