@@ -34,12 +34,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sample(model: str | None, lora: str | None, prompts: list[str], seed: int) -> torch.Tensor:
-    """Images in [0, 1] from the model (or run) with ``d2f sample``'s defaults: the run's sampler and guidance."""
+def sample(model: str | None, lora: str | None, prompts: list[str], seed: int, device=None) -> torch.Tensor:
+    """Images in [0, 1] (on the CPU) from the model (or run) with ``d2f sample``'s defaults: the run's sampler and
+    guidance; the pipeline on ``device`` (default: the CPU)."""
     from d2f.pipeline.generate import generate
     from d2f.pipeline.loading import load_pipeline
 
-    pipe = load_pipeline(model, lora)
+    pipe = load_pipeline(model, lora, device=device)
     run = pipe.d2f_run or {}
     sampler = run.get("sampler", "ddim")  # an untouched prior samples like a diffusion model
     return generate(pipe, prompts, sampler=sampler, steps=25, guidance=run.get("guidance", 2.0), seed=seed)
@@ -88,6 +89,8 @@ def main(argv=None) -> None:
     args.results = args.results or str(ROOT / "benchmarks" / "results" / f"own_images{suffix}.md")
     args.grid = args.grid or str(ROOT / "docs" / f"own_images{suffix}.png")
     work, start = Path(args.work), time.time()
+    options = {"--steps": args.steps, "--lr": args.lr, "--t-sampling": args.t_sampling}
+    changed = [str(x) for flag, value in options.items() if value for x in (flag, value)]  # d2f train's, as given
 
     data = work / "digits"
     if not (data / "metadata.jsonl").is_file():
@@ -102,9 +105,7 @@ def main(argv=None) -> None:
         run = str(work / "run")
         command = [sys.executable, "-m", "d2f", "train", "--model", args.model, "--data", str(data), "--output", run]
         command += ["--train-text-encoder"] if args.train_text_encoder else []
-        command += ["--steps", str(args.steps)] if args.steps else []
-        command += ["--lr", str(args.lr)] if args.lr else []
-        command += ["--t-sampling", args.t_sampling] if args.t_sampling else []
+        command += changed
         t = time.time()
         subprocess.run(command, check=True)
         train_seconds = time.time() - t
@@ -120,14 +121,12 @@ def main(argv=None) -> None:
         print(f"{name}: digit accuracy {correct}/{n} = {correct / n:.2f} [{low:.2f}, {high:.2f}]")
     grid(rows, Path(args.grid))
     record = json.loads((Path(run) / "d2f_run.json").read_text())
-    options = dict(steps=args.steps, lr=args.lr, t_sampling=args.t_sampling)
-    changed = [f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v]
     lines = [
         "# Finetuning the built-in prior on images it never saw (`benchmarks/own_images.py`)",
         "",
         f"Data: `d2f.world.digits`, 1000 images (digits 0-9 in STIX / Computer Modern fonts, light on dark, "
         f'captions "a digit 3"). Model: `{args.model}`, run `{record.get("objective")}` with `d2f train`\'s defaults '
-        + (f"but `{' '.join(changed)}` " if changed else "")
+        + (f"but `{' '.join(changed)}` " if changed else "")  # e.g. `--lr 0.003 --t-sampling logit-normal`
         + f"({record['settings']['steps']} steps, LoRA rank {record['lora']['rank']}, guidance {record['guidance']})"
         + (" and `--train-text-encoder`" if record["lora"].get("text_encoder") else ", the UNet only")
         + ". "

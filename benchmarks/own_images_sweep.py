@@ -3,8 +3,8 @@
     python benchmarks/own_images_sweep.py                        # every variant at once: meant for one GPU
     python benchmarks/own_images_sweep.py te te-3k --parallel 1  # some of them, one after another (a 2-core CPU)
 
-``benchmarks/own_images.py`` measures the one command the README shows. This sweep asks *why* that command
-learns only part of the digits, by changing one thing at a time (``VARIANTS``):
+``benchmarks/own_images.py`` measures one command. This sweep asks what limits the finetune and what lifts it,
+by changing one thing at a time (``VARIANTS``; the README's command is ``te-lr3e-3-logitnormal``):
 
 - the budget (``--steps``) and the optimiser's step (``--lr``, ``--batch-size``, ``--max-grad-norm``,
   ``--t-sampling``), with ``--train-text-encoder`` as the README's command has it;
@@ -70,20 +70,16 @@ def write_data(folder: Path, captions: str) -> Path:
     return folder
 
 
-def score(classifier, run: Path | None, captions: str, seed: int = 1000) -> tuple[int, int]:
-    """(correct, n) over 10 samples per digit from the run (None: the untouched prior), on the GPU if there is one."""
-    from d2f.pipeline.generate import generate
-    from d2f.pipeline.loading import load_pipeline
+def score(classifier, run: Path, captions: str, seed: int = 1000) -> tuple[int, int]:
+    """(correct, n) over 10 samples per digit from the run, sampled as own_images.py does, on a GPU if any."""
+    from own_images import sample
+
     from d2f.world.digits import DIGITS, caption
 
-    pipe = load_pipeline(None if run else "tiny-shapes-eps", str(run) if run else None)
-    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    record = pipe.d2f_run or {}
     truth = [d for _ in range(10) for d in DIGITS]
     prompts = [caption(d) if captions == "digit" else KNOWN[int(d)] for d in truth]
-    sampler, guidance = record.get("sampler", "ddim"), record.get("guidance", 2.0)
-    images = generate(pipe, prompts, sampler=sampler, steps=25, guidance=guidance, seed=seed)
-    return sum(p == t for p, t in zip(classifier.predict(images.cpu()), truth)), len(truth)
+    images = sample(None, str(run), prompts, seed, device="cuda" if torch.cuda.is_available() else None)
+    return sum(p == t for p, t in zip(classifier.predict(images), truth)), len(truth)
 
 
 def report(records: list[dict]) -> str:
