@@ -1,6 +1,7 @@
 """The typer app shared by the command modules, and how every command reports bad input.
 
-Every command turns a ``UserError`` into one line on stderr and exit code 2 (no traceback).
+Every command turns a ``UserError`` into one line on stderr and exit code 2 (no traceback); so do click's own
+errors for options it cannot parse (``OneLineErrors``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,44 @@ import sys
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from d2f.errors import UserError
 
+# click's base error, as the typer installed raises it (recent typer vendors its own click)
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class OneLineErrors(TyperGroup):
+    """click's own errors (an unknown option, a value that is not a number or not one of the choices) as one
+    line naming the option and the fix, exit code 2, like d2f's ``UserError``: not click's usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `d2f`: the help, as click shows it
+                exc.show()
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            message = exc.format_message().replace("Value error, ", "")  # typer's parser names pydantic's kind
+            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="d2f",
+    cls=OneLineErrors,
     help="Turn a pretrained diffusion model into a flow-matching model (Diff2Flow) and finetune it.\n\n"
     "Conventions: FM time t = 0 is noise, t = 1 is data; diffusion time tau runs 0..N-1 (data to noise).",
     no_args_is_help=True,
@@ -25,8 +59,6 @@ app = typer.Typer(
     # --validation_prompt as diffusers' training scripts spell it is --validation-prompt
     context_settings={"token_normalize_func": lambda token: token.replace("_", "-")},
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 class _NoTorchvisionNotice(logging.Filter):

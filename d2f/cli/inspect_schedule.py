@@ -18,6 +18,9 @@ from d2f.core.schedule import Schedule
 from d2f.core.timemap import is_clamped, t_of_tau, t_range, tau_of_t
 from d2f.errors import UserError
 from d2f.files import check_writable_dir
+from d2f.settings import Spec, check_value
+
+MAX_ROWS = 10_000  # a table longer than a schedule's 1000 steps shows nothing more
 
 
 def _row(schedule: Schedule, tau: float, t: float | None = None) -> dict:
@@ -130,7 +133,7 @@ def inspect_schedule(
         None, help="A built-in model name, diffusers model folder or hub id: read its scheduler/scheduler_config.json."
     ),
     zero_terminal_snr: bool = typer.Option(False, "--zero-terminal-snr", help="Rescale to zero terminal SNR."),
-    rows: int = typer.Option(11, help="Number of evenly spaced taus in the table."),
+    rows: int = typer.Option(11, help=f"Number of evenly spaced taus in the table (at most {MAX_ROWS})."),
     tau: list[float] = typer.Option([], "--tau", help="Add a row at this (fractional) tau. Repeatable."),
     t: list[float] = typer.Option([], "--t", help="Add a row at this FM time t, with the tau it maps to. Repeatable."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
@@ -142,6 +145,7 @@ def inspect_schedule(
     """
     if preset and model:
         raise UserError("give either --preset or --model, not both")
+    check_value("rows", rows, int, Spec("", low=0, high=MAX_ROWS))
     if plot is not None:  # checked before any work: an extension-less name gets .png, as matplotlib would save it
         require_extra("plot", "matplotlib")
         if plot.is_dir():

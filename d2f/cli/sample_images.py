@@ -13,43 +13,69 @@ without a run is an untouched diffusion model (``d2f.pipeline.pipe_parametrizati
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from d2f.cli.app import quiet_third_party
 from d2f.errors import UserError
 from d2f.files import check_image_path, check_writable_dir
-from d2f.sampling import get_sampler, network_calls
+from d2f.sampling import SAMPLERS, network_calls
+from d2f.settings import MAX_GUIDANCE, MAX_SEED, MAX_SIDE, check_fits, check_settings, setting
 
 COMPARE_SAMPLERS = ("euler", "heun", "ddim")
 DEFAULT_GRID = Path("samples/grid.png")
 FALLBACK = {"sampler": "euler", "guidance": 7.5, "steps": 25}  # for a model without a run
 DTYPES = ("float32", "float16", "bfloat16")
+MAX_IMAGES = 10**6
+MAX_SAMPLE_STEPS = 10_000
 
 
 @dataclass
 class SampleSettings:
-    """``None`` means: the run's recorded value, else ``FALLBACK``."""
+    """What to sample and how, declared once (``d2f.settings``; ``d2f sample``'s options are made from it).
+    ``None`` means: the run's recorded value, else ``FALLBACK``."""
 
-    model: str | None = None
-    lora: str | None = None
-    prompts: list[str] = field(default_factory=list)
-    num_images: int | None = None
-    steps: int | None = None
-    sampler: str | None = None
-    guidance: float | None = None
-    seed: int = 0
-    height: int | None = None
-    width: int | None = None
-    shift: float = 1.0
-    compare: bool = False
-    batch_size: int = 64
-    variant: str | None = None
-    revision: str | None = None
-    model_config: str | None = None  # a single-file model's diffusers config (folder or hub id)
-    allow_pickle: bool = False  # let a pickled single file (.ckpt) be loaded
-    device: str | None = None  # cpu, cuda or cuda:N; None: the CUDA GPU where there is one, else the CPU
-    dtype: str = "float32"  # the weights' precision; the noise and the ODE state stay float32
+    model: str | None = setting(
+        None,
+        "Built-in model name, diffusers folder, single-file checkpoint (.safetensors) or hub id (default: "
+        "the latest run's base model, else tiny-shapes-eps).",
+    )
+    model_config: str | None = setting(
+        None,
+        "For a single-file --model: a diffusers folder (or hub id) of the same architecture whose component "
+        "configs to use (default: the run's, else inferred by diffusers, which needs the hub).",
+    )
+    allow_pickle: bool = setting(False, "Load a pickled .ckpt model (unpickling can run code in the file).")
+    lora: str | None = setting(None, "A run folder of `d2f train` or a LoRA .safetensors file.")
+    prompts: list[str] = setting(
+        [], "A prompt. Repeatable. Default on built-in models: the world's 24 prompts.", flag="--prompt"
+    )
+    num_images: int | None = setting(
+        None, "How many images (prompts are cycled; default one per prompt).", low=1, high=MAX_IMAGES
+    )
+    steps: int | None = setting(
+        None,
+        "Sampler steps (Heun uses 2*steps-1 network calls; default: the run's, else 25).",
+        low=1,
+        high=MAX_SAMPLE_STEPS,
+    )
+    sampler: str | None = setting(None, "The sampler (default: the run's, else euler).", choices=SAMPLERS)
+    guidance: float | None = setting(
+        None, "Classifier-free guidance scale, 1 = none (default: the run's, else 7.5).", low=0, high=MAX_GUIDANCE
+    )
+    seed: int = setting(0, "Image i uses noise from seed + i.", low=0, high=MAX_SEED - MAX_IMAGES)
+    height: int | None = setting(None, "Image height in px (default: the model's).", low=8, high=MAX_SIDE)
+    width: int | None = setting(None, "Image width in px (default: the model's).", low=8, high=MAX_SIDE)
+    shift: float = setting(
+        1.0, "Time shift of the FM grid (1 = uniform; >1 = more steps near noise).", above=0, high=1000
+    )
+    compare: bool = setting(False, "One grid, a row per sampler (euler, heun, ddim), same seeds and prompts.")
+    batch_size: int = setting(64, "Images per network call.", low=1, high=2**16, cli=False)
+    variant: str | None = setting(None, "Weights variant of the model folder or hub id, e.g. fp16.")
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model.")
+    device: str | None = setting(None, "cpu, cuda or cuda:N (default: cuda where torch sees a GPU).")
+    # the weights' precision; the noise and the ODE state stay float32
+    dtype: str = setting("float32", "Weights' precision: float16 needs a GPU.", choices=DTYPES)
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
@@ -123,17 +149,13 @@ def sample_images(
     ``settings``, ``seconds``, ``using`` and, with ``evaluate``, ``metrics`` (one dict per sampler with
     ``--compare``)."""
     from d2f.pipeline import generate, load_pipeline, pipe_parametrization, save_grid, save_images
-    from d2f.pipeline.generate import check_settings, latent_size
+    from d2f.pipeline.generate import check_settings as check_generate
+    from d2f.pipeline.generate import latent_size
 
     start = time.time()
     s = settings
-    for name, value in (("--steps", s.steps), ("--num-images", s.num_images)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
-    if s.guidance is not None and s.guidance < 0:
-        raise UserError(f"--guidance must be 0 or more (1 = no guidance), got {s.guidance}")
-    if s.sampler is not None:
-        get_sampler(s.sampler)
+    check_settings(s)
+    check_fits(min(s.batch_size, s.num_images or s.batch_size), s.height or 8, s.width or 8, "--height/--width")
     if output is None and output_dir is None:
         output = DEFAULT_GRID
     if output is not None:
@@ -168,7 +190,7 @@ def sample_images(
     n = s.num_images or len(prompts)
     prompts = [prompts[k % len(prompts)] for k in range(n)] if prompts else []
     for name in samplers:
-        check_settings(prompts, name, steps, guidance)
+        check_generate(prompts, name, steps, guidance)
     height, width, _ = latent_size(pipe, s.height, s.width)
     if evaluate:
         data = run.get("data")

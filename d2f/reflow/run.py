@@ -24,7 +24,9 @@ from pathlib import Path
 
 from d2f.errors import UserError
 from d2f.reflow.pairs import PairSettings, generate_pairs, weights_fingerprint
-from d2f.training.config import TrainConfig, check_config
+from d2f.sampling import SAMPLERS
+from d2f.settings import MAX_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, check_settings, setting
+from d2f.training.config import MAX_SAMPLE_STEPS, TrainConfig, check_config
 from d2f.training.data import BuiltinResolver
 
 VALIDATION_STEPS = [1, 2, 4]
@@ -35,21 +37,32 @@ T_SAMPLING = "near-noise"
 
 @dataclass
 class ReflowConfig:
-    """The teacher and the pairs; ``train`` holds ``TrainConfig`` settings of the straightening (steps, lr, ...)."""
+    """The teacher and the pairs (declared like ``TrainConfig``, ``d2f.settings``); ``train`` holds
+    ``TrainConfig`` settings of the straightening (steps, lr, ...)."""
 
-    model: str | None = None  # None with a lora: the run's base model; with neither: the built-in prior
-    lora: str | None = None  # the teacher run (a run folder of d2f train / d2f reflow)
-    data: str | None = None  # whose captions the pairs use (None: the teacher run's data, else shapes-target)
-    num_pairs: int = 1024
-    pair_steps: int = 25
-    pair_sampler: str | None = None  # None: the teacher's own (the run's; ddim for an untouched model)
-    guidance: float | None = None  # the teacher's guidance (None: the run's, else 2.0)
-    pairs: str | None = None  # the pairs folder (None: <output>/pairs)
-    objective: str | None = None  # the student's: diff2flow or fm (None: fm for an fm teacher, else diff2flow)
-    output: str | None = None  # None: runs/<teacher>-reflow
-    seed: int = 0
-    resolution: int | None = None
-    shard_size: int = 64
+    model: str | None = setting(
+        None, "The teacher's model (default: the --lora run's base model; with neither, as d2f sample)."
+    )
+    lora: str | None = setting(None, "The teacher run (a run folder of d2f train or d2f reflow).")
+    data: str | None = setting(None, "Whose captions the pairs use (default: the teacher run's data).")
+    num_pairs: int = setting(1024, "How many (noise, teacher sample) pairs.", low=1, high=MAX_COUNT)
+    pair_steps: int = setting(25, "Teacher sampler steps per pair.", low=1, high=MAX_SAMPLE_STEPS)
+    pair_sampler: str | None = setting(None, "Teacher sampler (default: the teacher's own).", choices=SAMPLERS)
+    guidance: float | None = setting(
+        None, "Teacher guidance (default: the teacher run's, else 2.0).", low=0, high=MAX_GUIDANCE
+    )
+    pairs: str | None = setting(None, "Pairs folder (default <output>/pairs); reused if it matches.")
+    objective: str | None = setting(
+        None, "Student objective (default: fm for an fm teacher, else diff2flow).", choices=("diff2flow", "fm")
+    )
+    output: str | None = setting(None, "Run folder (default runs/<teacher>-reflow-<objective>).")
+    seed: int = setting(
+        0, "Seed of the pairs' noise (pair i: seed + i) and of training.", low=0, high=MAX_SEED - MAX_COUNT
+    )
+    resolution: int | None = setting(
+        None, "Resolution in px (default: the teacher's).", low=16, high=MAX_SIDE, multiple_of=16
+    )
+    shard_size: int = setting(64, "Pairs per shard file.", low=1, high=MAX_COUNT, cli=False)
     train: dict = field(default_factory=dict)
 
 
@@ -65,10 +78,7 @@ def reflow(
     from d2f.training.loop import train
 
     callback = callback or (lambda event: None)
-    if rcfg.num_pairs < 1:
-        raise UserError(f"--num-pairs must be at least 1, got {rcfg.num_pairs}")
-    if rcfg.objective not in (None, "diff2flow", "fm"):
-        raise UserError(f"the student's --objective is diff2flow or fm, got {rcfg.objective!r}")
+    check_settings(rcfg)
     teacher = load_pipeline(rcfg.model, rcfg.lora)  # a model d2f cannot sample is a UserError here
     run = teacher.d2f_run or {}
     flow = pipe_parametrization(teacher)

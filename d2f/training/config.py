@@ -7,14 +7,18 @@ defaults were measured is in ``benchmarks/results/train_defaults.md``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from d2f.errors import UserError
+from d2f.settings import MAX_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, check_fits, check_settings, setting
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "cosine", "linear")
+MAX_BATCH = 2**16
+MAX_SAMPLE_STEPS = 10_000
+MAX_EVAL = 100_000
+MAX_LORA_ALPHA = 1e6  # alpha / rank scales the LoRA's update; beyond this it only overflows
 # settings that may differ when a run is resumed: they change when and what is logged, not what is learned
 RESUMABLE_CHANGES = {
     "validate_every",
@@ -35,100 +39,134 @@ RESUMABLE_CHANGES = {
 }
 
 
+def _objectives() -> tuple[str, ...]:
+    from d2f.objectives import OBJECTIVES
+
+    return tuple(OBJECTIVES)
+
+
+def _t_samplings() -> tuple[str, ...]:
+    from d2f.parametrizations import T_SAMPLINGS
+
+    return T_SAMPLINGS
+
+
+def _lora_targets() -> tuple[str, ...]:
+    from d2f.training.lora import TARGETS
+
+    return tuple(TARGETS)
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # d2f.core.schedule's, without importing torch
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a run (the CLI's options, with the same names); the defaults are the demo run."""
+    """Every setting of a run: the CLI's options (``--lora-rank`` is ``lora_rank``), their help and bounds,
+    declared once (``d2f.settings``); the defaults are the demo run."""
 
-    model: str = "tiny-shapes-eps"
-    model_config: str | None = None  # a single-file --model's diffusers config: a diffusers folder or hub id
-    allow_pickle: bool = False  # let a pickled single file (.ckpt) be loaded: unpickling can run its code
-    data: str = "shapes-target"
-    objective: str = "diff2flow"
-    prediction_type: str | None = None  # None: the model's scheduler config
-    zero_terminal_snr: bool = False  # rescale the schedule to zero terminal SNR (v or sample prediction)
-    t_sampling: str = "uniform"
-    output: str | None = None  # None: runs/<model>-<data>-<objective>
-    image_column: str = "image"
-    caption_column: str = "text"
-    resolution: int | None = None  # None: the model's native resolution
-    center_crop: bool = True
-    random_flip: bool = False
-    max_samples: int | None = None
-    skip_bad_images: bool = False
-    lora_rank: int = 64
-    lora_alpha: float | None = None  # None: = rank
-    lora_targets: str = "attn+conv"
-    train_text_encoder: bool = False  # a LoRA on the text encoder too (d2f.training.lora)
-    lr: float = 1e-3
-    lr_scheduler: str = "cosine"
-    warmup_steps: int = 50
-    steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    noise_offset: float = 0.0  # diffusion objective only (see check_config)
-    mixed_precision: str | None = None  # None: accelerate's (accelerate launch / config), else "no"
-    gradient_checkpointing: bool = False
-    cpu: bool = False  # train on the CPU even where CUDA is (there, and only there, --resume is bit-identical)
-    ema: bool = False
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    seed: int = 0
-    cache: bool = True
-    validate_every: int = 500
-    validation_prompts: list[str] | None = None
-    sample_steps: int = 25
-    guidance: float = 2.0
-    eval_samples: int = 48
-    checkpoint_every: int = 500
-    checkpoints_total_limit: int = 2
-    log_every: int = 10
-    resume: bool = False
-    resume_from: str | None = None  # a checkpoint folder (checkpoints/step_XXXXX) to resume from; implies resume
-    overwrite: bool = False
-    allow_data_change: bool = False  # --resume even if the data's fingerprint differs from the run's
-    variant: str | None = None  # weights variant of the model (e.g. fp16), passed to from_pretrained
-    revision: str | None = None  # hub revision of the model
-    dataloader_num_workers: int = 0  # threads decoding images (building the cache, or every step with --no-cache)
-    report_to: list[str] | None = None  # accelerate trackers: tensorboard, wandb, ... (d2f.training.trackers)
-    validation_steps: list[int] | None = None  # more sampler steps to draw validation grids at (reflow: 2, 4)
-    init_weights: str | None = None  # a run's LoRA file or unet/ folder the trained weights start from
-    pairs: str | None = None  # a pairs folder of `d2f reflow`: train on its coupled (x0, x1) (d2f.training.pairs)
+    model: str = setting(
+        "tiny-shapes-eps", "Built-in model name, diffusers folder, single-file checkpoint (.safetensors) or hub id."
+    )
+    model_config: str | None = setting(
+        None,
+        "For a single-file --model: a diffusers folder (or hub id) of the same architecture whose component "
+        "configs to use (default: inferred by diffusers, which needs the hub).",
+    )
+    allow_pickle: bool = setting(False, "Load a pickled .ckpt --model (unpickling can run code in the file).")
+    data: str = setting(
+        "shapes-target",
+        "Built-in data (shapes-target, shapes-base), a folder (imagefolder, .txt captions, save_to_disk), "
+        "a .parquet/.csv/.jsonl file, or a hub dataset.",
+    )
+    objective: str = setting(
+        "diff2flow",
+        "The training objective (d2f.objectives): diff2flow; fm, naive flow matching at the timestep (1-t)(N-1); "
+        "fm-raw-t, naive FM at the raw timestep t (as the paper's code); diffusion, the model's own.",
+        choices=_objectives,
+    )
+    prediction_type: str | None = setting(
+        None, "Override the model's prediction type (default: its scheduler config's).", choices=PREDICTION_TYPES
+    )
+    zero_terminal_snr: bool = setting(False, "Rescale the schedule to zero terminal SNR (v or sample).")
+    t_sampling: str = setting(
+        "uniform",
+        "FM time density: uniform; logit-normal (more steps at mid t); near-noise (density 2(1 - t)).",
+        choices=_t_samplings,
+    )
+    output: str | None = setting(None, "Run folder (default runs/<model>-<data>-<objective>).")
+    image_column: str = setting("image", "Image column of the data.")
+    caption_column: str = setting("text", "Caption column of the data.")
+    resolution: int | None = setting(
+        None, "Training resolution in px (default: the model's).", low=16, high=MAX_SIDE, multiple_of=16
+    )
+    center_crop: bool = setting(
+        True, "Centre crop, or a random crop (drawn once per image).", flag="--center-crop/--random-crop"
+    )
+    random_flip: bool = setting(False, "Mirror images at random.")
+    max_samples: int | None = setting(None, "Use at most this many images.", low=1)
+    skip_bad_images: bool = setting(False, "Skip unreadable images.")
+    dataloader_num_workers: int = setting(0, "Threads decoding images.", low=0, high=256)
+    lora_rank: int = setting(64, "LoRA rank; 0 = full finetune of the UNet.", low=0, high=4096)
+    lora_alpha: float | None = setting(None, "LoRA alpha (default: the rank).", above=0, high=MAX_LORA_ALPHA)
+    lora_targets: str = setting("attn+conv", "Which UNet layers get a LoRA.", choices=_lora_targets)
+    train_text_encoder: bool = setting(False, "A LoRA on the text encoder too (new words in captions).")
+    lr: float = setting(1e-3, "Peak learning rate (AdamW).", above=0)
+    lr_scheduler: str = setting("cosine", "Learning rate after warmup.", choices=LR_SCHEDULERS)
+    warmup_steps: int = setting(50, "Linear warmup steps.", low=0, high=MAX_COUNT)
+    steps: int = setting(1000, "Optimizer steps (more than a resumed run had: it goes on).", low=1, high=MAX_COUNT)
+    batch_size: int = setting(32, "Batch size per process.", low=1, high=MAX_BATCH)
+    grad_accum: int = setting(1, "Gradient accumulation steps.", low=1, high=MAX_COUNT)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm (0 = no clipping).", low=0)
+    weight_decay: float = setting(1e-2, "AdamW weight decay.", low=0)
+    adam_beta1: float = setting(0.9, "AdamW beta1, in [0, 1).", low=0, below=1)
+    adam_beta2: float = setting(0.999, "AdamW beta2, in [0, 1).", low=0, below=1)
+    noise_offset: float = setting(0.0, "Noise offset (diffusion objective only).", low=0, high=10)
+    mixed_precision: str | None = setting(
+        None, "Mixed precision: fp16 (GPU) or bf16 (default: accelerate's setting, else no).", choices=MIXED_PRECISION
+    )
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
+    # train on the CPU even where CUDA is (there, and only there, --resume is bit-identical)
+    cpu: bool = setting(False, "Train on the CPU even where a CUDA GPU is (accelerate's cpu).")
+    ema: bool = setting(False, "Keep an EMA of the trainable weights (validated and saved).")
+    ema_decay: float = setting(0.999, "EMA decay, in [0, 1).", low=0, below=1)
+    caption_dropout: float = setting(0.1, "Probability of an empty caption (for guidance).", low=0, high=1)
+    seed: int = setting(0, "Seed (set before the adapter is created).", low=0, high=MAX_SEED)
+    cache: bool = setting(True, "Cache VAE latents and text embeddings.", flag="--cache/--no-cache")
+    validate_every: int = setting(
+        500, "Validation every N steps (and at 0 and the end; 0 = only those).", low=0, high=MAX_COUNT
+    )
+    validation_prompts: list[str] | None = setting(None, "Prompt of the grids. Repeatable.", flag="--validation-prompt")
+    sample_steps: int = setting(25, "Sampler steps of the validation samples.", low=1, high=MAX_SAMPLE_STEPS)
+    guidance: float = setting(2.0, "Guidance of the validation samples.", low=0, high=MAX_GUIDANCE)
+    eval_samples: int = setting(48, "Images scored at each validation (built-in data).", low=0, high=MAX_EVAL)
+    checkpoint_every: int = setting(500, "Checkpoint every N steps (0 = off).", low=0, high=MAX_COUNT)
+    checkpoints_total_limit: int = setting(2, "Keep the newest N checkpoints (0 = all).", low=0, high=MAX_COUNT)
+    log_every: int = setting(10, "A line of metrics.jsonl every N steps.", low=1, high=MAX_COUNT)
+    resume: bool = setting(False, "Continue the run in --output from its latest checkpoint.")
+    # a checkpoint folder (checkpoints/step_XXXXX) to resume from; implies resume
+    resume_from: str | None = setting(None, "Continue from this checkpoint folder.")
+    overwrite: bool = setting(
+        False, "Replace the run in --output (deleted only once the new one has made its first step)."
+    )
+    allow_data_change: bool = setting(False, "With --resume: continue even though the data changed.")
+    variant: str | None = setting(None, "Weights variant of the model, e.g. fp16.")
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model.")
+    report_to: list[str] | None = setting(None, "An accelerate tracker (tensorboard, ...). Repeatable.")
+    # more sampler steps to draw validation grids at (reflow: 2, 4)
+    validation_steps: list[int] | None = setting(None, "", low=1, high=MAX_SAMPLE_STEPS, cli=False)
+    # a run's LoRA file or unet/ folder the trained weights start from
+    init_weights: str | None = setting(None, "", cli=False)
+    # a pairs folder of `d2f reflow`: train on its coupled (x0, x1) (d2f.training.pairs)
+    pairs: str | None = setting(None, "", cli=False)
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """``UserError`` for every setting that cannot work, before anything is loaded."""
-    from d2f.core.schedule import check_prediction_type
-    from d2f.objectives import check_objective
-    from d2f.parametrizations import check_t_sampling
-    from d2f.training.lora import check_lora_settings
-
-    check_objective(cfg.objective)
-    check_t_sampling(cfg.t_sampling)
-    if cfg.prediction_type is not None:
-        check_prediction_type(cfg.prediction_type)
-    check_lora_settings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-    for name in ("steps", "batch_size", "grad_accum", "sample_steps", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "validate_every", "checkpoint_every", "checkpoints_total_limit", "eval_samples"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
-        raise UserError(f"--lr must be a positive number, got {cfg.lr}")
-    if not 0 <= cfg.caption_dropout <= 1:
-        raise UserError(f"--caption-dropout must lie in [0, 1], got {cfg.caption_dropout}")
-    if not 0 <= cfg.ema_decay < 1:
-        raise UserError(f"--ema-decay must lie in [0, 1), got {cfg.ema_decay}")
-    if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
-        raise UserError(f"--adam-beta1/2 must lie in [0, 1), got {cfg.adam_beta1}, {cfg.adam_beta2}")
-    if cfg.weight_decay < 0 or cfg.dataloader_num_workers < 0:
-        raise UserError("--weight-decay and --dataloader-num-workers must be >= 0")
-    if cfg.noise_offset < 0:
-        raise UserError(f"--noise-offset must be >= 0, got {cfg.noise_offset}")
+    """``UserError`` for every setting that cannot work, before anything is loaded: each setting's type and
+    range as declared (``d2f.settings``), then the settings that must agree with each other."""
+    check_settings(cfg)
+    if cfg.resolution is not None:
+        check_fits(cfg.batch_size, cfg.resolution, cfg.resolution, "--resolution or --batch-size")
     if cfg.noise_offset and cfg.objective != "diffusion":
         raise UserError(
             "--noise-offset is for the diffusion objective: it fixes that diffusion training never sees pure "
@@ -138,14 +176,6 @@ def check_config(cfg: TrainConfig) -> None:
         from d2f.training.trackers import check_report_to
 
         check_report_to(cfg.report_to)
-    if cfg.mixed_precision is not None and cfg.mixed_precision not in MIXED_PRECISION:
-        raise UserError(f"unknown --mixed-precision {cfg.mixed_precision!r}; use one of {', '.join(MIXED_PRECISION)}")
-    if cfg.lr_scheduler not in LR_SCHEDULERS:
-        raise UserError(f"unknown --lr-scheduler {cfg.lr_scheduler!r}; use one of {', '.join(LR_SCHEDULERS)}")
-    if cfg.guidance < 0:
-        raise UserError(f"--guidance must be >= 0, got {cfg.guidance}")
-    if any(k < 1 for k in cfg.validation_steps or []):
-        raise UserError(f"validation steps must be at least 1, got {cfg.validation_steps}")
     if cfg.train_text_encoder and cfg.lora_rank == 0:
         raise UserError(
             "--train-text-encoder adds a LoRA to the text encoder: it needs a LoRA run (--lora-rank > 0), "
