@@ -39,7 +39,7 @@ MAX_SIDE = 2**16  # px; far larger than any model's, small enough that H * W * C
 class Spec:
     """What a setting accepts. ``low``/``high``: inclusive bounds (``above``, ``below``: exclusive ones);
     ``choices``: the allowed strings, or a function returning them (a registry, read when asked);
-    ``multiple_of``: sizes the VAE and UNet can take; ``flag``: the CLI's spelling of a bool
+    ``flag``: the CLI's spelling of a bool
     (``"--cache/--no-cache"``); ``cli``: False for settings that are not options."""
 
     help: str
@@ -48,7 +48,6 @@ class Spec:
     above: float | None = None
     below: float | None = None
     choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
-    multiple_of: int | None = None
     flag: str | None = None
     cli: bool = True
 
@@ -137,8 +136,6 @@ def _check_range(option: str, value, spec: Spec) -> None:
         raise UserError(f"{option} must be at most {_number(spec.high)}, got {value}")
     if spec.below is not None and not value < spec.below:
         raise UserError(f"{option} must be less than {_number(spec.below)}, got {value}")
-    if spec.multiple_of and value % spec.multiple_of:
-        raise UserError(f"{option} {value}: the VAE and UNet need a multiple of {spec.multiple_of} px")
 
 
 def check_settings(obj, names: Sequence[str] | None = None) -> None:

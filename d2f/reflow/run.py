@@ -60,7 +60,7 @@ class ReflowConfig:
         0, "Seed of the pairs' noise (pair i: seed + i) and of training.", low=0, high=MAX_SEED - MAX_COUNT
     )
     resolution: int | None = setting(
-        None, "Resolution in px (default: the teacher's).", low=16, high=MAX_SIDE, multiple_of=16
+        None, "Resolution in px (default: the teacher's).", low=1, high=MAX_SIDE
     )
     shard_size: int = setting(64, "Pairs per shard file.", low=1, high=MAX_COUNT, cli=False)
     train: dict = field(default_factory=dict)
@@ -79,6 +79,7 @@ def reflow(
 
     callback = callback or (lambda event: None)
     check_settings(rcfg)
+    check_settings(TrainConfig(**rcfg.train), names=list(rcfg.train))  # the student's options, before any load
     teacher = load_pipeline(rcfg.model, rcfg.lora)  # a model d2f cannot sample is a UserError here
     run = teacher.d2f_run or {}
     flow = pipe_parametrization(teacher)

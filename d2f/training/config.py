@@ -98,7 +98,7 @@ class TrainConfig:
     image_column: str = setting("image", "Image column of the data.")
     caption_column: str = setting("text", "Caption column of the data.")
     resolution: int | None = setting(
-        None, "Training resolution in px (default: the model's).", low=16, high=MAX_SIDE, multiple_of=16
+        None, "Training resolution in px (default: the model's).", low=1, high=MAX_SIDE
     )
     center_crop: bool = setting(
         True, "Centre crop, or a random crop (drawn once per image).", flag="--center-crop/--random-crop"
