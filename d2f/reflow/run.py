@@ -59,9 +59,7 @@ class ReflowConfig:
     seed: int = setting(
         0, "Seed of the pairs' noise (pair i: seed + i) and of training.", low=0, high=MAX_SEED - MAX_COUNT
     )
-    resolution: int | None = setting(
-        None, "Resolution in px (default: the teacher's).", low=1, high=MAX_SIDE
-    )
+    resolution: int | None = setting(None, "Resolution in px (default: the teacher's).", low=1, high=MAX_SIDE)
     shard_size: int = setting(64, "Pairs per shard file.", low=1, high=MAX_COUNT, cli=False)
     train: dict = field(default_factory=dict)
 

@@ -97,9 +97,7 @@ class TrainConfig:
     output: str | None = setting(None, "Run folder (default runs/<model>-<data>-<objective>).")
     image_column: str = setting("image", "Image column of the data.")
     caption_column: str = setting("text", "Caption column of the data.")
-    resolution: int | None = setting(
-        None, "Training resolution in px (default: the model's).", low=1, high=MAX_SIDE
-    )
+    resolution: int | None = setting(None, "Training resolution in px (default: the model's).", low=1, high=MAX_SIDE)
     center_crop: bool = setting(
         True, "Centre crop, or a random crop (drawn once per image).", flag="--center-crop/--random-crop"
     )
