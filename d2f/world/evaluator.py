@@ -13,7 +13,7 @@ Label order is the generator's (``SHAPES``, ``sorted(COLOURS)``, ``DOMAINS``) an
 It is trained on *fresh* generator images of both domains (a new batch is drawn every step, so it
 never sees an image twice), with mild blur, noise and colour jitter so that it also reads generated
 samples, which are blurrier than the generator's drawings. The shipped weights live in
-``d2f/assets/evaluator/``; rebuild them with ``python -m d2f.world.evaluator --output DIR`` (``evaluator_training.py``).
+``d2f/assets/evaluator/``; rebuild them with ``python -m d2f.world.build.evaluator_training --output DIR``.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _load(folder: str) -> Evaluator:
     if missing:
         raise ValueError(
             f"{folder} is not an evaluator folder: missing {', '.join(missing)}; "
-            f"build one with `python -m d2f.world.evaluator --output {folder}`"
+            f"build one with `python -m d2f.world.build.evaluator_training --output {folder}`"
         )
     cfg = json.loads((folder / "config.json").read_text())
     model = Evaluator(tuple(cfg["channels"]), cfg["feature_dim"], cfg["shapes"], cfg["colours"], cfg["domains"])
@@ -164,9 +164,3 @@ def _load(folder: str) -> Evaluator:
 def clear_cache() -> None:
     """Forget the loaded evaluators (after a folder's weights were rewritten)."""
     _load.cache_clear()
-
-
-if __name__ == "__main__":  # ``python -m d2f.world.evaluator``: the command the shipped build record names
-    from d2f.world.evaluator_training import main
-
-    main()

@@ -103,7 +103,7 @@ def save_prior(folder: str | Path, vae, text_encoder, tokenizer, unet, predictio
     tokenizer/ as well (transformers 5 saves only tokenizer.json)."""
     from diffusers import StableDiffusionPipeline
 
-    from d2f.world.tokenizer import read_merges, write_vocab_files
+    from d2f.world.build.tokenizer import read_merges, write_vocab_files
 
     pipe = StableDiffusionPipeline(
         vae=vae,
