@@ -53,7 +53,8 @@ def worker(args) -> None:
     import torch
 
     from d2f.training import TrainConfig
-    from d2f.training.loop import setup, train_step
+    from d2f.training.loop import train_step
+    from d2f.training.setup import setup
 
     settings = json.loads(args.worker)
     with tempfile.TemporaryDirectory() as out:
