@@ -1,5 +1,5 @@
-"""The package's layers: every module imports only from its own layer or the layers below it, and no import
-goes round in a circle.
+"""The package's layers: every module imports only from its own layer or the layers below it, no import goes
+round in a circle, and none goes through a module that only re-exports the name.
 
 Bottom to top: ``errors``/``files`` and ``core`` (the math) -> ``parametrizations`` -> ``objectives``,
 ``guidance``, ``sampling``, ``diffusers_scheduler`` (with ``diffusers_inputs``), ``schedule_report`` ->
@@ -207,3 +207,38 @@ def test_no_import_circle_in_d2f():
     passes the layer test): ``evaluator`` importing its own training, which imports ``evaluator``, is one."""
     cycle = find_cycle({module_name(p): module_edges(p) for p in MODULES})
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def own_and_imported_names(path: Path) -> tuple[set[str], set[str]]:
+    """The names a module defines at its top level (def, class, assignment) and those it only imports there."""
+    defined, imported = set(), set()
+    for node in ast.parse(path.read_text()).body:
+        for n in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(n.name)
+            elif isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+                defined |= {x.id for t in targets for x in ast.walk(t) if isinstance(x, ast.Name)}
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                imported |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    return defined, imported - defined
+
+
+def test_nothing_imports_through_a_re_export():
+    """``from d2f.a.b import name`` names the module that defines ``name``, not one that imported it (package
+    ``__init__`` files, the public facades, excepted): in the package, the tests, the benchmarks and the
+    tutorials' sources."""
+    root = PACKAGE.parent
+    sources = [*MODULES, *sorted((root / "tests").glob("*.py")), *sorted((root / "benchmarks").glob("*.py"))]
+    sources += sorted((root / "tutorials").glob("*.py"))
+    plain = {module_name(p): p for p in MODULES if p.name != "__init__.py"}
+    only_imported = {name: own_and_imported_names(p)[1] for name, p in plain.items()}
+    bad = [
+        f"{path.relative_to(root)}:{node.lineno} imports {alias.name} from {node.module}, which only imports it"
+        for path in sources
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in plain
+        for alias in node.names
+        if alias.name in only_imported[node.module] and f"{node.module}.{alias.name}" not in NAMES
+    ]
+    assert not bad, bad

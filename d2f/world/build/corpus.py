@@ -11,13 +11,13 @@ VAE gets the same chance from a corpus made here, offline, of seven **kinds** (`
 | ``textures`` | stripes, checkers, dots and smooth value noise, at random scales and colours |
 | ``glyphs`` | 1-3 letters, digits or signs in the DejaVu fonts that matplotlib ships, any size and angle |
 | ``photos`` | random crops of the natural photographs bundled with scikit-image and matplotlib (``PHOTOS``) |
-| ``shapes`` | the shapes world of ``shapes.py``, both domains (the priors' own data) |
+| ``shapes`` | the shapes world of ``d2f.world.shapes``, both domains (the priors' own data) |
 
 Every image is drawn at 4x and downsampled (antialiased), deterministically from ``(kind, seed)``. Held-out
 images for the PSNR report come from another seed; for ``photos`` from photographs the VAE never saw
 (``HELD_OUT_PHOTOS``), so the number says how it does on *new* natural images, not new crops of old ones.
 Glyphs use DejaVu only: the other fonts matplotlib ships (STIX, Computer Modern) stay unseen, for the
-held-out "own images" dataset of ``digits.py``.
+held-out "own images" dataset of ``d2f.world.digits``.
 """
 
 from __future__ import annotations
