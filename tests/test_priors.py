@@ -2,6 +2,8 @@
 and the recipe that made them runs end to end."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,16 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
     images = to_unit_range(vae_training.corpus(8, 0))
     latents = vae_training.encode(vae, images, sample=True, generator=torch.Generator().manual_seed(0))
     assert abs((latents * vae.config.scaling_factor).std().item() - 1) < 0.2
+
+
+FACTORY_COMMANDS = ["d2f.world.build", "d2f.world.build.evaluator_training", "d2f.world.build.sd_sized"]
+
+
+@pytest.mark.parametrize("module", FACTORY_COMMANDS)
+def test_factory_commands_run_as_modules(module):
+    """The factory's commands (README, the build records) start as ``python -m``; ``--help`` lists their options."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "--help" in result.stdout
+    if module == "d2f.world.build":
+        assert "python -m d2f.world.build" in result.stdout and "--only" in result.stdout
