@@ -11,9 +11,10 @@ activations, slowly).
     python benchmarks/bench_sd_cpu.py --resolution 512 --rows lora,checkpointing --steps 1
 
 Each row runs in a fresh process (peak RSS, ``ru_maxrss``, only grows) with d2f's own trainer
-(``d2f.training.loop.setup`` and ``train_step``, as ``bench_train.py``): set-up (load the pipeline, encode and
-cache the data, add the adapter), ``--warmup`` steps, then ``--steps`` timed steps. The full finetune row is
-skipped (with a note) when less than ``--full-min-gib`` of memory is available. Prints a markdown table.
+(``d2f.training.setup.setup`` and ``d2f.training.loop.train_step``, as ``bench_train.py``): set-up (load the
+pipeline, encode and cache the data, add the adapter), ``--warmup`` steps, then ``--steps`` timed steps. The full
+finetune row is skipped (with a note) when less than ``--full-min-gib`` of memory is available. Prints a markdown
+table.
 """
 
 from __future__ import annotations
