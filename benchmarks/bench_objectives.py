@@ -58,7 +58,7 @@ def _quiet():
 
 def _setup(cell: Cell, out: str, objective: str | None = None):
     from d2f.training import TrainConfig
-    from d2f.training.loop import setup
+    from d2f.training.setup import setup
     from d2f.world.data import builtin_data
 
     cfg = TrainConfig(

@@ -1,5 +1,5 @@
 """Seconds per training step and peak memory of ``d2f train`` on SD 1.5's (and SD 2.1's) real architecture, on
-the CPU: random weights of SD's size (``d2f.world.sd_sized``), batch 1, 64 px (``--resolution``).
+the CPU: random weights of SD's size (``d2f.world.build.sd_sized``), batch 1, 64 px (``--resolution``).
 
 These are CPU numbers. The memory is that of the real architecture (weights, gradients, AdamW state, caches and
 activations), which is what decides whether a configuration fits; the seconds say nothing about a GPU. At 64 px
@@ -11,9 +11,10 @@ activations, slowly).
     python benchmarks/bench_sd_cpu.py --resolution 512 --rows lora,checkpointing --steps 1
 
 Each row runs in a fresh process (peak RSS, ``ru_maxrss``, only grows) with d2f's own trainer
-(``d2f.training.loop.setup`` and ``train_step``, as ``bench_train.py``): set-up (load the pipeline, encode and
-cache the data, add the adapter), ``--warmup`` steps, then ``--steps`` timed steps. The full finetune row is
-skipped (with a note) when less than ``--full-min-gib`` of memory is available. Prints a markdown table.
+(``d2f.training.setup.setup`` and ``d2f.training.loop.train_step``, as ``bench_train.py``): set-up (load the
+pipeline, encode and cache the data, add the adapter), ``--warmup`` steps, then ``--steps`` timed steps. The full
+finetune row is skipped (with a note) when less than ``--full-min-gib`` of memory is available. Prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def worker(args) -> None:
     import torch
 
     from d2f.training import TrainConfig
-    from d2f.training.loop import setup, train_step
+    from d2f.training.loop import train_step
+    from d2f.training.setup import setup
 
     settings = json.loads(args.worker)
     with tempfile.TemporaryDirectory() as out:
@@ -121,7 +123,9 @@ def main(argv=None) -> None:
         data = write_imagefolder(make_dataset(8, "target", 3, args.resolution), work / "data")
         for version in args.versions.split(","):
             model = work / version  # built in its own process, so that this one stays small
-            subprocess.run([sys.executable, "-m", "d2f.world.sd_sized", str(model), "--version", version], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "d2f.world.build.sd_sized", str(model), "--version", version], check=True
+            )
             for label, settings in (ROWS[name] for name in args.rows.split(",")):
                 free = available_gib()
                 if settings.get("lora_rank") == 0 and free < args.full_min_gib:

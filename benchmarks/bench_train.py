@@ -27,7 +27,8 @@ import time
 import torch
 
 from d2f.training import TrainConfig
-from d2f.training.loop import setup, train_step
+from d2f.training.loop import train_step
+from d2f.training.setup import setup
 from d2f.world.data import builtin_data
 
 ROWS = [  # (label, settings on top of the base configuration)

@@ -18,7 +18,8 @@ import torch
 
 from d2f.pipeline import generate
 from d2f.training import TrainConfig
-from d2f.training.loop import setup, train_step
+from d2f.training.loop import train_step
+from d2f.training.setup import setup
 from d2f.world.data import builtin_data
 from d2f.world.metrics import fd
 from d2f.world.shapes import all_prompts

@@ -21,7 +21,7 @@ def build_tiny_sd(folder: Path, prediction_type: str, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from d2f.world.tokenizer import load_tokenizer
+    from d2f.world.build.tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = load_tokenizer()

@@ -9,8 +9,8 @@ from transformers import AutoTokenizer
 
 from d2f.training import TrainConfig, train
 from d2f.training.caption_check import training_captions, unseen_words
+from d2f.world.build.priors import training_captions as world_captions
 from d2f.world.digits import write_digits
-from d2f.world.priors import training_captions as world_captions
 
 FAST = dict(steps=1, batch_size=2, sample_steps=2, validate_every=0, warmup_steps=0, lora_rank=4, checkpoint_every=0)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from d2f.world import digits
-from d2f.world.corpus import GLYPH_FONTS
+from d2f.world.build.corpus import GLYPH_FONTS
 
 
 def test_digits_are_written_as_an_imagefolder_that_d2f_reads(tmp_path):

@@ -2,16 +2,19 @@
 and the recipe that made them runs end to end."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from d2f.world import build, priors, vae_training
-from d2f.world.shapes import all_prompts
-from d2f.world.tokenizer import MODEL_MAX_LENGTH
+import d2f
+from d2f.world.build import priors, stages, vae_training
+from d2f.world.build.tokenizer import MODEL_MAX_LENGTH
+from d2f.world.shapes import all_prompts, to_unit_range
 
-ASSETS = Path(priors.__file__).resolve().parent.parent / "assets"
+ASSETS = Path(d2f.__file__).resolve().parent / "assets"
 EXPECTED_FILES = [
     "model_index.json",
     "d2f_build.json",
@@ -106,7 +109,7 @@ def test_shared_vae_reconstructs_every_kind_of_the_corpus():
 def test_rebuild_recipe_for_a_few_steps(tmp_path):
     threads = torch.get_num_threads()
     try:
-        build.main(
+        stages.main(
             [
                 "--output",
                 str(tmp_path),
@@ -143,6 +146,19 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
         assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
         vae = pipe.vae
     # scaling_factor = 1/std(latents): scaled posterior samples of the training images have unit std
-    images = vae_training.to_unit_range(vae_training.corpus(8, 0))
+    images = to_unit_range(vae_training.corpus(8, 0))
     latents = vae_training.encode(vae, images, sample=True, generator=torch.Generator().manual_seed(0))
     assert abs((latents * vae.config.scaling_factor).std().item() - 1) < 0.2
+
+
+FACTORY_COMMANDS = ["d2f.world.build", "d2f.world.build.evaluator_training", "d2f.world.build.sd_sized"]
+
+
+@pytest.mark.parametrize("module", FACTORY_COMMANDS)
+def test_factory_commands_run_as_modules(module):
+    """The factory's commands (README, the build records) start as ``python -m``; ``--help`` lists their options."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "--help" in result.stdout
+    if module == "d2f.world.build":
+        assert "python -m d2f.world.build" in result.stdout and "--only" in result.stdout

@@ -23,14 +23,8 @@ from d2f.cli import app
 runner = CliRunner()
 
 
-def d2f_sample(*args, cwd: Path | None = None):
-    old = os.getcwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        return runner.invoke(app, ["sample", *map(str, args)])
-    finally:
-        os.chdir(old)
+def d2f_sample(*args):
+    return runner.invoke(app, ["sample", *map(str, args)])
 
 
 def test_run_folder_sampled_by_plain_diffusers_equals_d2f_sample(tiny_run, tmp_path):
@@ -90,7 +84,8 @@ def test_run_folder_sampled_by_plain_diffusers_equals_d2f_sample(tiny_run, tmp_p
     assert np.abs(base_images.astype(int) - mine.astype(int)).max() > 10
 
 
-def test_compare_grid_json_and_latest_run_default(tiny_sd_eps, tmp_path):
+def test_compare_grid_json_and_latest_run_default(tiny_sd_eps, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the latest run is looked up under ./runs, the grid written to ./grid.png
     runs = tmp_path / "runs"
     write_run(runs / "old", tiny_sd_eps, seed=1)
     newest = write_run(runs / "new", tiny_sd_eps, seed=2, objective="diffusion")
@@ -106,7 +101,6 @@ def test_compare_grid_json_and_latest_run_default(tiny_sd_eps, tmp_path):
         "--output",
         "grid.png",
         "--json",
-        cwd=tmp_path,
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)

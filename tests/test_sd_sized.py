@@ -1,4 +1,4 @@
-"""SD 1.5 and SD 2.1 at their real size (random weights, ``d2f.world.sd_sized``) through the commands users run:
+"""SD 1.5 and SD 2.1 at their real size (random weights, ``d2f.world.build.sd_sized``) through the commands users run:
 ``d2f train`` (LoRA, EMA, gradient checkpointing, checkpoints), a killed run ``--resume``d, ``d2f sample``, and the
 LoRA in plain diffusers, before and after ``d2f export --format kohya``.
 
@@ -41,8 +41,8 @@ def available_gib(path: Path) -> tuple[float, float]:
 
 
 def d2f_cli(*args: str) -> subprocess.CompletedProcess:
-    """``python -m ARGS`` (``d2f train ...``, ``d2f.world.sd_sized ...``) in a fresh process, whose memory is given
-    back when it ends; fails the test with its stderr if it fails."""
+    """``python -m ARGS`` (``d2f train ...``, ``d2f.world.build.sd_sized ...``) in a fresh process, whose memory is
+    given back when it ends; fails the test with its stderr if it fails."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -65,7 +65,7 @@ def unet_output(unet, width: int) -> torch.Tensor:
 
 @pytest.fixture
 def sd_model(request, tmp_path):
-    """A full-size random SD folder of ``request.param`` (built by ``python -m d2f.world.sd_sized``), deleted
+    """A full-size random SD folder of ``request.param`` (built by ``python -m d2f.world.build.sd_sized``), deleted
     after the test: pytest keeps the temporary folders of the last runs, and these are 4-5 GB each."""
     version = request.param
     memory, disk = available_gib(tmp_path)
@@ -73,7 +73,7 @@ def sd_model(request, tmp_path):
         pytest.skip(f"{version} needs {MEMORY_GIB} GiB memory and {DISK_GIB} GiB disk; {memory:.1f} / {disk:.1f} free")
     folder = tmp_path / version
     try:
-        result = d2f_cli("d2f.world.sd_sized", str(folder), "--version", version)
+        result = d2f_cli("d2f.world.build.sd_sized", str(folder), "--version", version)
         print(result.stdout)
         yield version, folder
     finally:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from d2f.world.shapes import (
     COLOURS,
@@ -14,6 +15,8 @@ from d2f.world.shapes import (
     make_dataset,
     make_specs,
     parse_prompt,
+    shape_images,
+    to_unit_range,
     write_imagefolder,
 )
 
@@ -101,3 +104,16 @@ def test_imagefolder_round_trip(tmp_path):
     assert back["shape"] == ds["shape"]
     for a, b in zip(ds, back):
         assert np.array_equal(pixels(a["image"]), pixels(b["image"]))
+
+
+def test_shape_images_are_the_drawings_in_the_vae_range():
+    """``shape_images``: the drawings of ``make_specs`` as float (B, 3, H, W), x = p / 127.5 - 1, with captions."""
+    images, captions = shape_images(5, "target", seed=2, resolution=16)
+    specs = make_specs(5, "target", 2)
+    assert images.shape == (5, 3, 16, 16) and images.dtype == torch.float32
+    assert captions == [caption(s.shape, s.colour) for s in specs]
+    drawn = torch.from_numpy(np.stack([pixels(draw(s, 16)) for s in specs])).permute(0, 3, 1, 2)
+    # x = p / 127.5 - 1, computed here in float64
+    assert torch.allclose(images.double(), drawn.double() / 127.5 - 1, rtol=0, atol=1e-6)
+    assert images.min() >= -1 and images.max() <= 1
+    assert to_unit_range(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]

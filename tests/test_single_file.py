@@ -11,7 +11,6 @@ so the tests pass its own diffusers folder as ``config=`` / ``--model-config``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,8 @@ def single_file(tmp_path_factory, tiny_sd_eps) -> Path:
     return pipeline_to_single_file(pipe, tmp_path_factory.mktemp("single") / "tiny-sd.safetensors")
 
 
-def d2f(*args, cwd: Path | None = None):
-    old = os.getcwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        return runner.invoke(app, list(map(str, args)))
-    finally:
-        os.chdir(old)
+def d2f(*args):
+    return runner.invoke(app, list(map(str, args)))
 
 
 def one_error_line(result, message: str) -> None:

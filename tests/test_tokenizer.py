@@ -6,7 +6,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from d2f.world.tokenizer import MODEL_MAX_LENGTH, load_tokenizer, symbols, train_merges
+from d2f.world.build.tokenizer import MODEL_MAX_LENGTH, load_tokenizer, symbols, train_merges
 
 CAPTIONS = [
     "a handwritten digit 3",  # 20 tokens in the old 16-token tokenizer: it was cut

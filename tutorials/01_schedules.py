@@ -456,7 +456,7 @@ except UserError as err:
 # ## 1.6 The whole schedule in one figure
 #
 # `d2f inspect-schedule --preset sd15 --plot schedule.png` draws the figure below (the library function
-# is `d2f.cli.inspect_schedule.plot_schedule`). Its right-hand panels preview notebook 2: the FM time `t`
+# is `d2f.schedule_report.plot_schedule`). Its right-hand panels preview notebook 2: the FM time `t`
 # that each tau corresponds to, and the scale `c`. The grey bands are FM times that no diffusion
 # timestep reaches; the numbers come from `schedule_report`, the JSON of `--json`.
 
@@ -466,7 +466,7 @@ from pathlib import Path
 
 from IPython.display import Image, display
 
-from d2f.cli.inspect_schedule import plot_schedule, schedule_report
+from d2f.schedule_report import plot_schedule, schedule_report
 
 png = plot_schedule(sd15, Path(tempfile.mkdtemp()) / "sd15.png", title="SD 1.5 schedule (d2f inspect-schedule)")
 display(Image(filename=str(png), width=760))

@@ -100,8 +100,7 @@ for name, pipe in pipes.items():
 # agree, and `output_from_velocity` must invert the map.
 
 # %%
-from d2f.world.priors import shape_images
-from d2f.world.shapes import all_prompts
+from d2f.world.shapes import all_prompts, shape_images
 
 pixels, captions = shape_images(32, "base", seed=3)
 vae = pipes[EPS_PRIOR].vae

@@ -33,29 +33,19 @@ from d2f.errors import UserError
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
-# Public Stable Diffusion scheduler configs (their scheduler_config.json on the hub).
+# Public Stable Diffusion scheduler configs (their scheduler_config.json on the hub). SD 2's 512 px base model
+# kept SD 1.5's schedule and epsilon target, so the two presets are one config; SD 2's 768 px model predicts v.
+_SD_EPSILON = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    num_train_timesteps=1000,
+    prediction_type="epsilon",
+)
 PRESETS = {
-    "sd15": dict(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        num_train_timesteps=1000,
-        prediction_type="epsilon",
-    ),
-    "sd2-base": dict(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        num_train_timesteps=1000,
-        prediction_type="epsilon",
-    ),
-    "sd2-v": dict(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-    ),
+    "sd15": _SD_EPSILON,
+    "sd2-base": _SD_EPSILON,
+    "sd2-v": {**_SD_EPSILON, "prediction_type": "v_prediction"},
 }
 
 

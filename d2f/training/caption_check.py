@@ -1,11 +1,10 @@
 """Caption words the model's text encoder never learnt, found before training.
 
 A text encoder passes on only what it learnt. A word that never occurred in its training captions keeps its
-random initial embedding, and the layers above learnt to listen to other tokens: measured on the built-in prior
-(README, "Finetune on your own images"), the captions "a digit 0" ... "a digit 9" reach the UNet as nearly the
-same states (they differ by 0.01 RMS after the digit, where "a red circle" and "a blue circle" differ by ~1.0),
-so a UNet-only LoRA learnt the digits' look but drew them at chance (0.09); with ``--train-text-encoder`` the
-encoder learns the new words (0.21-0.23 in the same budget).
+random initial embedding, and the layers above learnt to listen to other tokens, so captions that differ only in
+such words reach the UNet as nearly the same states: a UNet-only LoRA can learn the images' look but not which
+caption asks for which, and ``--train-text-encoder`` lets the encoder learn the new words. The built-in prior's
+digits show both (the measurements: README, "Finetune on your own images").
 
 SD's CLIP text encoder learnt from hundreds of millions of captions, so only a model that records its training
 captions is checked: the built-in priors list theirs in ``d2f_build.json`` (``captions``, written by

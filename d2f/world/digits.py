@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2f.world.corpus import draw_glyph
+from d2f.world.augment import augment
 from d2f.world.evaluator import conv_body
+from d2f.world.glyphs import draw_glyph
 
 FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf", "cmb10.ttf")
 DIGITS = "0123456789"
@@ -91,8 +92,6 @@ class DigitClassifier(nn.Module):
 def train_classifier(steps: int = 600, batch_size: int = 64, seed: int = 1000, log=None) -> DigitClassifier:
     """Train on fresh generator images (never the finetune's ``seed``-0 data), with the shapes evaluator's
     blur / colour / noise augmentation so it also reads blurrier generated samples."""
-    from d2f.world.evaluator_training import augment
-
     torch.manual_seed(seed)
     gen, rng = torch.Generator().manual_seed(seed), random.Random(f"digit-classifier-{seed}")
     model = DigitClassifier()

@@ -13,7 +13,7 @@ Label order is the generator's (``SHAPES``, ``sorted(COLOURS)``, ``DOMAINS``) an
 It is trained on *fresh* generator images of both domains (a new batch is drawn every step, so it
 never sees an image twice), with mild blur, noise and colour jitter so that it also reads generated
 samples, which are blurrier than the generator's drawings. The shipped weights live in
-``d2f/assets/evaluator/``; rebuild them with ``python -m d2f.world.evaluator --output DIR`` (``evaluator_training.py``).
+``d2f/assets/evaluator/``; rebuild them with ``python -m d2f.world.build.evaluator_training --output DIR``.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def as_batch(images) -> torch.Tensor:
 
 def conv_body(channels) -> tuple[nn.Sequential, int]:
     """Per stage a 3x3 conv at full size, then a stride-2 one (32 -> 16 -> 8 -> 4 px for three stages), each
-    with BatchNorm and SiLU; returns the stack and its output channels. BatchNorm matters: measured after 400
-    steps, shape accuracy 37% without it, 95% with it, 100% with it and the max pooling of ``features``."""
+    with BatchNorm and SiLU; returns the stack and its output channels. BatchNorm matters, and so does the max
+    pooling of ``features``: without them the shape heads learn far less in the same steps (the measurement is in
+    ``benchmarks/results/world_build.md``)."""
     layers, c_in = [], 3
     for c in channels:
         for stride in (1, 2):
@@ -153,7 +154,7 @@ def _load(folder: str) -> Evaluator:
     if missing:
         raise ValueError(
             f"{folder} is not an evaluator folder: missing {', '.join(missing)}; "
-            f"build one with `python -m d2f.world.evaluator --output {folder}`"
+            f"build one with `python -m d2f.world.build.evaluator_training --output {folder}`"
         )
     cfg = json.loads((folder / "config.json").read_text())
     model = Evaluator(tuple(cfg["channels"]), cfg["feature_dim"], cfg["shapes"], cfg["colours"], cfg["domains"])
@@ -164,9 +165,3 @@ def _load(folder: str) -> Evaluator:
 def clear_cache() -> None:
     """Forget the loaded evaluators (after a folder's weights were rewritten)."""
     _load.cache_clear()
-
-
-if __name__ == "__main__":  # ``python -m d2f.world.evaluator``: the command the shipped build record names
-    from d2f.world.evaluator_training import main
-
-    main()

@@ -17,19 +17,9 @@ Shared by the CLI, tests, tutorials and benchmarks. ``images`` is always either 
 How many samples: both accuracies are binomial fractions, standard error sqrt(p(1-p)/n), so at
 n = 64 a true 0.9 reads 0.9 +- 0.04 and n = 256 halves that. The FD is biased upward at small n
 (estimated covariances are noisy), so **compare FDs only at the same n**, and against the real-vs-real
-floor at that n. Measured with the shipped evaluator (prompts cycling through ``all_prompts()``,
-images from generator seeds 1..5, references from seed 0; mean +- std over the 5 seeds; "blurred" is
-a 32 -> 16 -> 32 px round trip; reproduce with ``python -m d2f.world.metrics``, 13 s):
-
-    n     real vs real (base)   real vs real (target)   blurred base vs base   base vs target refs
-    32    12.4 +- 0.8           15.1 +- 2.5             44.7 +- 6.1            214 +- 5
-    64     5.5 +- 0.5            6.6 +- 0.8             34.9 +- 4.0            198 +- 4
-    128    2.9 +- 0.6            3.3 +- 0.3             33.9 +- 2.7            191 +- 2
-    256    1.3 +- 0.2            1.7 +- 0.2             32.0 +- 2.3            186 +- 2
-
-The real-vs-real floor falls like 1/n (pure estimation bias), while real differences stay put. So
-n = 32 already tells the wrong domain (~200) from the right one, n = 64 tells a blurred sample set
-(~35) from a sharp one (~5), and finer quality differences need n >= 128 with a few seeds.
+floor at that n: the floor falls like 1/n (pure estimation bias) while real differences stay put, so the n
+needed grows as the difference to resolve shrinks. ``fd_floor_table`` measures the floor and a few real
+differences (``python -m d2f.world.metrics``); ``benchmarks/results/fd_floor.md`` has the shipped evaluator's.
 """
 
 from __future__ import annotations
@@ -146,7 +136,7 @@ def evaluate(
 
 
 def fd_floor_table(ns=(32, 64, 128, 256), seeds=range(1, 6), evaluator: Evaluator | None = None) -> dict:
-    """Measure the FD numbers of the module doc: for each n, FD of real base / real target images
+    """Measure the FD floor (``benchmarks/results/fd_floor.md``): for each n, FD of real base / real target images
     (seeds ``seeds``) against real references (seed 0) of the same domain, of base images blurred by
     a 32 -> 16 -> 32 px round trip against base references, and of base images against target
     references. Returns {n: {column: (mean, std)}}."""

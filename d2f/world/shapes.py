@@ -23,6 +23,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -152,6 +154,20 @@ def make_specs(
             raise ValueError(f"{prompts[k % len(prompts)]!r} is not a caption of the shapes world")
         specs.append(random_spec(rng, domain, *(fixed or (None, None))))
     return specs
+
+
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [-1, 1], the VAE's range:  x = p / 127.5 - 1."""
+    return pixels.float() / 127.5 - 1
+
+
+def shape_images(num_images: int, domain: str, seed: int, resolution: int = 32) -> tuple[torch.Tensor, list[str]]:
+    """``num_images`` generator images as a float tensor (B, 3, H, W) in [-1, 1] (the VAE's range),
+    with their captions."""
+    specs = make_specs(num_images, domain, seed)
+    pixels = np.stack([np.asarray(draw(s, resolution)) for s in specs])  # (B, H, W, 3) uint8
+    images = to_unit_range(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    return images, [caption(s.shape, s.colour) for s in specs]
 
 
 def make_dataset(num_images: int, domain: str = "base", seed: int = 0, resolution: int = 32):

@@ -39,9 +39,9 @@ def make_scheduler(prediction_type: str):
 
 
 def make_vae():
-    """AutoencoderKL: 3 blocks (2 downsamplings) -> 32 px images become 8x8x4 latents. Widths (32, 64, 64):
-    measured at equal training time, a wider (64, 64, 128) VAE reconstructed worse than a narrow one that took
-    2.5x more steps, so the budget goes into steps."""
+    """AutoencoderKL: 3 blocks (2 downsamplings) -> 32 px images become 8x8x4 latents. Widths (32, 64, 64): at
+    equal training time a wider VAE reconstructed worse than a narrow one that took more steps
+    (``benchmarks/results/world_build.md``), so the budget goes into steps."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -103,7 +103,7 @@ def save_prior(folder: str | Path, vae, text_encoder, tokenizer, unet, predictio
     tokenizer/ as well (transformers 5 saves only tokenizer.json)."""
     from diffusers import StableDiffusionPipeline
 
-    from d2f.world.tokenizer import read_merges, write_vocab_files
+    from d2f.world.build.tokenizer import read_merges, write_vocab_files
 
     pipe = StableDiffusionPipeline(
         vae=vae,

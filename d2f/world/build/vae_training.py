@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from d2f.training.vae_check import vae_psnr
-from d2f.world.components import RESOLUTION, make_vae
-from d2f.world.corpus import KINDS, corpus_images, to_unit_range
-from d2f.world.lr_schedule import warmup_cosine
+from d2f.world.build.components import RESOLUTION, make_vae
+from d2f.world.build.corpus import KINDS, corpus_images
+from d2f.world.build.lr_schedule import warmup_cosine
+from d2f.world.shapes import shape_images, to_unit_range
 
 Log = Callable[[int, float], None]  # (step, loss) -> None, for progress bars
 HELD_OUT_SEED = 12345  # the training corpus uses --seed (0 by default): never this one
@@ -90,8 +91,6 @@ def encode(vae, images: torch.Tensor, sample: bool = False, generator=None, batc
 def psnr_by_kind(vae, num_images: int = 256, kinds=KINDS) -> dict[str, float]:
     """Reconstruction PSNR (dB, pixels in [0, 1]) on held-out images of each kind; the shapes kind is
     reported per domain too (``shapes-base``, ``shapes-target``), the priors' data and the demo's target."""
-    from d2f.world.priors import shape_images
-
     held_out = {kind: to_unit_range(corpus_images(kind, num_images, HELD_OUT_SEED, held_out=True)) for kind in kinds}
     for domain in ("base", "target"):
         held_out[f"shapes-{domain}"] = shape_images(num_images, domain, HELD_OUT_SEED)[0]

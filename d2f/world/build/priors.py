@@ -1,7 +1,7 @@
 """The built-in priors ``tiny-shapes-eps`` and ``tiny-shapes-v``: tiny Stable Diffusions, made here.
 
 Each prior is a complete diffusers ``StableDiffusionPipeline`` folder with exactly SD's components at a
-tiny size (``d2f.world.components``). The recipe, in the order SD was made:
+tiny size (``d2f.world.build.components``). The recipe, in the order SD was made:
 
 1. **Tokenizer**: a byte-level BPE learnt from ordinary English (``tokenizer.py``), SD's 77-token window.
 2. **VAE** on a broad corpus (``corpus.py``, trained by ``vae_training.py``): strokes, polygons, gradients,
@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from d2f.training.ema import EMA
-from d2f.world.components import RESOLUTION, SD_BETAS, make_text_encoder, make_unet
-from d2f.world.corpus import corpus_images, to_unit_range
-from d2f.world.lr_schedule import warmup_cosine
-from d2f.world.shapes import all_prompts, caption, draw, make_specs
+from d2f.world.build.components import RESOLUTION, SD_BETAS, make_text_encoder, make_unet
+from d2f.world.build.corpus import corpus_images
+from d2f.world.build.lr_schedule import warmup_cosine
+from d2f.world.shapes import all_prompts, shape_images, to_unit_range
 
 PRIORS = {"tiny-shapes-eps": "epsilon", "tiny-shapes-v": "v_prediction"}
 # corpus kinds the priors also learn to draw, with their captions (glyphs stay unseen: see the module doc)
@@ -54,15 +54,6 @@ def training_captions() -> list[str]:
 
 
 Log = Callable[[int, float], None]  # (step, loss) -> None, for progress bars
-
-
-def shape_images(num_images: int, domain: str, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``num_images`` generator images as a float tensor (B,3,32,32) in [-1,1] (the VAE's range),
-    with their captions."""
-    specs = make_specs(num_images, domain, seed)
-    pixels = np.stack([np.asarray(draw(s, RESOLUTION)) for s in specs])  # (B,H,W,3) uint8
-    images = to_unit_range(torch.from_numpy(pixels).permute(0, 3, 1, 2))
-    return images, [caption(s.shape, s.colour) for s in specs]
 
 
 def prior_data(num_images: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:

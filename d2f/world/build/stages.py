@@ -14,7 +14,7 @@ resumes from the stage it was in (``--only`` the remaining stages):
 3. ``priors``: ``tiny-shapes-eps`` and ``tiny-shapes-v`` (UNet + text encoder from scratch on the
    shapes world's base domain and the corpus), each saved as a StableDiffusionPipeline folder with a
    ``d2f_build.json`` record.
-4. ``evaluator``: ``d2f.world.evaluator.train_evaluator`` into ``<output>/evaluator``.
+4. ``evaluator``: ``evaluator_training.train_evaluator`` into ``<output>/evaluator``.
 5. ``quality``: sample each prior (64 prompts, 25 DDIM steps, guidance 5) and score it with the
    evaluator's ``prompt_accuracy``; the numbers go into each prior's ``d2f_build.json``.
 6. ``grid``: a PNG with one row of samples per prior (``--grid``, default ``docs/priors.png``).
@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from d2f.versions import versions
-from d2f.world import priors, tokenizer, vae_training
-from d2f.world.components import save_prior
+from d2f.world.build import priors, tokenizer, vae_training
+from d2f.world.build.components import save_prior
 
 STAGES = ("tokenizer", "vae", "priors", "evaluator", "quality", "grid")
 
@@ -236,7 +236,9 @@ def save_grid(out: Path, names: list[str], path: Path, args, per_row: int = 12, 
 def main(argv=None) -> None:
     from rich.console import Console
 
-    p = argparse.ArgumentParser(description="Rebuild d2f's built-in VAE, priors and evaluator from scratch.")
+    p = argparse.ArgumentParser(
+        prog="python -m d2f.world.build", description="Rebuild d2f's built-in VAE, priors and evaluator from scratch."
+    )
     p.add_argument("--output", default="d2f/assets", help="assets folder (default d2f/assets)")
     p.add_argument("--only", choices=STAGES, action="append", help="run only these stages (repeatable)")
     p.add_argument("--priors", default=",".join(priors.PRIORS), help="comma-separated priors to build")
@@ -275,7 +277,7 @@ def main(argv=None) -> None:
         for name in names:
             build_prior(out, name, args, console)
     if "evaluator" in stages:
-        from d2f.world.evaluator_training import train_evaluator
+        from d2f.world.build.evaluator_training import train_evaluator
 
         train_evaluator(out / "evaluator", steps=args.evaluator_steps, seed=args.seed, log=console.print)
     if "quality" in stages:
@@ -285,6 +287,3 @@ def main(argv=None) -> None:
         console.print(f"grid: {save_grid(out, names, Path(args.grid), args)}")
     console.print(f"built {', '.join(stages)} into {out} in {time.time() - start:.0f} s")
 
-
-if __name__ == "__main__":
-    main()

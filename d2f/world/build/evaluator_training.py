@@ -2,7 +2,7 @@
 
 A new batch of both domains is drawn every step (the CNN never sees an image twice), with mild blur,
 noise and colour jitter (``augment``) so that it also reads generated samples, which are blurrier than
-the generator's drawings. ``python -m d2f.world.evaluator --output DIR`` runs ``main``.
+the generator's drawings. ``python -m d2f.world.build.evaluator_training --output DIR`` runs ``main``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from d2f.versions import versions
+from d2f.world.augment import augment
 from d2f.world.evaluator import RESOLUTION, Evaluator, as_batch, clear_cache
 from d2f.world.shapes import DOMAINS, draw, make_specs, random_spec
 
@@ -34,28 +35,6 @@ def _labels(specs, model: Evaluator) -> dict[str, torch.Tensor]:
         "colour": torch.tensor([cfg["colours"].index(s.colour) for s in specs]),
         "domain": torch.tensor([cfg["domains"].index(s.domain) for s in specs]),
     }
-
-
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mild per-image corruptions of a (B, 3, H, W) batch in [0, 1]: Gaussian blur (sigma up to 1 px,
-    like a small VAE's decode), colour jitter (gain, offset, contrast) and pixel noise."""
-    b, _, h, w = x.shape
-    u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
-    # blur: separable Gaussian, sigma ~ U(0, 1) px for half of the batch, 0 for the rest
-    sigma = u(b) * (u(b) < 0.5)
-    r = torch.arange(-2, 3, dtype=torch.float32)
-    k = torch.exp(-(r**2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (B*3, 5): one kernel per channel
-    y = F.pad(x.reshape(1, b * 3, h, w), (2, 2, 2, 2), mode="replicate")
-    y = F.conv2d(y, k[:, None, None, :], groups=b * 3)
-    y = F.conv2d(y, k[:, None, :, None], groups=b * 3).reshape(b, 3, h, w)
-    # contrast around the image mean, a shared gain and a per-channel offset
-    mean = y.mean(dim=(1, 2, 3), keepdim=True)
-    y = mean + (y - mean) * (0.85 + 0.3 * u(b, 1, 1, 1))
-    y = y * (0.92 + 0.16 * u(b, 1, 1, 1)) + 0.08 * (u(b, 3, 1, 1) - 0.5)
-    # pixel noise with std ~ U(0, 0.04)
-    y = y + 0.04 * u(b, 1, 1, 1) * torch.randn(y.shape, generator=gen)
-    return y.clamp(0, 1)
 
 
 @torch.no_grad()
@@ -126,7 +105,7 @@ def train_evaluator(
     (out_dir / "config.json").write_text(json.dumps(model.config, indent=2) + "\n")
     record = {
         "what": "d2f shapes-world evaluator (shape, colour, domain heads + features for fd)",
-        "command": f"python -m d2f.world.evaluator --output DIR --steps {steps} --seed {seed} "
+        "command": f"python -m d2f.world.build.evaluator_training --output DIR --steps {steps} --seed {seed} "
         f"--batch-size {batch_size}",
         "recipe": {
             "steps": steps,

@@ -11,13 +11,13 @@ VAE gets the same chance from a corpus made here, offline, of seven **kinds** (`
 | ``textures`` | stripes, checkers, dots and smooth value noise, at random scales and colours |
 | ``glyphs`` | 1-3 letters, digits or signs in the DejaVu fonts that matplotlib ships, any size and angle |
 | ``photos`` | random crops of the natural photographs bundled with scikit-image and matplotlib (``PHOTOS``) |
-| ``shapes`` | the shapes world of ``shapes.py``, both domains (the priors' own data) |
+| ``shapes`` | the shapes world of ``d2f.world.shapes``, both domains (the priors' own data) |
 
 Every image is drawn at 4x and downsampled (antialiased), deterministically from ``(kind, seed)``. Held-out
 images for the PSNR report come from another seed; for ``photos`` from photographs the VAE never saw
 (``HELD_OUT_PHOTOS``), so the number says how it does on *new* natural images, not new crops of old ones.
 Glyphs use DejaVu only: the other fonts matplotlib ships (STIX, Computer Modern) stay unseen, for the
-held-out "own images" dataset of ``digits.py``.
+held-out "own images" dataset of ``d2f.world.digits``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from d2f.world.glyphs import draw_glyph
+from d2f.world.shapes import draw, random_spec
 
 KINDS = ("strokes", "polygons", "gradients", "textures", "glyphs", "photos", "shapes")
 _SUPERSAMPLE = 4
@@ -135,38 +138,6 @@ def _textures(rng: random.Random, side: int) -> Image.Image:
     return Image.fromarray((a + (b - a) * s[..., None]).astype(np.uint8))
 
 
-@functools.cache
-def font_path(name: str) -> str:
-    """A font file that matplotlib ships (DejaVu, STIX, Computer Modern): no system fonts needed."""
-    import matplotlib
-
-    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"font {name} not found under {path.parent}; install matplotlib (pip install matplotlib)"
-        )
-    return str(path)
-
-
-def draw_glyph(
-    text: str, font: str, size: float, colour, background, rng: random.Random, side: int, angle: float = 0.0
-):
-    """``text`` in ``font`` at ``size`` (fraction of the side), centred with a random offset, rotated by ``angle``."""
-    layer = Image.new("L", (side, side), 0)
-    pen = ImageDraw.Draw(layer)
-    face = ImageFont.truetype(font_path(font), max(4, int(size * side)))
-    left, top, right, bottom = pen.textbbox((0, 0), text, font=face)
-    w, h = right - left, bottom - top
-    x = (side - w) / 2 - left + rng.uniform(-0.5, 0.5) * max(0, side - w) * 0.8
-    y = (side - h) / 2 - top + rng.uniform(-0.5, 0.5) * max(0, side - h) * 0.8
-    pen.text((x, y), text, fill=255, font=face)
-    if angle:
-        layer = layer.rotate(angle, resample=Image.BICUBIC)
-    image = Image.new("RGB", (side, side), background)
-    image.paste(Image.new("RGB", (side, side), colour), mask=layer)
-    return image
-
-
 def _glyphs(rng: random.Random, side: int) -> Image.Image:
     text = "".join(rng.choice(GLYPHS) for _ in range(rng.randint(1, 3)))
     size = rng.uniform(0.35, 0.9) / len(text) ** 0.5
@@ -200,8 +171,6 @@ def _photos(rng: random.Random, side: int, photos=PHOTOS) -> Image.Image:
 
 
 def _shapes(rng: random.Random, side: int) -> Image.Image:
-    from d2f.world.shapes import draw, random_spec
-
     spec = random_spec(rng, rng.choice(("base", "target")))
     return draw(spec, side)
 
@@ -227,8 +196,3 @@ def corpus_images(kind: str, num_images: int, seed: int, resolution: int = 32, h
     rng = random.Random(f"{kind}-{seed}-{held_out}")
     pixels = np.stack([np.asarray(draw_image(kind, rng, resolution, held_out)) for _ in range(num_images)])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-
-
-def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [-1, 1], the VAE's range:  x = p / 127.5 - 1."""
-    return pixels.float() / 127.5 - 1
