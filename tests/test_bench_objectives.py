@@ -250,3 +250,48 @@ def test_quick_grid_end_to_end(tmp_path):
     assert (tmp_path / "objectives_curves.png").stat().st_size > 1000
     bench_objectives.main(["--quick", "--out", str(out)])  # resumed: nothing left to run
     assert len(read_records(out)) == len(records)
+
+
+def _synthetic_cell(cell, fd, acc):
+    """A finished cell's record with the given final FD and prompt accuracy (natural sampler, most calls)."""
+    from dataclasses import asdict
+
+    from objectives_eval import Eval, natural_sampler
+
+    name = Eval(natural_sampler(cell.objective), cell.calls[-1], cell.guidance, cell.eval_seed).name
+    metrics = {"fd": {"value": fd}, "kid": {"value": 0.0}, "prompt_accuracy": {"value": acc}}
+    metrics["domain_accuracy"] = {"value": 1.0}
+    curve = [{"step": s, "metrics": metrics} for s in cell.curve_steps]
+    return {
+        "kind": "cell",
+        "key": cell.key,
+        "spec": asdict(cell),
+        "lr": cell.lr,
+        "final": {name: metrics},
+        "curve": curve,
+    }
+
+
+def test_lr_rule_and_decomposition_section_on_synthetic_numbers(tmp_path):
+    """best_lr applies LR_RULE (prompt accuracy first, ties to the lower FD); the decomposition section pairs each
+    step of the chain over seeds, the eps prior's references taken from the headline block."""
+    from objectives_report import best_lr, decomposition_section, lr_sweep_section
+
+    full = plan(PRESETS["full"])
+    sweep = [c for c in full if c.role == "lr-sweep" and c.objective in ("diff2flow", "fm")]
+    acc = {("diff2flow", 3e-4): 0.5, ("diff2flow", 1e-3): 0.9, ("diff2flow", 3e-3): 0.9, ("fm", 3e-4): 0.2}
+    fd = {("diff2flow", 1e-3): 30.0, ("diff2flow", 3e-3): 20.0}
+    records = [_synthetic_cell(c, fd.get((c.objective, c.lr), 50.0), acc.get((c.objective, c.lr), 0.1)) for c in sweep]
+    assert best_lr(records) == {"diff2flow": 3e-3, "fm": 3e-4}
+    table = "\n".join(lr_sweep_section(records))
+    assert "| diff2flow | 0.003 | 0.90 | 20.0 | yes |" in table and "| diff2flow | 0.001 | 0.90 | 30.0 |  |" in table
+    eps = [c for c in full if c.model == "tiny-shapes-eps" and c.rank == 64]
+    fd_of = {"diffusion": 40.0, "diffusion-fm-t": 35.0, "diff2flow-unweighted": 33.0, "diff2flow": 30.0}
+    by_role = {"headline": [], "decomposition": []}
+    for c in eps:
+        if c.role in by_role and c.objective in (*fd_of, "diff2flow-discrete", "diff2flow-no-scale"):
+            by_role[c.role].append(_synthetic_cell(c, fd_of.get(c.objective, 38.0) + c.seed, 0.5))
+    text = "\n".join(decomposition_section(by_role, tmp_path))
+    assert "Diff2Flow's time density: fd(diffusion-fm-t) - fd(diffusion) = -5.0 (95 % CI -5.0 to -5.0, 5 seeds)" in text
+    assert "the loss weight w(t): fd(diff2flow) - fd(diff2flow-unweighted) = -3.0" in text
+    assert "the input scaling c(t): fd(diff2flow) - fd(diff2flow-no-scale) = -8.0" in text
