@@ -16,15 +16,15 @@ class                  the network sees (z, timestep)     velocity from the outp
 ``DiffusionModel``     as Diff2FlowModel                  as Diff2FlowModel                   eps, v or x1
 =====================  ================================  ==================================  ===========
 
-(docs/math.md §6-§8), and four ablations that split Diff2Flow from diffusion finetuning into its parts (``ablations``, docs/math.md §9.1):
-``DiffusionFMTimeModel`` (diffusion's loss at Diff2Flow's time density), ``Diff2FlowDiscreteModel`` (Diff2Flow's
-loss at diffusion's discrete timesteps: the loss-only bridge of SimpleTuner and OneTrainer),
-``Diff2FlowUnweightedModel`` (Diff2Flow with its loss weight divided out) and ``Diff2FlowNoScaleModel``
-(Diff2Flow without the input scaling c(t)).
+(docs/math.md §6-§8), and four ablations that split Diff2Flow from diffusion finetuning into its parts
+(``d2f.parametrizations.ablations``, re-exported here; docs/math.md §9.1): ``DiffusionFMTimeModel`` (diffusion's
+loss at Diff2Flow's time density), ``Diff2FlowDiscreteModel`` (Diff2Flow's loss at diffusion's discrete
+timesteps: the loss-only bridge of SimpleTuner and OneTrainer), ``Diff2FlowUnweightedModel`` (Diff2Flow with its
+loss weight divided out) and ``Diff2FlowNoScaleModel`` (Diff2Flow without the input scaling c(t)).
 
-Conventions: **t = 0 is noise, t = 1 is data**; t outside the covered range
-[t_min, t_max] is clamped for tau, c, alpha and sigma alike (§5). Whatever precision the network runs in,
-the bridge, the targets and the loss are computed in float32 or better (§13).
+Conventions: **t = 0 is noise, t = 1 is data**; t outside the covered range [t_min, t_max] is clamped for tau,
+c, alpha and sigma alike (§5). Whatever precision the network runs in, the bridge, the targets and the loss are
+computed in float32 or better (§13).
 """
 
 from __future__ import annotations
