@@ -8,14 +8,17 @@ and a rerun skips the cells already there (resumable: kill it at any time and st
 command). ``--workers N`` runs N such processes side by side, worker k taking every N-th cell not yet done
 (``--shard k/N``), each logging to ``<out>.worker<k>.log``; give it no more workers than idle cores.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --quick --out /tmp/quick.jsonl --report
+    OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --quick --report      # a check, into a temporary folder
     OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --full --dry-run      # the plan and its time estimate
     python benchmarks/bench_objectives.py --full --workers 2 --report             # the published numbers
     python benchmarks/bench_objectives.py --report-only --out benchmarks/results/objectives.jsonl
 
 ``--full`` writes ``benchmarks/results/objectives.jsonl`` by default; ``--report`` (after the grid) or
 ``--report-only`` writes ``benchmarks/results/objectives.md`` and its plots (``--report-dir`` to put them
-elsewhere). Progress and the ETA go to stderr.
+elsewhere). ``--quick`` is a check of the pipeline, never a result: it writes ``quick.jsonl`` (and its report)
+in ``d2f-bench-objectives`` under the system's temporary folder unless ``--out`` says where, and refuses any
+path inside ``benchmarks/results``. A results file holds one preset's cells: a run refuses a file that holds
+another preset's (``check_preset``). Progress and the ETA go to stderr.
 
 A cell: set up a ``d2f train`` run (``d2f.training.loop.setup``: the same model, data, adapter, optimizer and
 LR schedule as ``d2f train``) in a temporary folder, run its steps with the trainer's own ``train_step``,
@@ -41,6 +44,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from objectives_eval import Eval, evaluate, natural_sampler, other_sampler  # noqa: E402
 from objectives_grid import PRESETS, Cell, append_record, done_keys, plan, read_records  # noqa: E402
+
+from d2f.errors import UserError  # noqa: E402
+from d2f.objectives import OBJECTIVES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COST_OBJECTIVES = ("diffusion", "diff2flow", "fm", "fm-raw-t")
@@ -87,6 +93,64 @@ def curve_eval(cell: Cell) -> Eval:
     return Eval(natural_sampler(cell.objective), cell.calls[0], cell.guidance, cell.eval_seed)
 
 
+def results_path(preset: str, out: str | None) -> Path:
+    """The results file of a run of ``preset``: ``out``, else the published file for ``full`` and a file in the
+    system's temporary folder for a check (``quick``). A check given a path inside ``benchmarks/results`` is
+    refused: a check never writes where the published numbers live."""
+    if out is None:
+        if preset == "full":
+            return RESULTS / "objectives.jsonl"
+        return Path(tempfile.gettempdir()) / "d2f-bench-objectives" / f"{preset}.jsonl"
+    path = Path(out)
+    _refuse_published(preset, path, "--out")
+    return path
+
+
+def report_folder(preset: str, out: Path, report_dir: str | None) -> Path:
+    """Where the report goes: ``report_dir``, else ``benchmarks/results`` for ``full`` and the results file's
+    folder for a check (refused inside ``benchmarks/results``, as ``results_path``)."""
+    if report_dir is None:
+        return RESULTS if preset == "full" else out.parent
+    folder = Path(report_dir)
+    _refuse_published(preset, folder, "--report-dir")
+    return folder
+
+
+def _refuse_published(preset: str, path: Path, option: str) -> None:
+    if preset != "full" and path.resolve().is_relative_to(RESULTS.resolve()):
+        raise UserError(
+            f"{option} {path} lies in {RESULTS}, where the published results live, and --{preset} is a check: "
+            f"give {option} a path elsewhere (or leave it out: a temporary folder)"
+        )
+
+
+def preset_of(record: dict) -> str | None:
+    """The preset a record was run with: its ``preset``, else (records from before it was written) the preset
+    whose evaluation size its cell has; None if neither says."""
+    if record.get("preset"):
+        return record["preset"]
+    n_eval = record.get("spec", {}).get("n_eval")
+    return next((name for name, p in PRESETS.items() if p.n_eval == n_eval), None)
+
+
+def check_preset(out: Path, preset) -> None:
+    """Refuse to add ``preset``'s cells to a results file that holds another preset's (one preset per file:
+    the report reads a file as one grid)."""
+    others = sorted({preset_of(r) for r in read_records(out)} - {preset.name, None})
+    if others:
+        raise UserError(
+            f"{out} holds cells of the {', '.join(others)} preset; --{preset.name} cells must go to a file of "
+            f"their own: give --out a new path"
+        )
+
+
+def _step0_key(cell: Cell, ev: Eval) -> str:
+    """The untouched prior's score depends on the model, the task, how it is sampled and the evaluation only:
+    an objective that samples as another (``samples_as``, e.g. diffusion-fm-t as diffusion) shares its step 0."""
+    sampled = OBJECTIVES[cell.objective].samples_as or cell.objective
+    return f"{cell.model}|{cell.task}|{sampled}|{ev.name}|n{cell.n_eval}"
+
+
 def _step0_cache(records: list[dict]) -> dict:
     """Step-0 scores already measured: the untouched prior depends on (model, task, objective, evaluation, n)
     only, not on rank or seed."""
@@ -116,7 +180,7 @@ def run_cell(cell: Cell, step0: dict, progress) -> dict:
 
             for step in range(cell.steps + 1):
                 if step in cell.curve_steps:
-                    key = f"{cell.model}|{cell.task}|{cell.objective}|{ce.name}|n{cell.n_eval}"
+                    key = _step0_key(cell, ce)
                     metrics = step0.get(key) if step == 0 else None
                     metrics = metrics or score(step, ce)
                     if step == 0:
@@ -194,6 +258,7 @@ def measure_cost(cell: Cell, rounds: int, steps: int) -> dict:
 def estimate_seconds(cell: Cell, cost: dict) -> float:
     """Planned wall time of a cell from the measured costs: setup, steps, and every evaluation's image-calls
     (guidance != 1 doubles the batch; sampling a batch of 2 x 256 costs about 2 x one of 256)."""
+    # an objective not measured (the ablations: one forward and backward, like every other) at diffusion's cost
     s_step = statistics.median(cost["s_per_step"].get(cell.objective, cost["s_per_step"]["diffusion"]))
     per_call = cost["sample_s_per_image_call"]  # measured at guidance != 1: w = 1 runs half the batch
     evals = [curve_eval(cell)] * (len(cell.curve_steps) - 1) + final_evals(cell)
@@ -213,7 +278,9 @@ def main(argv=None) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_true", help="a handful of tiny cells: checks the pipeline (minutes)")
     which.add_argument("--full", action="store_true", help="the published grid (hours)")
-    parser.add_argument("--out", default=None, help="results JSONL (default: benchmarks/results/objectives.jsonl)")
+    parser.add_argument(
+        "--out", default=None, help="results JSONL (default: benchmarks/results/objectives.jsonl; --quick: a temp file)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="measure the costs, print the plan and its ETA, stop")
     parser.add_argument("--report", action="store_true", help="write the report after the grid")
     parser.add_argument("--report-only", action="store_true", help="only write the report from --out")
@@ -222,8 +289,15 @@ def main(argv=None) -> None:
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th cell not yet done, from the K-th")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
-    out = Path(args.out) if args.out else RESULTS / "objectives.jsonl"
-    report_dir = Path(args.report_dir) if args.report_dir else RESULTS
+    try:
+        out = results_path(preset.name, args.out)
+        report_dir = report_folder(preset.name, out, args.report_dir)
+        if not args.report_only:
+            check_preset(out, preset)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"results: {out}", file=sys.stderr)
     shard = tuple(int(x) for x in args.shard.split("/"))
     if not args.report_only and args.workers > 1 and not args.dry_run:
         run_workers(preset, out, args.workers)
@@ -267,6 +341,7 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     _quiet()
     console = Console(stderr=True)
+    check_preset(out, preset)
     cells = plan(preset)
     records = read_records(out)
     done = done_keys(out)
@@ -276,7 +351,7 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
         console.print(f"measuring the cost of a step of {', '.join(COST_OBJECTIVES)} (interleaved, one process)")
         cost = measure_cost(cost_cell, preset.cost_rounds, preset.cost_steps)
         if not dry_run:
-            append_record(out, cost)
+            append_record(out, cost | {"preset": preset.name})
     k, n = shard  # every worker reads the same file at the same start: the same list, split k::n
     todo = [c for c in cells if c.key not in done][k::n]
     eta = sum(estimate_seconds(c, cost) for c in todo) / (workers if n == 1 else 1)
@@ -290,6 +365,13 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
         + (f", {workers} workers on idle cores" if workers > 1 else "")
         + f") -> {out}"
     )
+    blocks = {}  # the plan block by block, in its order (a rerun runs what is left in this order)
+    for c in todo:
+        blocks.setdefault((c.role, c.model), []).append(c)
+    for (role, model), block in blocks.items():
+        seconds = sum(estimate_seconds(c, cost) for c in block) / (workers if n == 1 else 1)
+        objectives = ", ".join(dict.fromkeys(c.objective for c in block))
+        console.print(f"  {role} ({model}): {len(block)} cells of {objectives}: {seconds / 3600:.2f} h")
     if dry_run or cost_only:
         return
     step0 = _step0_cache(records)
@@ -298,7 +380,7 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
         total = bar.add_task("grid (training steps)", total=sum(c.steps for c in todo))
         for k, cell in enumerate(todo):
             bar.update(total, description=f"cell {k + 1}/{len(todo)} {cell.key.rsplit('|', 1)[0]}")
-            record = run_cell(cell, step0, lambda n: bar.advance(total, n))
+            record = run_cell(cell, step0, lambda n: bar.advance(total, n)) | {"preset": preset.name}
             append_record(out, record)
             nat = record["final"][
                 Eval(natural_sampler(cell.objective), cell.calls[-1], cell.guidance, cell.eval_seed).name

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
+from d2f.objectives import OBJECTIVES
 from d2f.pipeline import generate
 from d2f.world.estimators import kid, wilson_interval
 from d2f.world.evaluator import load_evaluator
 from d2f.world.metrics import frechet_distance
 
 N_BOOT = 200
-NATURAL = {"diffusion": "ddim"}  # every other (FM) objective: FM Euler
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,9 @@ TASKS = {
 
 
 def natural_sampler(objective: str) -> str:
-    """The sampler an objective's model is meant for: DDIM for diffusion, FM Euler for the FM objectives."""
-    return NATURAL.get(objective, "euler")
+    """The sampler an objective's model is meant for (its parametrisation's ``sampler``): DDIM for the
+    diffusion losses (diffusion, diffusion-fm-t), FM Euler for the FM ones."""
+    return OBJECTIVES[objective].sampler
 
 
 def other_sampler(objective: str) -> str:

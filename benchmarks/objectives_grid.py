@@ -3,12 +3,22 @@
 A cell is one finetune: (prior, task, objective, LoRA rank, training seed) with the preset's steps, batch, LR
 schedule and evaluations. Within a block every cell of a given rank gets the same LR (1e-3 for a LoRA, 1e-4
 for a full finetune, rank 0), warm-up, cosine schedule, batch and steps, whatever its objective: no objective
-is tuned more than another. One block of the full grid, ``long``, runs the demo's budget (1000 steps of batch
-32, where the default ``d2f train`` ends at prompt accuracy 0.98) instead of the grid's 300 of batch 16, which
-the rebuilt world's finetunes do not finish in: it answers whether the ranking holds for finished finetunes.
-Cells with the same training seed see the same data order, posterior noise and
-FM noise x0 (``d2f.training.batches``: every draw comes from (seed, step)); only the time each objective draws
-differs (t for the FM objectives, an integer timestep for diffusion).
+is tuned more than another. The one exception is the ``lr-sweep`` block, which checks that fixed LR: every
+objective at each of ``SWEEP_LRS`` on a tuning seed of its own (``TUNING_SEED``, none of the headline seeds),
+scored on validation noise of its own (``VALIDATION_SEED``, not the grid's evaluation noise); the rule that
+reads it is fixed here, before any run (``LR_RULE``, applied by ``objectives_report.best_lr``).
+
+The ``decomposition`` block (issue #24, docs/math.md §9.1) runs the ablation objectives, which take the
+difference between diffusion finetuning and Diff2Flow apart (time density, clamped ends, loss weight, input
+scaling), on the headline task with the headline seeds and budget at rank 64, on both priors; on the v prior,
+which has no headline cells, it also runs diffusion and diff2flow at those seeds, for the pairs.
+
+One block of the full grid, ``long``, runs the demo's budget (1000 steps of batch 32, where the default
+``d2f train`` ends at prompt accuracy 0.98) instead of the grid's 300 of batch 16, which the rebuilt world's
+finetunes do not finish in: it answers whether the ranking holds for finished finetunes. Cells with the same
+training seed see the same data order, posterior noise and FM noise x0 (``d2f.training.batches``: every draw
+comes from (seed, step)); only the time each objective draws differs (t for the FM objectives, an integer
+timestep for diffusion and diff2flow-discrete).
 
 Results file: one JSON object per line, appended only when a cell has finished (one ``os.write`` of the whole
 line on an ``O_APPEND`` file, then fsync), so a killed run leaves at most an unfinished cell, never a half
@@ -18,6 +28,7 @@ line that counts; ``read_records`` skips a torn last line. A cell whose ``key`` 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -47,9 +58,12 @@ class Cell:
     guidance_sweep: tuple[float, ...] = ()
     redraws: int = 0  # re-draws of the evaluation noise (the resolvable difference)
     role: str = ""
+    lr_override: float | None = None  # the lr-sweep block's LR; None: the rank's fixed LR
 
     @property
     def lr(self) -> float:
+        if self.lr_override is not None:
+            return self.lr_override
         return 1e-4 if self.rank == 0 else 1e-3
 
     @property
@@ -58,7 +72,10 @@ class Cell:
 
     @property
     def key(self) -> str:
-        spec = json.dumps(asdict(self), sort_keys=True)
+        spec = asdict(self)
+        if spec["lr_override"] is None:  # cells from before the sweep existed keep their keys (they are done)
+            del spec["lr_override"]
+        spec = json.dumps(spec, sort_keys=True)
         digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
         rank = "full" if self.rank == 0 else f"r{self.rank}"
         return f"{self.model}|{self.task}|{self.objective}|{rank}|s{self.seed}|{digest}"
@@ -85,8 +102,17 @@ class Preset:
 
 
 MAIN = ("diff2flow", "fm", "diffusion")
+DECOMPOSITION = ("diffusion-fm-t", "diff2flow-unweighted", "diff2flow-discrete", "diff2flow-no-scale")
+SWEEP_LRS = (3e-4, 1e-3, 3e-3)
+TUNING_SEED = 100  # the lr-sweep's training seed: not one of the seeds the answers are computed on
+VALIDATION_SEED = 2_000_000  # the lr-sweep's evaluation noise: not the grid's
+LR_RULE = (
+    "per objective, the LR whose final evaluation (natural sampler, most calls, validation noise) has the highest "
+    "prompt accuracy; ties (equal accuracy) go to the lower FD"
+)
 
 
+SWEEP = {"seeds": (TUNING_SEED,), "lrs": SWEEP_LRS, "eval_seed": VALIDATION_SEED}
 LONG = {"steps": 1000, "batch_size": 32, "curve_steps": (0, 250, 500, 1000), "seeds": (0, 1)}
 
 
@@ -94,15 +120,29 @@ def _blocks(full: bool) -> list[tuple]:
     """(prior, task, objectives, ranks, role[, overrides]) of each block of cells; headline blocks get the
     headline seeds, the others the preset's other seeds unless the overrides name theirs."""
     if not full:
+        tiny = {"seeds": (0,), "steps": 2, "curve_steps": (2,), "calls": (2,)}  # every new objective, one score
         return [
             ("eps", "shapes-target", MAIN, (4,), "headline"),
             ("eps", "shapes-target", ("fm-raw-t",), (4,), "raw-t"),
             ("eps", "shapes-novel-colours", ("diff2flow",), (4,), "novel"),
+            ("eps", "shapes-target", DECOMPOSITION, (4,), "decomposition", tiny),
+            ("eps", "shapes-target", ("diff2flow",), (4,), "lr-sweep", {**tiny, **SWEEP, "lrs": (3e-3,)}),
         ]
-    # in the order of what matters most, so that a grid stopped early has the most important cells; cut to fit
-    # about 2.5 hours on 2 cores: the v prior's novel-colours block, and ranks 16 and full have one seed
+    # in the order of what matters most, so that a grid stopped early has the most important cells (a rerun
+    # skips the cells already done, so the blocks added later run first); the blocks from "long" on were cut to
+    # fit about 2.5 hours on 2 cores: the v prior's novel-colours block, and ranks 16 and full have one seed
     return [
         ("eps", "shapes-target", MAIN, (4, 64), "headline"),
+        ("eps", "shapes-target", DECOMPOSITION, (64,), "decomposition", {"seeds": "headline"}),
+        (
+            "v",
+            "shapes-target",
+            ("diffusion", "diff2flow", *DECOMPOSITION),
+            (64,),
+            "decomposition",
+            {"seeds": "headline"},
+        ),
+        ("eps", "shapes-target", (*MAIN, *DECOMPOSITION), (64,), "lr-sweep", SWEEP),
         ("eps", "shapes-target", MAIN, (64,), "long", LONG),
         ("eps", "shapes-novel-colours", MAIN, (64,), "novel"),
         ("v", "shapes-target", MAIN, (64,), "v-prior"),
@@ -124,30 +164,31 @@ PRESETS = {
 
 
 def plan(preset: Preset) -> list[Cell]:
-    """Every cell of a preset, headline cells first (seed-major, so a partial grid already pairs seeds)."""
+    """Every cell of a preset, block by block, headline cells first (seed-major, so a partial grid already
+    pairs seeds); the lr-sweep block's cells LR by LR."""
     cells = []
     for prior, task, objectives, ranks, role, *over in _blocks(preset.name == "full"):
         over = over[0] if over else {}
         headline = role == "headline"
         seeds = over.get("seeds", preset.headline_seeds if headline else preset.other_seeds)
+        seeds = preset.headline_seeds if seeds == "headline" else seeds
         steps, batch = over.get("steps", preset.steps), over.get("batch_size", preset.batch_size)
-        curve = over.get("curve_steps", preset.curve_steps)
-        for seed in seeds:
-            for rank in ranks:
-                for objective in objectives:
-                    sweep = headline and rank == max(ranks) and seed in preset.headline_seeds[:2]
-                    swap = headline and seed in preset.headline_seeds[:3]  # the other sampler: 3 seeds
-                    first = headline and objective == "diff2flow" and rank == max(ranks) and seed == seeds[0]
-                    cells.append(
-                        Cell(
-                            model=PRIORS[prior], task=task, objective=objective, rank=rank, seed=seed,
-                            steps=steps, batch_size=batch, curve_steps=curve,
-                            n_eval=preset.n_eval, calls=preset.calls, guidance=preset.guidance,
-                            eval_seed=preset.eval_seed, max_samples=preset.max_samples, other_sampler=swap,
-                            guidance_sweep=preset.guidance_sweep if sweep else (),
-                            redraws=preset.redraws if first else 0, role=role,
-                        )
-                    )  # fmt: skip
+        curve, calls = over.get("curve_steps", preset.curve_steps), over.get("calls", preset.calls)
+        eval_seed = over.get("eval_seed", preset.eval_seed)
+        for seed, rank, lr, objective in itertools.product(seeds, ranks, over.get("lrs", (None,)), objectives):
+            sweep = headline and rank == max(ranks) and seed in preset.headline_seeds[:2]
+            swap = headline and seed in preset.headline_seeds[:3]  # the other sampler: 3 seeds
+            first = headline and objective == "diff2flow" and rank == max(ranks) and seed == seeds[0]
+            cells.append(
+                Cell(
+                    model=PRIORS[prior], task=task, objective=objective, rank=rank, seed=seed,
+                    steps=steps, batch_size=batch, curve_steps=curve,
+                    n_eval=preset.n_eval, calls=calls, guidance=preset.guidance,
+                    eval_seed=eval_seed, max_samples=preset.max_samples, other_sampler=swap,
+                    guidance_sweep=preset.guidance_sweep if sweep else (),
+                    redraws=preset.redraws if first else 0, role=role, lr_override=lr,
+                )
+            )  # fmt: skip
     return cells
 
 

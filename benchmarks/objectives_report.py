@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from objectives_eval import Eval, natural_sampler, other_sampler
-from objectives_grid import read_records
+from objectives_grid import LR_RULE, read_records
 
 from d2f.world.curves import (
     area_under_curve,
@@ -314,13 +314,103 @@ def block_section(cells: list[dict], folder: Path) -> list[str]:
     return lines + [""]
 
 
+# the decomposition (docs/math.md §9.1): (from, to, what the step adds), along the chain and beside it
+DECOMPOSITION_STEPS = (
+    ("diffusion", "diffusion-fm-t", "Diff2Flow's time density"),
+    ("diffusion-fm-t", "diff2flow-unweighted", "the FM target on the clamped ends"),
+    ("diff2flow-unweighted", "diff2flow", "the loss weight w(t)"),
+    ("diffusion", "diff2flow-discrete", "the loss weight at diffusion's timesteps (the loss-only bridge)"),
+    ("diff2flow-discrete", "diff2flow", "Diff2Flow's time density and ends, with the weight"),
+    ("diff2flow-no-scale", "diff2flow", "the input scaling c(t)"),
+)
+SIDE_ROLES = ("decomposition", "lr-sweep")  # blocks with their own sections, kept out of the main tables
+
+
+def decomposition_section(by_role: dict, folder: Path) -> list[str]:
+    """The decomposition block, per prior: its table (with diffusion and diff2flow at the same seeds, the eps
+    prior's from the headline block) and the paired difference of each step of ``DECOMPOSITION_STEPS``."""
+    cells = by_role["decomposition"]
+    lines = []
+    for model in sorted({r["spec"]["model"] for r in cells}):
+        mine = [r for r in cells if r["spec"]["model"] == model]
+        spec = mine[0]["spec"]
+        same = (spec["model"], spec["task"], spec["rank"], spec["steps"], spec["batch_size"])
+        refs = [
+            r for r in by_role["headline"]
+            if (r["spec"]["model"], r["spec"]["task"], r["spec"]["rank"], r["spec"]["steps"], r["spec"]["batch_size"])
+            == same
+        ]  # fmt: skip
+        groups = _group(refs + mine)
+
+        def final(objective, metric, groups=groups, spec=spec):
+            by_seed = groups.get((spec["model"], spec["task"], objective, spec["rank"]), {})
+            return {s: _value(r, _natural(r["spec"]), metric) for s, r in by_seed.items()}
+
+        lines += [
+            f"## Decomposition: Diff2Flow taken apart ({model}, {spec['task']}, {spec['steps']} steps of batch "
+            f"{spec['batch_size']}, {_rank_name(spec['rank'])}; docs/math.md §9.1)",
+            "",
+            *summary_table(groups),
+            "",
+        ]
+        for a, b, what in DECOMPOSITION_STEPS:
+            for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
+                d = paired_difference(final(b, metric), final(a, metric))
+                lines.append(f"- {what}: {metric}({b}) - {metric}({a}) = {_ci(d, digits)}")
+        plot = plot_curves(groups, folder / f"objectives_decomposition_{model.rsplit('-', 1)[-1]}_curves.png")
+        if plot:
+            lines += ["", f"![FD along training, decomposition, {model}]({plot.name})"]
+        lines.append("")
+    return lines
+
+
+def best_lr(cells: list[dict]) -> dict[str, float]:
+    """The LR of each objective by ``LR_RULE`` (fixed before the run): the highest final prompt accuracy
+    (natural sampler, most calls, the sweep's own validation noise), ties to the lower FD."""
+    by_objective = defaultdict(list)
+    for r in cells:
+        by_objective[r["spec"]["objective"]].append(r)
+    best = {}
+    for objective, rs in by_objective.items():
+        name = _natural(rs[0]["spec"])
+        top = max(rs, key=lambda r: (_value(r, name, "prompt_accuracy"), -_value(r, name, "fd")))
+        best[objective] = top["lr"]
+    return best
+
+
+def lr_sweep_section(cells: list[dict]) -> list[str]:
+    """The lr-sweep block: every (objective, LR) cell's final scores and the LR the rule picks."""
+    if not cells:
+        return []
+    spec = cells[0]["spec"]
+    best = best_lr(cells)
+    lines = [
+        f"## Learning-rate sweep ({spec['model']}, {spec['task']}, {spec['steps']} steps of batch "
+        f"{spec['batch_size']}, {_rank_name(spec['rank'])}, training seed {spec['seed']}, validation noise seed "
+        f"{spec['eval_seed']})",
+        "",
+        f"Rule, fixed before the run: {LR_RULE}. The grid's fixed LR is {1e-3:g} for a LoRA.",
+        "",
+        "| objective | LR | prompt acc | FD | picked |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in sorted(cells, key=lambda r: (r["spec"]["objective"], r["lr"])):
+        name, objective = _natural(r["spec"]), r["spec"]["objective"]
+        lines.append(
+            f"| {objective} | {r['lr']:g} | {_fmt(_value(r, name, 'prompt_accuracy'), 2)} | "
+            f"{_fmt(_value(r, name, 'fd'))} | {'yes' if best[objective] == r['lr'] else ''} |"
+        )
+    return lines + [""]
+
+
 def write_report(results: str | Path, folder: str | Path) -> Path:
     records = read_records(results)
     every = [r for r in records if r.get("kind") == "cell"]
     by_role = defaultdict(list)
     for r in every:
         by_role[r["spec"]["role"]].append(r)
-    cells, long = [r for r in every if r["spec"]["role"] != "long"], by_role["long"]
+    cells = [r for r in every if r["spec"]["role"] not in ("long", *SIDE_ROLES)]
+    long = by_role["long"]
     cost = next((r for r in records if r.get("kind") == "cost"), None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -362,6 +452,8 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
     lines += ["## Guidance sweep (headline cells, natural sampler, most calls)", "", *guidance_table(groups), ""]
     for role in BLOCK_TITLES:
         lines += block_section(by_role[role], folder)
+    lines += decomposition_section(by_role, folder)
+    lines += lr_sweep_section(by_role["lr-sweep"])
     if cost:
         lines += [
             "## Cost",

@@ -47,7 +47,8 @@ def test_plan_keys_are_unique_stable_and_change_with_any_setting():
     head = [c for c in full if c.role == "headline"]
     assert {c.seed for c in head} == {0, 1, 2, 3, 4} and {c.rank for c in head} == {4, 64}
     # no objective tuned more than another: within a block and rank, the same LR, steps, batch and warm-up
-    for role, rank in {(c.role, c.rank) for c in full}:
+    # (the lr-sweep block aside: it checks that fixed LR)
+    for role, rank in {(c.role, c.rank) for c in full if c.role != "lr-sweep"}:
         same = {(c.lr, c.steps, c.batch_size, c.warmup_steps) for c in full if (c.role, c.rank) == (role, rank)}
         assert len(same) == 1
     long = [c for c in full if c.role == "long"]
@@ -59,6 +60,104 @@ def test_plan_keys_are_unique_stable_and_change_with_any_setting():
     assert {c.task for c in full} == {"shapes-target", "shapes-novel-colours"}
     assert {c.model for c in full} == {"tiny-shapes-eps", "tiny-shapes-v"}
     assert sum(c.redraws > 1 for c in full) == 1
+
+
+def test_decomposition_and_lr_sweep_blocks_and_the_published_cells_stay_done():
+    """issue #24: the ablations on both priors with the headline's seeds and budget; every objective at each
+    sweep LR on the tuning seed and its own validation noise; the published cells' keys unchanged."""
+    from objectives_grid import DECOMPOSITION, MAIN, SWEEP_LRS, TUNING_SEED, VALIDATION_SEED
+
+    from d2f.objectives import OBJECTIVES
+
+    full = plan(PRESETS["full"])
+    head = [c for c in full if c.role == "headline" and c.rank == 64]
+    dec = [c for c in full if c.role == "decomposition"]
+    assert set(DECOMPOSITION) <= set(OBJECTIVES) and {c.model for c in dec} == {"tiny-shapes-eps", "tiny-shapes-v"}
+    for model, objectives in (
+        ("tiny-shapes-eps", set(DECOMPOSITION)),
+        ("tiny-shapes-v", {*DECOMPOSITION, "diffusion", "diff2flow"}),
+    ):
+        mine = [c for c in dec if c.model == model]
+        assert {c.objective for c in mine} == objectives and {c.seed for c in mine} == {c.seed for c in head}
+        assert {(c.task, c.rank, c.steps, c.batch_size, c.lr, c.eval_seed, c.curve_steps) for c in mine} == {
+            (h.task, h.rank, h.steps, h.batch_size, h.lr, h.eval_seed, h.curve_steps) for h in head
+        }
+    sweep = [c for c in full if c.role == "lr-sweep"]
+    assert sorted((c.objective, c.lr) for c in sweep) == sorted(
+        (o, lr) for o in (*MAIN, *DECOMPOSITION) for lr in SWEEP_LRS
+    )
+    assert {(c.seed, c.eval_seed) for c in sweep} == {(TUNING_SEED, VALIDATION_SEED)}
+    assert TUNING_SEED not in {c.seed for c in full if c.role != "lr-sweep"}
+    roles = list(dict.fromkeys(c.role for c in full))  # the plan's order: what matters most first
+    assert roles[:3] == ["headline", "decomposition", "lr-sweep"]
+    published = BENCH / "results" / "objectives.jsonl"
+    cells = {r["key"] for r in read_records(published) if r.get("kind") == "cell"}
+    assert cells and cells <= {c.key for c in full}  # adding blocks re-runs nothing already published
+    quick = plan(PRESETS["quick"])
+    assert set(DECOMPOSITION) <= {c.objective for c in quick} and any(c.role == "lr-sweep" for c in quick)
+    assert len({c.key for c in quick}) == len(quick)
+
+
+def test_quick_without_out_never_touches_the_published_results(tmp_path, monkeypatch):
+    """issue #21 (6): --quick defaults to a temporary file and its report beside it, refuses benchmarks/results;
+    the grid runs (cost and cells stubbed: planning only, no training) without changing benchmarks/results."""
+    import tempfile
+
+    import bench_objectives
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    results = BENCH / "results"
+    before = {p.name: p.read_bytes() for p in results.iterdir() if p.is_file()}
+    out = bench_objectives.results_path("quick", None)
+    assert out.parent == tmp_path / "d2f-bench-objectives" and not out.resolve().is_relative_to(results.resolve())
+    assert bench_objectives.report_folder("quick", out, None) == out.parent
+    assert bench_objectives.results_path("full", None) == results / "objectives.jsonl"
+    for option, path in (("--out", results / "quick.jsonl"), ("--report-dir", results)):
+        with pytest.raises(SystemExit) as exit_:
+            bench_objectives.main(["--quick", option, str(path)])
+        assert exit_.value.code == 2
+    _stub_grid(monkeypatch, bench_objectives)
+    bench_objectives.main(["--quick"])
+    records = read_records(out)
+    assert {r["preset"] for r in records} == {"quick"} and len(records) == len(plan(PRESETS["quick"])) + 1
+    assert {p.name: p.read_bytes() for p in results.iterdir() if p.is_file()} == before
+
+
+def test_a_results_file_holds_one_preset(tmp_path, monkeypatch, capsys):
+    """A file with one preset's cells refuses another's, with one line and exit 2; the published file (cells
+    from before records said their preset) reads as the full preset's."""
+    import bench_objectives
+
+    full_file = tmp_path / "full.jsonl"
+    append_record(full_file, {"kind": "cell", "key": "x", "spec": {"n_eval": PRESETS["full"].n_eval}})
+    with pytest.raises(SystemExit) as exit_:
+        bench_objectives.main(["--quick", "--out", str(full_file)])
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "holds cells of the full preset" in err[0]
+    quick_file = tmp_path / "quick.jsonl"
+    append_record(quick_file, {"kind": "cell", "key": "y", "preset": "quick"})
+    with pytest.raises(bench_objectives.UserError, match="quick preset; --full cells must go to a file"):
+        bench_objectives.run_grid(PRESETS["full"], quick_file, dry_run=True)
+    published = read_records(BENCH / "results" / "objectives.jsonl")
+    assert {bench_objectives.preset_of(r) for r in published} == {"full"}
+    bench_objectives.check_preset(BENCH / "results" / "objectives.jsonl", PRESETS["full"])  # no error
+
+
+def _stub_grid(monkeypatch, bench_objectives):
+    """measure_cost and run_cell replaced by records of the right shape (no training, no sampling)."""
+    per_step = {o: [0.1] for o in ("diffusion", "diff2flow", "fm", "fm-raw-t")}
+    cost = {"kind": "cost", "key": "cost|stub", "s_per_step": per_step, "sample_s_per_image_call": 1e-3}
+    monkeypatch.setattr(bench_objectives, "measure_cost", lambda *a: cost | {"setup_seconds": 1.0})
+
+    def fake_cell(cell, step0, progress):
+        ev = bench_objectives.Eval(
+            bench_objectives.natural_sampler(cell.objective), cell.calls[-1], cell.guidance, cell.eval_seed
+        )
+        zeros = {m: {"value": 0.0} for m in ("fd", "kid", "prompt_accuracy", "domain_accuracy")}
+        return {"kind": "cell", "key": cell.key, "wall_seconds": 0, "final": {ev.name: zeros}}
+
+    monkeypatch.setattr(bench_objectives, "run_cell", fake_cell)
 
 
 def test_a_rerun_skips_the_cells_already_in_the_file(tmp_path, monkeypatch):
@@ -151,3 +250,48 @@ def test_quick_grid_end_to_end(tmp_path):
     assert (tmp_path / "objectives_curves.png").stat().st_size > 1000
     bench_objectives.main(["--quick", "--out", str(out)])  # resumed: nothing left to run
     assert len(read_records(out)) == len(records)
+
+
+def _synthetic_cell(cell, fd, acc):
+    """A finished cell's record with the given final FD and prompt accuracy (natural sampler, most calls)."""
+    from dataclasses import asdict
+
+    from objectives_eval import Eval, natural_sampler
+
+    name = Eval(natural_sampler(cell.objective), cell.calls[-1], cell.guidance, cell.eval_seed).name
+    metrics = {"fd": {"value": fd}, "kid": {"value": 0.0}, "prompt_accuracy": {"value": acc}}
+    metrics["domain_accuracy"] = {"value": 1.0}
+    curve = [{"step": s, "metrics": metrics} for s in cell.curve_steps]
+    return {
+        "kind": "cell",
+        "key": cell.key,
+        "spec": asdict(cell),
+        "lr": cell.lr,
+        "final": {name: metrics},
+        "curve": curve,
+    }
+
+
+def test_lr_rule_and_decomposition_section_on_synthetic_numbers(tmp_path):
+    """best_lr applies LR_RULE (prompt accuracy first, ties to the lower FD); the decomposition section pairs each
+    step of the chain over seeds, the eps prior's references taken from the headline block."""
+    from objectives_report import best_lr, decomposition_section, lr_sweep_section
+
+    full = plan(PRESETS["full"])
+    sweep = [c for c in full if c.role == "lr-sweep" and c.objective in ("diff2flow", "fm")]
+    acc = {("diff2flow", 3e-4): 0.5, ("diff2flow", 1e-3): 0.9, ("diff2flow", 3e-3): 0.9, ("fm", 3e-4): 0.2}
+    fd = {("diff2flow", 1e-3): 30.0, ("diff2flow", 3e-3): 20.0}
+    records = [_synthetic_cell(c, fd.get((c.objective, c.lr), 50.0), acc.get((c.objective, c.lr), 0.1)) for c in sweep]
+    assert best_lr(records) == {"diff2flow": 3e-3, "fm": 3e-4}
+    table = "\n".join(lr_sweep_section(records))
+    assert "| diff2flow | 0.003 | 0.90 | 20.0 | yes |" in table and "| diff2flow | 0.001 | 0.90 | 30.0 |  |" in table
+    eps = [c for c in full if c.model == "tiny-shapes-eps" and c.rank == 64]
+    fd_of = {"diffusion": 40.0, "diffusion-fm-t": 35.0, "diff2flow-unweighted": 33.0, "diff2flow": 30.0}
+    by_role = {"headline": [], "decomposition": []}
+    for c in eps:
+        if c.role in by_role and c.objective in (*fd_of, "diff2flow-discrete", "diff2flow-no-scale"):
+            by_role[c.role].append(_synthetic_cell(c, fd_of.get(c.objective, 38.0) + c.seed, 0.5))
+    text = "\n".join(decomposition_section(by_role, tmp_path))
+    assert "Diff2Flow's time density: fd(diffusion-fm-t) - fd(diffusion) = -5.0 (95 % CI -5.0 to -5.0, 5 seeds)" in text
+    assert "the loss weight w(t): fd(diff2flow) - fd(diff2flow-unweighted) = -3.0" in text
+    assert "the input scaling c(t): fd(diff2flow) - fd(diff2flow-no-scale) = -8.0" in text

@@ -16,9 +16,15 @@ class                  the network sees (z, timestep)     velocity from the outp
 ``DiffusionModel``     as Diff2FlowModel                  as Diff2FlowModel                   eps, v or x1
 =====================  ================================  ==================================  ===========
 
-(docs/math.md §6-§8). Conventions: **t = 0 is noise, t = 1 is data**; t outside the covered range
-[t_min, t_max] is clamped for tau, c, alpha and sigma alike (§5). Whatever precision the network runs in,
-the bridge, the targets and the loss are computed in float32 or better (§13).
+(docs/math.md §6-§8), and four ablations that split Diff2Flow from diffusion finetuning into its parts
+(``d2f.parametrizations.ablations``, re-exported here; docs/math.md §9.1): ``DiffusionFMTimeModel`` (diffusion's
+loss at Diff2Flow's time density), ``Diff2FlowDiscreteModel`` (Diff2Flow's loss at diffusion's discrete
+timesteps: the loss-only bridge of SimpleTuner and OneTrainer), ``Diff2FlowUnweightedModel`` (Diff2Flow with its
+loss weight divided out) and ``Diff2FlowNoScaleModel`` (Diff2Flow without the input scaling c(t)).
+
+Conventions: **t = 0 is noise, t = 1 is data**; t outside the covered range [t_min, t_max] is clamped for tau,
+c, alpha and sigma alike (§5). Whatever precision the network runs in, the bridge, the targets and the loss are
+computed in float32 or better (§13).
 """
 
 from __future__ import annotations
@@ -82,10 +88,13 @@ class Parametrization:
     (``network_input``) and how its output reads as a velocity (``velocity_from_output``).
 
     ``name``: the objective that trains it; ``sampler``: how a model trained with it is sampled by default;
-    ``t_start``: the FM time where its sampling starts."""
+    ``t_start``: the FM time where its sampling starts; ``samples_as``: the objective whose parametrisation
+    samples a model trained with this one, where that is another one with the same velocity ("" = this one;
+    ``d2f.objectives.sampled_objective``)."""
 
     name = ""
     sampler = "euler"
+    samples_as = ""
 
     def __init__(self, schedule: Schedule, prediction_type: str | None = None):
         self.schedule = schedule
@@ -227,18 +236,51 @@ class DiffusionModel(Diff2FlowModel):
         """``time`` is the timestep i (B,). With z = alpha_i x1 + sigma_i eps, the target is eps,
         v = alpha_i eps - sigma_i x1, or x1, by prediction type. The returned ``t`` is t(i), for logging."""
         i = time.to(torch.float64).round()
-        alpha, sigma = self.schedule.alpha(i).float(), self.schedule.sigma(i).float()
+        alpha, sigma = self.schedule.alpha(i), self.schedule.sigma(i)
+        # t(i) = alpha_i / (alpha_i + sigma_i)
+        return self._native_loss(net, data, noise, alpha, sigma, i, cond, t_of_tau(self.schedule, i).float())
+
+    def _native_loss(self, net: Net, data, noise, alpha, sigma, timestep, cond, t_log) -> LossOutput:
+        """The native loss at the diffusion sample z = alpha x1 + sigma eps (alpha, sigma, timestep: (B,))."""
+        alpha, sigma = alpha.float(), sigma.float()
         data, noise = data.float(), noise.float()
         a, s = per_sample(alpha, data), per_sample(sigma, data)
-        # z = alpha_i x1 + sigma_i eps
+        # z = alpha x1 + sigma eps
         z = a * data + s * noise
-        o = net(z, i.float().to(data.device), cond)
+        o = net(z, timestep.float().to(data.device), cond)
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":
-            # v = alpha_i eps - sigma_i x1
+            # v = alpha eps - sigma x1
             target = a * noise - s * data
         else:
             target = data
-        # t(i) = alpha_i / (alpha_i + sigma_i)
-        return mse(o, target, t_of_tau(self.schedule, i).float())
+        return mse(o, target, t_log)
+
+
+# the ablations (docs/math.md §9.1) live in their own module, beside these; re-exported here
+from d2f.parametrizations.ablations import (  # noqa: E402
+    Diff2FlowDiscreteModel,
+    Diff2FlowNoScaleModel,
+    Diff2FlowUnweightedModel,
+    DiffusionFMTimeModel,
+    loss_weight,
+)
+
+__all__ = [
+    "Diff2FlowDiscreteModel",
+    "Diff2FlowModel",
+    "Diff2FlowNoScaleModel",
+    "Diff2FlowUnweightedModel",
+    "DiffusionFMTimeModel",
+    "DiffusionModel",
+    "LossOutput",
+    "NaiveFMModel",
+    "NaiveFMRawTModel",
+    "Parametrization",
+    "T_SAMPLINGS",
+    "check_t_sampling",
+    "loss_weight",
+    "mse",
+    "unet_net",
+]
