@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "d2f"
 LAYERS = [
     {"d2f", "d2f.errors", "d2f.files", "d2f.versions", "d2f.core"},
     {"d2f.parametrizations"},
-    {"d2f.objectives", "d2f.guidance", "d2f.sampling", "d2f.diffusers_scheduler", "d2f.diffusers_inputs"},
+    {"d2f.objectives", "d2f.guidance", "d2f.sampling", "d2f.diffusers_scheduler", "d2f.diffusers_inputs", "d2f.dropin"},
     {"d2f.pipeline"},
     {"d2f.training"},
     {"d2f.reflow"},
@@ -27,7 +27,7 @@ LAYERS = [
     {"d2f.cli", "d2f.__main__"},
 ]
 THIRD_PARTY_FREE = {  # the math core and the samplers run without these
-    "diffusers": ["d2f.core", "d2f.parametrizations", "d2f.objectives", "d2f.guidance", "d2f.sampling"],
+    "diffusers": ["d2f.core", "d2f.parametrizations", "d2f.objectives", "d2f.guidance", "d2f.sampling", "d2f.dropin"],
     "typer": [
         "d2f.core",
         "d2f.parametrizations",
@@ -69,6 +69,7 @@ FACADE = {
     ("d2f", "d2f.diffusers_scheduler"),
     ("d2f", "d2f.Diff2FlowEulerScheduler"),
     ("d2f", "d2f.Diff2FlowHeunScheduler"),
+    ("d2f", "d2f.dropin"),
 }
 
 
