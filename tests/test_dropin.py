@@ -107,7 +107,7 @@ def script_steps(prior, data_dir) -> tuple[dict, list[dict]]:
             # -- the drop-in, in place of: timesteps, add_noise, the target, the UNet call and the MSE
             loss = d2f.diff2flow_loss(
                 noise_scheduler,
-                lambda z, tau: unet(z, tau, encoder_hidden_states, return_dict=False)[0],  # noqa: B023 (called here)
+                lambda z, tau: unet(z.to(weight_dtype), tau, encoder_hidden_states, return_dict=False)[0],  # noqa: B023
                 latents,
                 noise,
                 generator=t_generator(step),
