@@ -30,14 +30,13 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
 from d2f.pipeline.models import resolve_model  # where a built-in prior's diffusers folder is
-from d2f.world.data import builtin_folder  # a built-in dataset, written once as an imagefolder
+from d2f.world.data import DATASETS, builtin_folder  # the built-in datasets, each written once as an imagefolder
 
 
 # ----------------------------------------------------------------------- 1. the schedule (docs/math.md §1, §3)
 def log_snr_table(config: dict) -> torch.Tensor:
     """lam_i for i = 0..N-1 (float64, strictly decreasing) from a diffusers scheduler config."""
-    n = config.get("num_train_timesteps", 1000)
-    b0, b1 = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
+    n, b0, b1 = config.get("num_train_timesteps", 1000), config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
     if config.get("trained_betas") is not None:
         betas = torch.tensor(config["trained_betas"], dtype=torch.float64)
     elif config.get("beta_schedule", "linear") == "scaled_linear":
@@ -150,8 +149,7 @@ def sample(net, lam, prediction_type: str, x0, cond, uncond, steps: int = 25, gu
         # o = o_u + w (o_c - o_u); u_hat is affine in o, so this is guidance on the velocity too
         return o_u + guidance * (o_c - o_u)
 
-    ts = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    x = x0
+    x, ts = x0, torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     for t, t_next in zip(ts[:-1], ts[1:]):
         u_hat = fm_velocity(guided, lam, prediction_type, x, t.expand(len(x)), cond)
         # x_{k+1} = x_k + (t_{k+1} - t_k) u_hat(x_k, t_k)
@@ -190,8 +188,7 @@ def finetune(pipe, images, captions, steps=1000, batch_size=32, lr=1e-3, rank=64
         mean, std = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
         vocab = sorted(set(captions)) + [""]
         states = text_states(pipe, vocab)
-    caption_index = torch.tensor([vocab.index(c) for c in captions])
-    gen = torch.Generator().manual_seed(seed)
+    caption_index, gen = torch.tensor([vocab.index(c) for c in captions]), torch.Generator().manual_seed(seed)
     for step in range(steps):
         pick = torch.randint(0, len(images), (batch_size,), generator=gen)
         # x1 = (mu + s n) * scaling_factor: a VAE posterior sample, at unit variance
@@ -224,12 +221,16 @@ def generate(pipe, prompts: list[str], steps: int = 25, guidance: float = 2.0, s
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Diff2Flow LoRA finetune of a built-in prior, in one file")
-    defaults = dict(prior="tiny-shapes-eps", data="shapes-target", output="runs/one-file", steps=1000, batch_size=32)
-    defaults |= dict(lr=1e-3, rank=64, guidance=2.0, sample_steps=25, seed=0)  # d2f train's demo run
+    parser.add_argument("--data", default="shapes-target", choices=sorted(DATASETS), help="a built-in dataset")
+    defaults = dict(prior="tiny-shapes-eps", output="runs/one-file", steps=1000, batch_size=32, lr=1e-3, rank=64)
+    defaults |= dict(guidance=2.0, sample_steps=25, seed=0)  # d2f train's demo run
     for name, default in defaults.items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     args = parser.parse_args(argv)
-    pipe = StableDiffusionPipeline.from_pretrained(resolve_model(args.prior).source)
+    try:  # a bad --prior: one line (d2f's message says what is wrong) and exit 2
+        pipe = StableDiffusionPipeline.from_pretrained(resolve_model(args.prior).source)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     images, captions = load_data(args.data, pipe.unet.config.sample_size * pipe.vae_scale_factor)
     print(f"{args.prior} ({pipe.scheduler.config.prediction_type}) on {len(images)} images of {args.data}")
     finetune(pipe, images, captions, args.steps, args.batch_size, args.lr, args.rank, args.seed)
@@ -241,7 +242,6 @@ def main(argv=None) -> None:
         out,
         unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
         unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),  # keeps lora_alpha and the targets
-        safe_serialization=True,
     )
     print(f"saved {out / 'samples.png'} and the LoRA {out / 'pytorch_lora_weights.safetensors'}")
 
