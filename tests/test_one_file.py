@@ -189,5 +189,7 @@ def test_running_it_moves_the_domain_as_d2f_train_does(tmp_path):
     before, after = summary["metrics_before"]["domain_accuracy"], summary["metrics_after"]["domain_accuracy"]
     mine = scores["domain_accuracy"]
     print(f"domain accuracy: prior {before:.2f}, d2f train {after:.2f}, the one-file script {mine:.2f}")
+    prompts_after = summary["metrics_after"]["prompt_accuracy"]
+    print(f"prompt accuracy: d2f train {prompts_after:.2f}, the one-file script {scores['prompt_accuracy']:.2f}")
     assert before <= 0.2 and after >= 0.8  # the demo itself moved the domain at this budget
     assert mine >= after - 0.1
