@@ -9,7 +9,8 @@ The layers, bottom to top (docs/math.md is the reference for every equation):
 - ``d2f.pipeline`` (models, run folders, generating images) and ``d2f.training`` (``d2f train``)
 - ``d2f.cli``: the ``d2f`` command; ``d2f.world``: the built-in data, priors and evaluator
 
-``Diff2FlowEulerScheduler`` (it imports diffusers) is imported lazily so that ``import d2f`` stays light.
+``Diff2FlowEulerScheduler`` (it imports diffusers) and ``diff2flow_loss`` (``d2f.dropin``, the loss for diffusers'
+training scripts) are imported lazily so that ``import d2f`` stays light and keeps to its layer.
 """
 
 from d2f.core.schedule import PREDICTION_TYPES, PRESETS, Schedule
@@ -62,6 +63,7 @@ __all__ = [
     "velocity_from_output",
     "Diff2FlowEulerScheduler",
     "Diff2FlowHeunScheduler",
+    "diff2flow_loss",
 ]
 
 
@@ -70,4 +72,8 @@ def __getattr__(name):
         from d2f import diffusers_scheduler  # imports diffusers
 
         return getattr(diffusers_scheduler, name)
+    if name == "diff2flow_loss":
+        from d2f import dropin
+
+        return dropin.diff2flow_loss
     raise AttributeError(f"module 'd2f' has no attribute {name!r}")

@@ -20,7 +20,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "d2f"
 LAYERS = [
-    {"d2f", "d2f.errors", "d2f.files", "d2f.versions", "d2f.core"},
+    {"d2f", "d2f.errors", "d2f.files", "d2f.versions", "d2f.settings", "d2f.core"},
     {"d2f.parametrizations"},
     {
         "d2f.objectives",
@@ -29,6 +29,7 @@ LAYERS = [
         "d2f.diffusers_scheduler",
         "d2f.diffusers_inputs",
         "d2f.schedule_report",
+        "d2f.dropin",
     },
     {"d2f.pipeline"},
     {"d2f.training"},
@@ -45,6 +46,7 @@ THIRD_PARTY_FREE = {  # the math core and the samplers run without these
         "d2f.guidance",
         "d2f.sampling",
         "d2f.schedule_report",
+        "d2f.dropin",
     ],
     "typer": [
         "d2f.core",
@@ -97,6 +99,7 @@ FACADE = {
     ("d2f", "d2f.diffusers_scheduler"),
     ("d2f", "d2f.Diff2FlowEulerScheduler"),
     ("d2f", "d2f.Diff2FlowHeunScheduler"),
+    ("d2f", "d2f.dropin"),
 }
 
 

@@ -28,6 +28,9 @@
 #    diffusion prior into flow matching efficiently where naive FM finetuning does not.
 #
 # The budget here is tiny (a few hundred LoRA steps on a CPU) so the notebook runs in about three minutes.
+#
+# The whole method on one page, in plain torch, diffusers and peft:
+# [examples/diff2flow_in_one_file.py](../examples/diff2flow_in_one_file.py).
 
 # %%
 import warnings
