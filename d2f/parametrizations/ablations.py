@@ -14,7 +14,7 @@ from d2f.core._tensor import at_least_float32, per_sample
 from d2f.core.schedule import Schedule
 from d2f.core.timemap import bridge_coefficients, t_of_tau, t_range
 from d2f.core.velocity import velocity_from_output
-from d2f.parametrizations import (
+from d2f.parametrizations.base import (
     Diff2FlowModel,
     DiffusionModel,
     LossOutput,
