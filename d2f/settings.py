@@ -71,7 +71,7 @@ def option_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _unwrap_optional(hint) -> tuple[object, bool]:
+def unwrap_optional(hint) -> tuple[object, bool]:
     """(the type inside ``X | None``, whether None is allowed)."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -86,7 +86,7 @@ def type_hints(cls) -> dict[str, object]:
 
 def check_value(name: str, value, hint, spec: Spec) -> None:
     """``UserError`` unless ``value`` has the type ``hint`` and lies within ``spec``."""
-    kind, optional = _unwrap_optional(hint)
+    kind, optional = unwrap_optional(hint)
     option = option_name(name)
     if value is None:
         if optional:

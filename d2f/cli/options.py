@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable
 
 import typer
 
-from d2f.settings import _unwrap_optional, declared, default_of, option_name, type_hints
+from d2f.settings import declared, default_of, option_name, type_hints, unwrap_optional
+
+MAX_METAVAR = 36  # characters of "a|b|c" shown as the option's value; longer lists go into the help
 
 
 def choice_enum(name: str, values: Iterable[str]) -> type[enum.Enum]:
@@ -42,21 +44,24 @@ def parameters(
         spec = f.metadata["d2f"]
         default = overrides.get(name, {}).get("default", default_of(f))
         help = overrides.get(name, {}).get("help", spec.help)
-        kind, optional = _unwrap_optional(hints[name])
+        kind, optional = unwrap_optional(hints[name])
         decls = [spec.flag] if spec.flag else []
         allowed = spec.allowed()
+        metavar = None
         if typing.get_origin(kind) is list:
             annotation, default = kind, list(default or [])
         elif allowed is not None:
             choices = choice_enum(name, allowed)
             annotation = choices | None if optional or default is None else choices
             default = None if default is None else choices(default)
+            if len("|".join(allowed)) > MAX_METAVAR:  # a long list is cut in an 80-column help: say it in words
+                metavar, help = "NAME", f"{help} One of: {', '.join(allowed)}."
         elif kind is bool:
             annotation = bool
             decls = decls or [option_name(name)]
         else:
             annotation = kind | None if optional or default is None else kind
-        option = typer.Option(default, *decls, help=help)
+        option = typer.Option(default, *decls, help=help, metavar=metavar)
         result.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return result
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from d2f.cli.app import app, console, err_console, friendly, print_json, quiet_third_party, require_extra
 from d2f.cli.options import command, option, parameters, plain
-from d2f.reflow.run import ReflowConfig
+from d2f.reflow.run import ReflowConfig, check_reflow_config
 from d2f.training.config import TrainConfig
 
 # the student's training settings that d2f reflow takes, as d2f train spells them; None: reflow's own default
@@ -37,6 +37,7 @@ def reflow(runs_dir: Path, as_json: bool, **options):
     settings = plain(options)
     train = {k: settings.pop(k) for k in TRAIN_OPTIONS}
     rcfg = ReflowConfig(**settings, train={k: v for k, v in train.items() if v is not None})
+    check_reflow_config(rcfg)  # before the default teacher is named
     if rcfg.lora is None and rcfg.model is None:
         rcfg.model, rcfg.lora, using = choose_source(None, None, runs_dir)
         err_console.print(f"teacher: {using}", highlight=False)

@@ -14,7 +14,7 @@ import typer
 
 from d2f.cli.app import app, console, err_console, friendly, print_json, quiet_third_party, require_extra
 from d2f.cli.options import command, option, parameters, plain
-from d2f.training.config import TrainConfig
+from d2f.training.config import TrainConfig, check_config
 
 
 def train(ctx: typer.Context, config: Path | None, as_json: bool, **options):
@@ -36,6 +36,7 @@ def train(ctx: typer.Context, config: Path | None, as_json: bool, **options):
         if source is None or source.name != "COMMANDLINE":
             settings[key] = value
     cfg = TrainConfig(**settings)
+    check_config(cfg)  # a config file's values too, before the progress bar reads --steps
     objective, steps = cfg.objective, cfg.steps
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch only rank 0 reports
     with Progress(

@@ -64,6 +64,12 @@ class ReflowConfig:
     train: dict = field(default_factory=dict)
 
 
+def check_reflow_config(rcfg: ReflowConfig) -> None:
+    """``UserError`` for a setting of the reflow or of its student's training that cannot work, before any load."""
+    check_settings(rcfg)
+    check_settings(TrainConfig(**rcfg.train), names=list(rcfg.train))
+
+
 def reflow(
     rcfg: ReflowConfig, callback: Callable[[dict], None] | None = None, builtin: BuiltinResolver | None = None
 ) -> dict:
@@ -76,8 +82,7 @@ def reflow(
     from d2f.training.loop import train
 
     callback = callback or (lambda event: None)
-    check_settings(rcfg)
-    check_settings(TrainConfig(**rcfg.train), names=list(rcfg.train))  # the student's options, before any load
+    check_reflow_config(rcfg)
     teacher = load_pipeline(rcfg.model, rcfg.lora)  # a model d2f cannot sample is a UserError here
     run = teacher.d2f_run or {}
     flow = pipe_parametrization(teacher)

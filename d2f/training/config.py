@@ -82,7 +82,8 @@ class TrainConfig:
     objective: str = setting(
         "diff2flow",
         "The training objective (d2f.objectives): diff2flow; fm, naive flow matching at the timestep (1-t)(N-1); "
-        "fm-raw-t, naive FM at the raw timestep t (as the paper's code); diffusion, the model's own.",
+        "fm-raw-t, naive FM at the raw timestep t (as the paper's code); diffusion, the model's own; the rest take "
+        "Diff2Flow apart (docs/math.md §9.1).",
         choices=_objectives,
     )
     prediction_type: str | None = setting(
@@ -165,7 +166,9 @@ def check_config(cfg: TrainConfig) -> None:
     check_settings(cfg)
     if cfg.resolution is not None:
         check_fits(cfg.batch_size, cfg.resolution, cfg.resolution, "--resolution or --batch-size")
-    if cfg.noise_offset and cfg.objective != "diffusion":
+    from d2f.objectives import DIFFUSION_LOSSES
+
+    if cfg.noise_offset and cfg.objective not in DIFFUSION_LOSSES:
         raise UserError(
             "--noise-offset is for the diffusion objective: it fixes that diffusion training never sees pure "
             "noise. The FM objectives train on all of t in [0, 1], t = 0 being pure noise, so there is nothing to fix"
@@ -181,8 +184,8 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.train_text_encoder and cfg.pairs:
         raise UserError("reflow trains the UNet only: drop --train-text-encoder")
-    if cfg.pairs and cfg.objective == "diffusion":
-        raise UserError("training on reflow pairs needs an FM objective (diff2flow or fm), not diffusion")
+    if cfg.pairs and cfg.objective in DIFFUSION_LOSSES:
+        raise UserError(f"training on reflow pairs needs an FM objective (diff2flow or fm), not {cfg.objective}")
 
 
 def default_output(cfg: TrainConfig) -> Path:
