@@ -36,7 +36,13 @@ from d2f.training.config import TrainConfig, default_output
 from d2f.training.data import BuiltinResolver
 from d2f.training.faults import kill_point
 from d2f.training.lora import save_weights
-from d2f.training.output import finished_summary, with_resume_from
+from d2f.training.output import (
+    discard_overwritten,
+    finished_summary,
+    kept_names,
+    restore_overwritten,
+    with_resume_from,
+)
 from d2f.training.record import write_record
 from d2f.training.setup import Run, on_main, print_notices, setup
 from d2f.training.validation import validate
@@ -64,31 +70,51 @@ def train(
         return finished
     run, start = setup(cfg, callback, builtin)
     with run.lock:  # the output folder is this run's until it ends, fails or is interrupted
-        if run.acc.is_main_process:
-            write_record(run, status="running")
-        run.started = time.perf_counter()
-        if start == 0:
-            run.metrics_before = on_main(run, lambda: validate(run, 0))
+        try:
+            return _train(run, start)
+        except BaseException:
+            _restore_old_run(run)
+            raise
 
-        run.window.start_clock()
-        for step in range(start, cfg.steps):
-            per_sample, t = train_step(run, step)
-            lr = run.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
-            run.lr_scheduler.step()
-            if run.ema is not None:
-                run.ema.update()
-            loss = run.window.add(per_sample, t)  # also sums the loss in bins of t
-            run.losses.append(loss)
-            done = step + 1
-            run.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                run.log(run.window.line(done, lr, run.elapsed()))
-            if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
-                on_main(run, lambda step=done: validate(run, step))
-            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                _checkpoint(run, done)
-            kill_point(f"step:{done}")
-        return _finish(run)
+
+def _train(run: Run, start: int) -> dict:
+    """The run from ``start``: the record, validation at step 0, the steps, then ``_finish``."""
+    cfg = run.cfg
+    if run.acc.is_main_process:
+        write_record(run, status="running")
+    run.started = time.perf_counter()
+    if start == 0:
+        run.metrics_before = on_main(run, lambda: validate(run, 0))
+
+    run.window.start_clock()
+    for step in range(start, cfg.steps):
+        per_sample, t = train_step(run, step)
+        if step == start:  # this run made a step: the old run it overwrites (--overwrite) can go
+            on_main(run, lambda: discard_overwritten(run.out))
+            run.overwritten = False
+        lr = run.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
+        run.lr_scheduler.step()
+        if run.ema is not None:
+            run.ema.update()
+        loss = run.window.add(per_sample, t)  # also sums the loss in bins of t
+        run.losses.append(loss)
+        done = step + 1
+        run.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            run.log(run.window.line(done, lr, run.elapsed()))
+        if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
+            on_main(run, lambda step=done: validate(run, step))
+        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            _checkpoint(run, done)
+        kill_point(f"step:{done}")
+    return _finish(run)
+
+
+def _restore_old_run(run: Run) -> None:
+    """The new run failed before its first step: put the run it was to overwrite back (main process)."""
+    if run.overwritten and run.acc.is_main_process:
+        restore_overwritten(run.out, kept_names(run.cfg, run.out))
+        run.notice("overwrite_undone", f"the new run failed before its first step: {run.out} holds the old run again")
 
 
 def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:

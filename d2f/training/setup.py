@@ -35,7 +35,7 @@ from d2f.training.lock import RunLock, take_lock
 from d2f.training.lora import TEXT_PREFIX, add_lora, add_text_lora
 from d2f.training.metrics import TrainWindow
 from d2f.training.model import load_model
-from d2f.training.output import check_output, claim_output
+from d2f.training.output import check_output, claim_output, kept_names, restore_overwritten
 from d2f.training.resume import check_data, resume
 from d2f.training.start_weights import load_start_weights
 from d2f.training.vae_check import check_vae
@@ -67,6 +67,7 @@ class Run:
     vae_psnr: float | None = None  # how well the VAE reconstructs the data (d2f.training.vae_check)
     seconds_before: float = 0.0  # training time of earlier attempts (a resumed run)
     started: float = field(default_factory=time.perf_counter)
+    overwritten: bool = False  # the old run is set aside (--overwrite) until this run's first step
 
     def log(self, record: dict) -> None:
         """Append one line to ``metrics.jsonl`` (main process), and send it to the ``--report-to`` trackers."""
@@ -105,7 +106,8 @@ def setup(
         if cfg.resume:
             check_data(run)
         _build_optimizer(run)
-        removed = on_main(run, lambda: claim_output(cfg, out))  # the old run goes only now (--overwrite)
+        claimed = on_main(run, lambda: claim_output(cfg, out))  # the old run is set aside only now (--overwrite)
+        removed, run.overwritten = claimed if claimed else ([], cfg.overwrite and not cfg.resume)
         if removed:
             run.notice("leftovers_removed", f"removed what a killed run left half-written: {', '.join(removed)}")
         start = resume(run) if cfg.resume else 0
@@ -117,6 +119,8 @@ def setup(
             trackers.start(run.acc, out.name, asdict(cfg))
         return run, start
     except BaseException:
+        if run.overwritten and run.acc.is_main_process:
+            restore_overwritten(out, kept_names(cfg, out))
         run.lock.release()
         if created and run.acc.is_main_process and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
