@@ -96,7 +96,6 @@ class TrainConfig:
     report_to: list[str] | None = None  # accelerate trackers: tensorboard, wandb, ... (d2f.training.trackers)
     validation_steps: list[int] | None = None  # more sampler steps to draw validation grids at (reflow: 2, 4)
     init_weights: str | None = None  # a run's LoRA file or unet/ folder the trained weights start from
-    pairs: str | None = None  # a pairs folder of `d2f reflow`: train on its coupled (x0, x1) (d2f.training.pairs)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -151,10 +150,6 @@ def check_config(cfg: TrainConfig) -> None:
             "--train-text-encoder adds a LoRA to the text encoder: it needs a LoRA run (--lora-rank > 0), "
             "not a full finetune of the UNet"
         )
-    if cfg.train_text_encoder and cfg.pairs:
-        raise UserError("reflow trains the UNet only: drop --train-text-encoder")
-    if cfg.pairs and cfg.objective == "diffusion":
-        raise UserError("training on reflow pairs needs an FM objective (diff2flow or fm), not diffusion")
 
 
 def default_output(cfg: TrainConfig) -> Path:

@@ -1,10 +1,8 @@
 """``d2f train``: finetune an SD-format diffusion model with the Diff2Flow objective (or a baseline).
 
-One loop for all three objectives (``d2f.objectives``); only the parametrisation's loss changes. A step:
-
-    x1, x0, time, cond = batches.get(k)            a VAE posterior sample, noise, t (or i), text embedding
-    loss = flow.loss(unet, x1, x0, time, cond)     one UNet forward (d2f.parametrizations)
-    backward, clip, AdamW, LR schedule, EMA
+One loop for all three objectives (``d2f.objectives``); only the parametrisation's loss changes. A step is
+``d2f.training.step`` (batch, noise, t, the parametrisation's loss, backward, clip, AdamW), then here the LR
+schedule and the EMA.
 
 ``train`` reads top to bottom: set up (output folder and its lock, model, data, adapter, optimizer,
 accelerate), resume if asked, validate at step 0, then the loop with logging, validation and checkpoints,
@@ -29,8 +27,8 @@ from pathlib import Path
 import torch
 
 from d2f.errors import UserError
-from d2f.parametrizations import unet_net
 from d2f.pipeline.run_folder import CHECKPOINTS_DIR, LORA_FILE, SAMPLES_DIR
+from d2f.training.batches import BatchSource
 from d2f.training.checkpoint import latest, non_finite, save_checkpoint
 from d2f.training.config import TrainConfig, default_output
 from d2f.training.data import BuiltinResolver
@@ -45,6 +43,7 @@ from d2f.training.output import (
 )
 from d2f.training.record import write_record
 from d2f.training.setup import Run, on_main, print_notices, setup
+from d2f.training.step import NonFiniteLoss, training_step
 from d2f.training.validation import validate
 
 
@@ -54,21 +53,25 @@ class Diverged(UserError):
 
 
 def train(
-    cfg: TrainConfig, callback: Callable[[dict], None] | None = None, builtin: BuiltinResolver | None = None
+    cfg: TrainConfig,
+    callback: Callable[[dict], None] | None = None,
+    builtin: BuiltinResolver | None = None,
+    source: BatchSource | None = None,
 ) -> dict:
     """Run (or resume) a training run; returns the summary (also written to ``d2f_run.json``).
 
     ``callback(event)`` receives progress events ("step", "validation", "resumed") and notices (events with
     a ``message``: a stale lock taken over, a damaged checkpoint skipped, images skipped, ...; printed on
     stderr when no callback is given). ``builtin`` resolves built-in data names
-    (``d2f.world.data.builtin_data``: the CLI passes it)."""
+    (``d2f.world.data.builtin_data``: the CLI passes it). ``source`` brings batches instead of the data's
+    images, with its own settings and record keys (``d2f.training.batches.BatchSource``: ``d2f.reflow``'s pairs)."""
     callback = callback or print_notices
     cfg = with_resume_from(cfg)
-    finished = finished_summary(cfg, Path(cfg.output) if cfg.output else default_output(cfg))
+    finished = finished_summary(cfg, Path(cfg.output) if cfg.output else default_output(cfg), source)
     if finished is not None:  # --resume of a run that already finished: nothing to do
         callback({"event": "finished", "message": f"the run in {finished['output_dir']} already finished"})
         return finished
-    run, start = setup(cfg, callback, builtin)
+    run, start = setup(cfg, callback, builtin, source)
     with run.lock:  # the output folder is this run's until it ends, fails or is interrupted
         try:
             return _train(run, start)
@@ -113,34 +116,29 @@ def _train(run: Run, start: int) -> dict:
 def _restore_old_run(run: Run) -> None:
     """The new run failed before its first step: put the run it was to overwrite back (main process)."""
     if run.overwritten and run.acc.is_main_process:
-        restore_overwritten(run.out, kept_names(run.cfg, run.out))
+        restore_overwritten(run.out, kept_names(run.source))
         run.notice("overwrite_undone", f"the new run failed before its first step: {run.out} holds the old run again")
 
 
 def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step (``grad_accum`` micro steps) on every process; returns the per-sample losses and
-    FM times of all processes' samples (CPU). Stops the run if a loss is NaN or infinite."""
-    cfg, acc = run.cfg, run.acc
-    net = unet_net(run.model)
-    losses, times = [], []
-    for micro in range(cfg.grad_accum):
-        data, noise, t, cond = run.batches.get(step * cfg.grad_accum + micro, acc.process_index, acc.num_processes)
-        models = (run.model,) if run.text_model is None else (run.model, run.text_model)
-        with acc.accumulate(*models):
-            if run.text_model is not None:  # --train-text-encoder: cond holds token ids, embedded with gradients
-                cond = run.text_model(cond)[0]
-            out = run.flow.loss(net, data, noise, t, cond)
-            per_sample = acc.gather(out.per_sample.detach()).float().cpu()
-            if not torch.isfinite(per_sample).all():
-                _diverged(run, step)
-            acc.backward(out.loss)
-            if acc.sync_gradients and cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(list(run.trainable.values()), cfg.max_grad_norm)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-        losses.append(per_sample)
-        times.append(acc.gather(out.t.detach()).float().cpu())
-    return torch.cat(losses), torch.cat(times)
+    """One optimizer step of the run on every process (``d2f.training.step``, through accelerate); returns the
+    per-sample losses and FM times of all processes' samples (CPU). Stops the run if a loss is NaN or infinite."""
+    cfg = run.cfg
+    try:
+        return training_step(
+            run.parametrization,
+            run.prepared_unet,
+            run.batches,
+            run.optimizer,
+            list(run.trainable.values()),
+            step,
+            grad_accum=cfg.grad_accum,
+            max_grad_norm=cfg.max_grad_norm,
+            text_encoder=run.prepared_text_encoder,
+            device=run.acc,
+        )
+    except NonFiniteLoss:
+        _diverged(run, step)
 
 
 def _diverged(run: Run, step: int, what: str = "the loss", note: str = ""):
@@ -185,14 +183,14 @@ def _checkpoint(run: Run, step: int) -> None:
 
     def _save_lora(folder):  # every checkpoint is also a LoRA that ``pipe.load_lora_weights(folder)`` loads
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            save_weights(run.acc.unwrap_model(run.model), folder, run.cfg.lora_rank, _text_encoder(run))
+            save_weights(run.acc.unwrap_model(run.prepared_unet), folder, run.cfg.lora_rank, _text_encoder(run))
 
     on_main(run, save)
 
 
 def _text_encoder(run: Run):
     """The text encoder whose LoRA is saved with the UNet's (--train-text-encoder), else None."""
-    return run.acc.unwrap_model(run.text_model) if run.text_model is not None else None
+    return run.acc.unwrap_model(run.prepared_text_encoder) if run.prepared_text_encoder is not None else None
 
 
 def _finish(run: Run) -> dict:
@@ -202,7 +200,7 @@ def _finish(run: Run) -> dict:
 
     def save():
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            return save_weights(run.acc.unwrap_model(run.model), run.out, cfg.lora_rank, _text_encoder(run))
+            return save_weights(run.acc.unwrap_model(run.prepared_unet), run.out, cfg.lora_rank, _text_encoder(run))
 
     path = on_main(run, save)
     kill_point("finish:weights")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from d2f.errors import UserError
@@ -32,13 +32,15 @@ from d2f.pipeline.run_folder import (
     has_weights,
     read_run,
 )
+from d2f.training.batches import BatchSource
 from d2f.training.checkpoint import remove_leftovers
 from d2f.training.config import TrainConfig, settings_changed
 
 
-def check_output(cfg: TrainConfig, out: Path) -> dict | None:
+def check_output(cfg: TrainConfig, out: Path, source: BatchSource | None = None) -> dict | None:
     """Check ``out`` for this run; returns the run record there when resuming (else None). With
-    ``--resume`` it must hold the same run (same settings, except the ``RESUMABLE_CHANGES``); otherwise it
+    ``--resume`` it must hold the same run (same settings, except the ``RESUMABLE_CHANGES``, and the same
+    ``source.settings``); otherwise it
     must be new or empty, or a d2f run to delete with ``--overwrite``. A folder d2f did not write is never
     deleted. Changes nothing."""
     check_writable_dir(out, "--output")  # a file, a path under a file, a read-only folder: before any loading
@@ -48,13 +50,15 @@ def check_output(cfg: TrainConfig, out: Path) -> dict | None:
             raise UserError(f"nothing to resume in {out}: no {RUN_FILE} there; drop --resume to start a run")
         record = read_run(out)
         old = record.get("settings", {})
-        changed = settings_changed(old, cfg)
+        own = source.settings if source else {}  # the caller's settings of the run (a reflow run's pairs)
+        new = {**asdict(cfg), **own}
+        changed = settings_changed(old, cfg) + [k for k, v in own.items() if old.get(k) != v]
         if changed:
-            diff = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
             raise UserError(f"--resume needs the settings of the run in {out}; these differ: {diff}")
         return record
-    kept = kept_names(cfg, out)
-    if out.is_dir() and any(p.name not in kept for p in out.iterdir()):  # a stale lock (or reflow pairs) alone: empty
+    kept = kept_names(source)
+    if out.is_dir() and any(p.name not in kept for p in out.iterdir()):  # a stale lock (or a source's) alone: empty
         if not has_run:  # never delete a folder d2f did not write
             raise UserError(
                 f"{out} exists and is not a d2f run folder (no {RUN_FILE}); choose an empty or new --output"
@@ -67,21 +71,18 @@ def check_output(cfg: TrainConfig, out: Path) -> dict | None:
     return None
 
 
-def kept_names(cfg: TrainConfig, out: Path) -> set[str]:
-    """What in ``out`` is not the run's and stays on ``--overwrite``: the lock, and a reflow run's pairs folder
-    (made before the run starts, ``d2f.reflow``)."""
-    kept = {LOCK_FILE}
-    if cfg.pairs and Path(cfg.pairs).resolve().parent == out.resolve():
-        kept.add(Path(cfg.pairs).name)
-    return kept
+def kept_names(source: BatchSource | None = None) -> set[str]:
+    """What in an output folder is not the run's and stays on ``--overwrite``: the lock, and the files of the
+    run's batch source (``BatchSource.kept``: a reflow run's pairs folder)."""
+    return {LOCK_FILE} | (set(source.kept) if source else set())
 
 
-def finished_summary(cfg: TrainConfig, out: Path) -> dict | None:
+def finished_summary(cfg: TrainConfig, out: Path, source: BatchSource | None = None) -> dict | None:
     """With ``--resume``, the summary of the run in ``out`` if it already finished (its record says so and
     its weights are there): there is nothing left to do. None otherwise; ``check_output``'s errors first."""
     if not cfg.resume:
         return None
-    record = check_output(cfg, out)
+    record = check_output(cfg, out, source)
     if record.get("status") != "finished" or not has_weights(out) or "summary" not in record:
         return None
     if record["summary"].get("steps", 0) < cfg.steps:  # more --steps: training goes on
@@ -104,13 +105,13 @@ def with_resume_from(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, resume=True, output=str(run_folder))
 
 
-def claim_output(cfg: TrainConfig, out: Path) -> tuple[list[str], bool]:
+def claim_output(cfg: TrainConfig, out: Path, source: BatchSource | None = None) -> tuple[list[str], bool]:
     """Make ``out`` this run's, on the main process holding its lock: with ``--overwrite`` (and no
     ``--resume``) set the old run aside (``set_aside``); remove what a killed run left half-written. Returns
     the leftovers removed, and whether an old run was set aside (``train`` discards or restores it)."""
     set_aside_now = cfg.overwrite and not cfg.resume
     if set_aside_now:
-        set_aside(out, kept_names(cfg, out))
+        set_aside(out, kept_names(source))
     removed = remove_leftovers(out / CHECKPOINTS_DIR)
     for name in (RUN_FILE, METRICS_FILE):  # files written through a temporary file and a rename
         for path in out.glob(f".{name}.tmp-*"):
