@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from d2f.errors import UserError
+from d2f.reflow.pair_batches import SHARD, load_pairs
 from d2f.reflow.pairs import PairSettings, generate_pairs
-from d2f.training.pairs import SHARD, load_pairs
 
 CAPTIONS = ["a red circle", "a blue square", "a green triangle"]
 FAST = dict(batch_size=2, warmup_steps=0, validate_every=0, checkpoint_every=0, log_every=1, eval_samples=0)
@@ -117,7 +117,7 @@ def test_reflow_loss_on_exact_straight_pairs(tmp_path, tiny_sd_eps, objective):
     from d2f.core.timemap import scale, t_of_tau
     from d2f.objectives import parametrization
     from d2f.pipeline import load_pipeline
-    from d2f.training.pairs import PairBatches
+    from d2f.reflow.pair_batches import PairBatches
 
     schedule = Schedule.preset("sd15")
     flow = parametrization(objective, schedule, "sample")
@@ -202,6 +202,23 @@ def test_reflow_run_samples_through_the_cli_and_plain_diffusers(tmp_path, tiny_s
     with pytest.raises(UserError, match="another teacher or settings"):
         reflow(ReflowConfig(model=str(tiny_sd_eps), output=str(tmp_path / "x"), pairs=str(out / "pairs"),
                             data=str(shapes_folder), num_pairs=4, pair_steps=2, shard_size=2, train=FAST))  # fmt: skip
+
+
+def test_reflow_overwrite_keeps_its_pairs_and_resume_needs_the_same_pairs(tmp_path, tiny_run, shapes_folder):
+    """Reflow plugs into training through ``train(source=...)``: the pairs folder inside the run is kept by
+    --overwrite (and reused), recorded in ``settings``, and --resume with another pairs folder is refused."""
+    from d2f.reflow import ReflowConfig, reflow
+
+    out = tmp_path / "student"
+    common = dict(lora=str(tiny_run), data=str(shapes_folder), num_pairs=2, pair_steps=2, shard_size=2, output=str(out))
+    reflow(ReflowConfig(**common, train=dict(FAST, steps=1)))
+    record = json.loads((out / "d2f_run.json").read_text())
+    assert record["settings"]["pairs"] == str(out / "pairs") and record["reflow"]["pairs"] == str(out / "pairs")
+    again = reflow(ReflowConfig(**common, train=dict(FAST, steps=1, overwrite=True)))
+    assert again["pairs"]["shards_written"] == 0 and (out / "pairs" / SHARD.format(0)).is_file()
+    assert not (out / ".overwritten").exists()
+    with pytest.raises(UserError, match="--resume needs the settings.*pairs"):
+        reflow(ReflowConfig(**common, pairs=str(tmp_path / "other"), train=dict(FAST, steps=2, resume=True)))
 
 
 def test_bad_teacher_and_num_pairs_are_one_line_errors(tmp_path):

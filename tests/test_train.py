@@ -294,3 +294,39 @@ def test_two_process_cpu_run(tmp_path, tiny_sd_eps, shapes_folder, text_encoder)
     assert not (out / "d2f.lock").exists()  # taken by rank 0 only, and released
     text_keys = [k for k in load_file(out / "pytorch_lora_weights.safetensors") if k.startswith("text_encoder.")]
     assert bool(text_keys) == text_encoder == bool(record["lora"].get("text_encoder"))
+
+
+def test_train_s_step_is_training_step_in_plain_pytorch(tmp_path, tiny_sd_eps, shapes_folder):
+    """``train``'s step is ``d2f.training.step.training_step``: two steps of ``train`` (through accelerate, with
+    its step-0 validation) and two calls of ``training_step`` in plain PyTorch (``OneProcess``, a new AdamW) on
+    the same set-up give the same losses and weights, bit for bit on a CPU; with gradient accumulation."""
+    from d2f.training.setup import setup
+    from d2f.training.step import OneProcess, training_step
+
+    settings = dict(FAST, steps=2, grad_accum=2, lr_scheduler="constant", checkpoint_every=2, cpu=True)
+    events = []
+    cfg = TrainConfig(model=str(tiny_sd_eps), data=str(shapes_folder), output=str(tmp_path / "train"), **settings)
+    train(cfg, callback=events.append)
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    trained = load_file(tmp_path / "train" / "checkpoints" / "step_00002" / "trainable.safetensors")
+
+    cfg = TrainConfig(model=str(tiny_sd_eps), data=str(shapes_folder), output=str(tmp_path / "plain"), **settings)
+    run, _ = setup(cfg, callback=lambda event: None)  # the same model, adapter, data and draws
+    with run.lock:
+        params = list(run.trainable.values())
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        )
+        device, mine, initial = OneProcess(cfg.grad_accum), [], [p.detach().clone() for p in params]
+        for step in range(cfg.steps):
+            per_sample, t = training_step(
+                run.parametrization, run.unet, run.batches, optimizer, params, step,
+                grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, device=device,
+            )  # fmt: skip
+            assert per_sample.shape == t.shape == (cfg.batch_size * cfg.grad_accum,)
+            mine.append(per_sample.mean().item())
+    assert mine == losses
+    assert set(trained) == set(run.trainable)
+    for name, p in run.trainable.items():
+        assert torch.equal(p.detach(), trained[name]), name
+    assert not all(torch.equal(p.detach(), p0) for p, p0 in zip(params, initial))  # the steps changed the weights

@@ -95,6 +95,67 @@ def test_overwrite_deletes_the_old_run_only_once_the_new_one_can_start(tmp_path,
     assert result.exit_code == 0, result.output
     assert [l["step"] for l in read_jsonl(old_run / "metrics.jsonl") if l["kind"] == "train"] == [1, 2]
     assert not (old_run / "checkpoints").exists() and not (old_run / LOCK_FILE).exists()
+    assert not (old_run / ".overwritten").exists()
+
+
+def interrupted_at_validation(event: dict) -> None:
+    if event["event"] == "validation" and event["step"] == 0:
+        raise KeyboardInterrupt  # Ctrl-C while the new run draws its step-0 grid
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_made_its_first_step(
+    tmp_path, tiny_sd_eps, shapes_folder, old_run, monkeypatch
+):
+    """Issue #21: an --overwrite run that dies before its first step (here at its step-0 validation: Ctrl-C,
+    or the sampler's error) leaves the old run byte for byte as it was, status and all."""
+    import d2f.training.validation as validation
+
+    before = snapshot(old_run)
+    assert json.loads(before["d2f_run.json"])["status"] == "finished"
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            TrainConfig(model=str(tiny_sd_eps), data=str(shapes_folder), output=str(old_run), overwrite=True, **FAST),
+            callback=lambda e: (events.append(e), interrupted_at_validation(e)),
+        )
+    assert snapshot(old_run) == before  # no .overwritten/ left, no lock, the old record
+    assert any(e["event"] == "overwrite_undone" for e in events)
+
+    def nan_sampler(*args, **kwargs):
+        raise UserError("sampling gave NaN or infinite latents")
+
+    with monkeypatch.context() as m:
+        m.setattr(validation, "generate", nan_sampler)
+        with pytest.raises(UserError, match="NaN or infinite latents"):
+            run(tiny_sd_eps, shapes_folder, old_run, steps=2, overwrite=True)
+    assert snapshot(old_run) == before
+
+    run(tiny_sd_eps, shapes_folder, old_run, steps=2, overwrite=True)  # succeeds: the old run is gone
+    assert not (old_run / ".overwritten").exists() and not (old_run / LOCK_FILE).exists()
+    assert json.loads((old_run / "d2f_run.json").read_text())["settings"]["steps"] == 2
+
+
+def test_an_overwrite_killed_before_its_first_step_still_keeps_the_old_run(
+    tmp_path, tiny_sd_eps, shapes_folder, old_run
+):
+    """SIGKILL (no cleanup) at the new run's step-0 validation leaves the old run in .overwritten/, which counts as
+    the folder's run: a plain start is refused, and a second --overwrite that fails restores it."""
+    before = snapshot(old_run)
+    args = [sys.executable, "-m", "d2f", "train", "--model", str(tiny_sd_eps), "--data", str(shapes_folder)]
+    args += ["--output", str(old_run), "--overwrite", "--steps", "1", "--batch-size", "2", "--sample-steps", "2"]
+    args += ["--lora-rank", "4", "--warmup-steps", "0"]
+    killed = subprocess.run(args, env={**os.environ, "D2F_KILL_AT": "validation:0"}, capture_output=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    assert (old_run / ".overwritten" / "d2f_run.json").read_bytes() == before["d2f_run.json"]
+    assert json.loads((old_run / "d2f_run.json").read_text())["status"] == "running"  # the killed attempt's
+    with pytest.raises(UserError, match="already holds a run"):
+        run(tiny_sd_eps, shapes_folder, old_run, steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            TrainConfig(model=str(tiny_sd_eps), data=str(shapes_folder), output=str(old_run), overwrite=True, **FAST),
+            callback=interrupted_at_validation,
+        )
+    assert snapshot(old_run) == before
 
 
 def test_a_live_run_holds_its_folder_and_a_dead_ones_lock_is_taken_over(tmp_path, tiny_sd_eps, shapes_folder, old_run):

@@ -9,6 +9,7 @@
 | ``samples/step_XXXXX.png`` | validation grids |
 | ``checkpoints/step_XXXXX/`` | resumable checkpoints (``d2f.training.checkpoint``) |
 | ``d2f.lock`` | while a run trains: the pid and host of its process (``d2f.training.lock``) |
+| ``.overwritten/`` | with ``--overwrite``, the old run, until the new one's first step (``d2f.training.output``) |
 
 The run record (``d2f_run.json``), version ``RUN_RECORD_VERSION``. Keys sampling relies on:
 
@@ -42,6 +43,7 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = "d2f.lock"
+OVERWRITTEN_DIR = ".overwritten"
 RUN_RECORD_VERSION = 1
 REQUIRED_KEYS = ("base_model", "prediction_type", "objective")
 TIME_CONVENTION = "t=0 noise, t=1 data"

@@ -14,7 +14,7 @@ t = 0 when ``d2f sample`` is given the same seed, so the student learns the map 
 
 Shards are written through a temporary file and a rename, so a shard on disk is whole; ``pairs.json`` records
 every setting that shapes a pair, a folder made with other settings is refused, and a new call resumes at the
-shards that are missing. The folder format is ``d2f.training.pairs``.
+shards that are missing. The folder format is ``d2f.reflow.pair_batches``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from d2f.errors import UserError
 from d2f.files import shareable, write_json_atomic
-from d2f.training.pairs import PAIRS_FILE, SHARD, read_pairs_record, shard_count
+from d2f.reflow.pair_batches import PAIRS_FILE, SHARD, read_pairs_record, shard_count
 
 
 @dataclass

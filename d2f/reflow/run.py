@@ -4,8 +4,8 @@ arXiv 2209.03003; InstaFlow, Liu et al. 2023, arXiv 2309.06380).
 1. **Pairs** (``d2f.reflow.pairs``): noise x0 from the seed, x1 = the teacher's ODE from x0 (its own sampler,
    steps and guidance w), for the training captions; kept in ``<run>/pairs`` (or ``--pairs DIR``), reused when
    the teacher and the settings are the same.
-2. **Straightening**: ``d2f.training.train`` unchanged, on the pairs (``TrainConfig.pairs``: a
-   ``d2f.training.pairs.PairBatches`` instead of image batches), with the student starting as the teacher
+2. **Straightening**: ``d2f.training.train`` unchanged, on the pairs (``train(source=pair_source(...))``: a
+   ``d2f.reflow.pair_batches.PairBatches`` instead of image batches), with the student starting as the teacher
    (``init_weights``) and the Diff2Flow objective (or naive FM, ``objective="fm"``) on the paired points:
 
        x_t = t x1 + (1 - t) x0,    loss = || u_hat(x_t, t) - (x1 - x0) ||^2
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from d2f.errors import UserError
+from d2f.reflow.pair_batches import pair_source, read_pairs_record
 from d2f.reflow.pairs import PairSettings, generate_pairs, weights_fingerprint
 from d2f.sampling import SAMPLERS
 from d2f.settings import MAX_COUNT, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, check_settings, setting
@@ -86,9 +87,11 @@ def reflow(
     teacher = load_pipeline(rcfg.model, rcfg.lora)  # a model d2f cannot sample is a UserError here
     run = teacher.d2f_run or {}
     flow = pipe_parametrization(teacher)
-    cfg = _student_config(rcfg, teacher, run, flow.name)
+    cfg, folder = _student_config(rcfg, teacher, run, flow.name)
     check_config(cfg)
-    _check_output_early(cfg)
+    check_student(cfg)
+    source = pair_source(folder, cfg.output, record={})  # its record once the pairs are made
+    _check_output_early(cfg, source)
     from d2f.training.data import load_run_data
 
     data = load_run_data(cfg, cfg.resolution, builtin)
@@ -110,18 +113,21 @@ def reflow(
     if torch.cuda.is_available():
         teacher.to("cuda")
     record = generate_pairs(
-        teacher, settings, cfg.pairs, lambda done, total: callback({"event": "pairs", "done": done, "total": total})
+        teacher, settings, folder, lambda done, total: callback({"event": "pairs", "done": done, "total": total})
     )
     del teacher
-    summary = train(cfg, callback=callback, builtin=builtin)
+    # sampled as its student's objective, unguided (d2f.pipeline reads these keys)
+    source.record = dict(objective="reflow", reflow_objective=cfg.objective, reflow=reflow_record(cfg, folder))
+    summary = train(cfg, callback=callback, builtin=builtin, source=source)
     summary["pairs"] = {k: record.get(k) for k in ("shards", "shards_written", "seconds", "bytes")}
-    summary["pairs"]["folder"] = str(cfg.pairs)
+    summary["pairs"]["folder"] = str(folder)
     summary["sample_command"] = f"d2f sample --lora {summary['output_dir']} --steps 1"
     return summary
 
 
-def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: str) -> TrainConfig:
-    """The ``TrainConfig`` of the straightening: the teacher's base model and weights, unguided sampling at 1 step."""
+def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: str) -> tuple[TrainConfig, str]:
+    """The ``TrainConfig`` of the straightening (the teacher's base model and weights, unguided sampling at 1 step)
+    and the pairs folder."""
     from d2f.pipeline.run_folder import resolve_lora
     from d2f.training.start_weights import lora_file_settings
 
@@ -153,7 +159,6 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
         sample_steps=1,
         validation_steps=VALIDATION_STEPS,
         init_weights=weights,
-        pairs=str(rcfg.pairs or output / "pairs"),
     )
     if weights and Path(weights).is_file():  # a LoRA teacher: the student is a LoRA of its rank and alpha
         lora = lora_file_settings(weights)
@@ -168,16 +173,40 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
                 f"the student starts as the teacher {weights}, whose {key.replace('_', '-')} is {own[key]}: "
                 f"drop --{key.replace('_', '-')} {given[key]}"
             )
-    return TrainConfig(**{**given, **own})
+    return TrainConfig(**{**given, **own}), str(rcfg.pairs or output / "pairs")
 
 
-def _check_output_early(cfg: TrainConfig) -> None:
+def check_student(cfg: TrainConfig) -> None:
+    """``UserError`` for the student settings reflow cannot train (beyond ``check_config``'s)."""
+    if cfg.train_text_encoder:
+        raise UserError("reflow trains the UNet only: drop --train-text-encoder")
+    if cfg.objective == "diffusion":
+        raise UserError("training on reflow pairs needs an FM objective (diff2flow or fm), not diffusion")
+
+
+def reflow_record(cfg: TrainConfig, folder: str) -> dict:
+    """What a reflow run's record says about its teacher and pairs (``pairs.json``, captions counted, not listed)."""
+    pairs = read_pairs_record(folder)
+    settings = dict(pairs.get("settings", {}))
+    captions = settings.pop("captions", [])
+    return {
+        "pairs": str(folder),
+        "teacher": {k: settings.pop(k, None) for k in ("teacher_model", "teacher_weights", "teacher_fingerprint")},
+        "pair_settings": {**settings, "num_captions": len(captions)},
+        "pairs_seconds": pairs.get("seconds"),
+        "pairs_bytes": pairs.get("bytes"),
+        "guidance_distilled": True,  # the student samples with guidance 1: one step is one network call
+        "t_sampling": cfg.t_sampling,
+    }
+
+
+def _check_output_early(cfg: TrainConfig, source) -> None:
     """The output folder's checks of ``d2f train`` before the (long) pair generation."""
     from d2f.files import check_writable_dir
     from d2f.training.output import check_output
 
     check_writable_dir(Path(cfg.output), "--output")
-    check_output(cfg, Path(cfg.output))
+    check_output(cfg, Path(cfg.output), source)
 
 
 def _captions(data, seed: int) -> list[str]:

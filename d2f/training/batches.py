@@ -14,6 +14,9 @@ draws exactly what the uninterrupted run drew.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 
 from d2f.parametrizations import Parametrization
@@ -45,6 +48,28 @@ def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
             _PERMUTATIONS.clear()
         _PERMUTATIONS[key] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
     return _PERMUTATIONS[key]
+
+
+@dataclass
+class BatchSource:
+    """Batches that a caller brings instead of the run's images, passed as ``train(cfg, source=...)``
+    (``d2f.reflow`` brings its teacher's coupled pairs, as ``d2f.world`` brings its built-in data through
+    ``builtin=``). Training knows nothing of where they come from:
+
+    - ``make(run)``: the batches, made once the model and the data are loaded (``run.pipe``,
+      ``run.parametrization``, ``run.data``, ``run.acc.device``): any object with ``Batches.get``'s
+      ``get(micro_step, rank, world) -> (x1, x0, time, cond)``. Its data never passes through the VAE, so the
+      VAE check (``d2f.training.vae_check``) is skipped;
+    - ``settings``: the caller's settings of the run, recorded with ``TrainConfig``'s in ``d2f_run.json``
+      (``settings``) and, like them, required to be the same by ``--resume``;
+    - ``record``: keys of ``d2f_run.json`` that it sets (or replaces, e.g. ``objective``);
+    - ``kept``: names in the output folder that are the caller's and stay when ``--overwrite`` clears it.
+    """
+
+    make: Callable[[object], object]
+    settings: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+    kept: set[str] = field(default_factory=set)
 
 
 class Batches:

@@ -156,8 +156,6 @@ class TrainConfig:
     validation_steps: list[int] | None = setting(None, "", low=1, high=MAX_SAMPLE_STEPS, cli=False)
     # a run's LoRA file or unet/ folder the trained weights start from
     init_weights: str | None = setting(None, "", cli=False)
-    # a pairs folder of `d2f reflow`: train on its coupled (x0, x1) (d2f.training.pairs)
-    pairs: str | None = setting(None, "", cli=False)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -182,10 +180,6 @@ def check_config(cfg: TrainConfig) -> None:
             "--train-text-encoder adds a LoRA to the text encoder: it needs a LoRA run (--lora-rank > 0), "
             "not a full finetune of the UNet"
         )
-    if cfg.train_text_encoder and cfg.pairs:
-        raise UserError("reflow trains the UNet only: drop --train-text-encoder")
-    if cfg.pairs and cfg.objective in DIFFUSION_LOSSES:
-        raise UserError(f"training on reflow pairs needs an FM objective (diff2flow or fm), not {cfg.objective}")
 
 
 def default_output(cfg: TrainConfig) -> Path:

@@ -1,10 +1,8 @@
 """``d2f train``: finetune an SD-format diffusion model with the Diff2Flow objective (or a baseline).
 
-One loop for all three objectives (``d2f.objectives``); only the parametrisation's loss changes. A step:
-
-    x1, x0, time, cond = batches.get(k)            a VAE posterior sample, noise, t (or i), text embedding
-    loss = flow.loss(unet, x1, x0, time, cond)     one UNet forward (d2f.parametrizations)
-    backward, clip, AdamW, LR schedule, EMA
+One loop for all three objectives (``d2f.objectives``); only the parametrisation's loss changes. A step is
+``d2f.training.step`` (batch, noise, t, the parametrisation's loss, backward, clip, AdamW), then here the LR
+schedule and the EMA.
 
 ``train`` reads top to bottom: set up (output folder and its lock, model, data, adapter, optimizer,
 accelerate), resume if asked, validate at step 0, then the loop with logging, validation and checkpoints,
@@ -29,16 +27,23 @@ from pathlib import Path
 import torch
 
 from d2f.errors import UserError
-from d2f.parametrizations import unet_net
 from d2f.pipeline.run_folder import CHECKPOINTS_DIR, LORA_FILE, SAMPLES_DIR
+from d2f.training.batches import BatchSource
 from d2f.training.checkpoint import latest, non_finite, save_checkpoint
 from d2f.training.config import TrainConfig, default_output
 from d2f.training.data import BuiltinResolver
 from d2f.training.faults import kill_point
 from d2f.training.lora import save_weights
-from d2f.training.output import finished_summary, with_resume_from
+from d2f.training.output import (
+    discard_overwritten,
+    finished_summary,
+    kept_names,
+    restore_overwritten,
+    with_resume_from,
+)
 from d2f.training.record import write_record
 from d2f.training.setup import Run, on_main, print_notices, setup
+from d2f.training.step import NonFiniteLoss, training_step
 from d2f.training.validation import validate
 
 
@@ -48,73 +53,92 @@ class Diverged(UserError):
 
 
 def train(
-    cfg: TrainConfig, callback: Callable[[dict], None] | None = None, builtin: BuiltinResolver | None = None
+    cfg: TrainConfig,
+    callback: Callable[[dict], None] | None = None,
+    builtin: BuiltinResolver | None = None,
+    source: BatchSource | None = None,
 ) -> dict:
     """Run (or resume) a training run; returns the summary (also written to ``d2f_run.json``).
 
     ``callback(event)`` receives progress events ("step", "validation", "resumed") and notices (events with
     a ``message``: a stale lock taken over, a damaged checkpoint skipped, images skipped, ...; printed on
     stderr when no callback is given). ``builtin`` resolves built-in data names
-    (``d2f.world.data.builtin_data``: the CLI passes it)."""
+    (``d2f.world.data.builtin_data``: the CLI passes it). ``source`` brings batches instead of the data's
+    images, with its own settings and record keys (``d2f.training.batches.BatchSource``: ``d2f.reflow``'s pairs)."""
     callback = callback or print_notices
     cfg = with_resume_from(cfg)
-    finished = finished_summary(cfg, Path(cfg.output) if cfg.output else default_output(cfg))
+    finished = finished_summary(cfg, Path(cfg.output) if cfg.output else default_output(cfg), source)
     if finished is not None:  # --resume of a run that already finished: nothing to do
         callback({"event": "finished", "message": f"the run in {finished['output_dir']} already finished"})
         return finished
-    run, start = setup(cfg, callback, builtin)
+    run, start = setup(cfg, callback, builtin, source)
     with run.lock:  # the output folder is this run's until it ends, fails or is interrupted
-        if run.acc.is_main_process:
-            write_record(run, status="running")
-        run.started = time.perf_counter()
-        if start == 0:
-            run.metrics_before = on_main(run, lambda: validate(run, 0))
+        try:
+            return _train(run, start)
+        except BaseException:
+            _restore_old_run(run)
+            raise
 
-        run.window.start_clock()
-        for step in range(start, cfg.steps):
-            per_sample, t = train_step(run, step)
-            lr = run.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
-            run.lr_scheduler.step()
-            if run.ema is not None:
-                run.ema.update()
-            loss = run.window.add(per_sample, t)  # also sums the loss in bins of t
-            run.losses.append(loss)
-            done = step + 1
-            run.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                run.log(run.window.line(done, lr, run.elapsed()))
-            if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
-                on_main(run, lambda step=done: validate(run, step))
-            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                _checkpoint(run, done)
-            kill_point(f"step:{done}")
-        return _finish(run)
+
+def _train(run: Run, start: int) -> dict:
+    """The run from ``start``: the record, validation at step 0, the steps, then ``_finish``."""
+    cfg = run.cfg
+    if run.acc.is_main_process:
+        write_record(run, status="running")
+    run.started = time.perf_counter()
+    if start == 0:
+        run.metrics_before = on_main(run, lambda: validate(run, 0))
+
+    run.window.start_clock()
+    for step in range(start, cfg.steps):
+        per_sample, t = train_step(run, step)
+        if step == start:  # this run made a step: the old run it overwrites (--overwrite) can go
+            on_main(run, lambda: discard_overwritten(run.out))
+            run.overwritten = False
+        lr = run.lr_scheduler.get_last_lr()[0]  # the learning rate this step used
+        run.lr_scheduler.step()
+        if run.ema is not None:
+            run.ema.update()
+        loss = run.window.add(per_sample, t)  # also sums the loss in bins of t
+        run.losses.append(loss)
+        done = step + 1
+        run.callback({"event": "step", "step": done, "steps": cfg.steps, "loss": loss, "lr": lr})
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            run.log(run.window.line(done, lr, run.elapsed()))
+        if cfg.validate_every and done % cfg.validate_every == 0 and done < cfg.steps:
+            on_main(run, lambda step=done: validate(run, step))
+        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            _checkpoint(run, done)
+        kill_point(f"step:{done}")
+    return _finish(run)
+
+
+def _restore_old_run(run: Run) -> None:
+    """The new run failed before its first step: put the run it was to overwrite back (main process)."""
+    if run.overwritten and run.acc.is_main_process:
+        restore_overwritten(run.out, kept_names(run.source))
+        run.notice("overwrite_undone", f"the new run failed before its first step: {run.out} holds the old run again")
 
 
 def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step (``grad_accum`` micro steps) on every process; returns the per-sample losses and
-    FM times of all processes' samples (CPU). Stops the run if a loss is NaN or infinite."""
-    cfg, acc = run.cfg, run.acc
-    net = unet_net(run.model)
-    losses, times = [], []
-    for micro in range(cfg.grad_accum):
-        data, noise, t, cond = run.batches.get(step * cfg.grad_accum + micro, acc.process_index, acc.num_processes)
-        models = (run.model,) if run.text_model is None else (run.model, run.text_model)
-        with acc.accumulate(*models):
-            if run.text_model is not None:  # --train-text-encoder: cond holds token ids, embedded with gradients
-                cond = run.text_model(cond)[0]
-            out = run.flow.loss(net, data, noise, t, cond)
-            per_sample = acc.gather(out.per_sample.detach()).float().cpu()
-            if not torch.isfinite(per_sample).all():
-                _diverged(run, step)
-            acc.backward(out.loss)
-            if acc.sync_gradients and cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(list(run.trainable.values()), cfg.max_grad_norm)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-        losses.append(per_sample)
-        times.append(acc.gather(out.t.detach()).float().cpu())
-    return torch.cat(losses), torch.cat(times)
+    """One optimizer step of the run on every process (``d2f.training.step``, through accelerate); returns the
+    per-sample losses and FM times of all processes' samples (CPU). Stops the run if a loss is NaN or infinite."""
+    cfg = run.cfg
+    try:
+        return training_step(
+            run.parametrization,
+            run.prepared_unet,
+            run.batches,
+            run.optimizer,
+            list(run.trainable.values()),
+            step,
+            grad_accum=cfg.grad_accum,
+            max_grad_norm=cfg.max_grad_norm,
+            text_encoder=run.prepared_text_encoder,
+            device=run.acc,
+        )
+    except NonFiniteLoss:
+        _diverged(run, step)
 
 
 def _diverged(run: Run, step: int, what: str = "the loss", note: str = ""):
@@ -159,14 +183,14 @@ def _checkpoint(run: Run, step: int) -> None:
 
     def _save_lora(folder):  # every checkpoint is also a LoRA that ``pipe.load_lora_weights(folder)`` loads
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            save_weights(run.acc.unwrap_model(run.model), folder, run.cfg.lora_rank, _text_encoder(run))
+            save_weights(run.acc.unwrap_model(run.prepared_unet), folder, run.cfg.lora_rank, _text_encoder(run))
 
     on_main(run, save)
 
 
 def _text_encoder(run: Run):
     """The text encoder whose LoRA is saved with the UNet's (--train-text-encoder), else None."""
-    return run.acc.unwrap_model(run.text_model) if run.text_model is not None else None
+    return run.acc.unwrap_model(run.prepared_text_encoder) if run.prepared_text_encoder is not None else None
 
 
 def _finish(run: Run) -> dict:
@@ -176,7 +200,7 @@ def _finish(run: Run) -> dict:
 
     def save():
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            return save_weights(run.acc.unwrap_model(run.model), run.out, cfg.lora_rank, _text_encoder(run))
+            return save_weights(run.acc.unwrap_model(run.prepared_unet), run.out, cfg.lora_rank, _text_encoder(run))
 
     path = on_main(run, save)
     kill_point("finish:weights")

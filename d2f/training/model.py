@@ -38,7 +38,8 @@ def load_model(run) -> None:
         pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, **overrides})
     pipe.set_progress_bar_config(disable=True)
     run.pipe, run.scheduler_config = pipe, dict(pipe.scheduler.config)
-    run.flow = parametrization(cfg.objective, Schedule.from_config(run.scheduler_config), cfg.prediction_type)
+    schedule = Schedule.from_config(run.scheduler_config)
+    run.parametrization = parametrization(cfg.objective, schedule, cfg.prediction_type)
     run.unet = pipe.unet
     for module in (pipe.text_encoder, pipe.vae, pipe.unet):
         module.requires_grad_(False)

@@ -14,15 +14,15 @@ PACKAGES = ("d2f", "torch", "diffusers", "transformers", "peft", "accelerate", "
 
 def write_record(run, status: str, summary: dict | None = None) -> None:
     """Write ``d2f_run.json`` for the run state ``run`` (``d2f.training.loop.Run``); main process only."""
-    cfg, flow, data = run.cfg, run.flow, run.data
-    t_min, t_max = t_range(flow.schedule)
+    cfg, parametrization, data = run.cfg, run.parametrization, run.data
+    t_min, t_max = t_range(parametrization.schedule)
     record = {
         "base_model": cfg.model,
         "base_model_source": run.ref.source,
         "model_config": model_config_source(cfg.model_config),
-        "prediction_type": flow.prediction_type,
+        "prediction_type": parametrization.prediction_type,
         "objective": cfg.objective,
-        "sampler": flow.sampler,
+        "sampler": parametrization.sampler,
         "guidance": cfg.guidance,
         "sample_steps": cfg.sample_steps,
         "resolution": data.resolution,
@@ -42,11 +42,11 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         ),
         "seed": cfg.seed,
         "status": status,
-        "settings": asdict(cfg),
+        "settings": {**asdict(cfg), **(run.source.settings if run.source else {})},
         "schedule": {
-            "num_train_timesteps": flow.schedule.num_train_timesteps,
-            "beta_schedule": flow.schedule.beta_schedule,
-            "zero_terminal_snr": flow.schedule.zero_terminal_snr,
+            "num_train_timesteps": parametrization.schedule.num_train_timesteps,
+            "beta_schedule": parametrization.schedule.beta_schedule,
+            "zero_terminal_snr": parametrization.schedule.zero_terminal_snr,
             "t_min": t_min,
             "t_max": t_max,
             "scheduler_config": {k: v for k, v in run.scheduler_config.items() if not k.startswith("_")},
@@ -68,8 +68,8 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         "device": str(run.acc.device),
         "versions": versions(PACKAGES),
     }
-    if cfg.pairs:  # a reflow run (d2f.reflow): sampled as its student's objective, unguided
-        record.update(objective="reflow", reflow_objective=cfg.objective, reflow=reflow_record(cfg))
+    if run.source is not None:  # a caller's batches (d2f.reflow): its own keys
+        record.update(run.source.record)
     if summary:
         record["summary"] = summary
     write_run_record(run.out, record)
@@ -78,21 +78,3 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
 def model_config_source(model_config: str | None) -> str | None:
     """``--model-config`` as sampling finds it again from anywhere: a folder's absolute path, else the hub id."""
     return None if model_config is None else resolve_model(model_config).source
-
-
-def reflow_record(cfg) -> dict:
-    """What a reflow run's record says about its teacher and pairs (``pairs.json``, captions counted, not listed)."""
-    from d2f.training.pairs import read_pairs_record
-
-    pairs = read_pairs_record(cfg.pairs)
-    settings = dict(pairs.get("settings", {}))
-    captions = settings.pop("captions", [])
-    return {
-        "pairs": str(cfg.pairs),
-        "teacher": {k: settings.pop(k, None) for k in ("teacher_model", "teacher_weights", "teacher_fingerprint")},
-        "pair_settings": {**settings, "num_captions": len(captions)},
-        "pairs_seconds": pairs.get("seconds"),
-        "pairs_bytes": pairs.get("bytes"),
-        "guidance_distilled": True,  # the student samples with guidance 1: one step is one network call
-        "t_sampling": cfg.t_sampling,
-    }

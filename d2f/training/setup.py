@@ -20,22 +20,25 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
 from d2f.errors import UserError
 from d2f.files import check_writable_dir
+from d2f.parametrizations import Parametrization
+from d2f.pipeline.models import ModelRef
 from d2f.pipeline.run_folder import METRICS_FILE
 from d2f.training import trackers
-from d2f.training.batches import Batches
+from d2f.training.batches import Batches, BatchSource
 from d2f.training.caption_check import check_captions
 from d2f.training.config import TrainConfig, check_config, default_output
-from d2f.training.data import BuiltinResolver, load_run_data
+from d2f.training.data import BuiltinResolver, ImageCaptionData, load_run_data
 from d2f.training.ema import EMA
 from d2f.training.lock import RunLock, take_lock
 from d2f.training.lora import TEXT_PREFIX, add_lora, add_text_lora
 from d2f.training.metrics import TrainWindow
 from d2f.training.model import load_model
-from d2f.training.output import check_output, claim_output
+from d2f.training.output import check_output, claim_output, kept_names, restore_overwritten
 from d2f.training.resume import check_data, resume
 from d2f.training.start_weights import load_start_weights
 from d2f.training.vae_check import check_vae
@@ -50,21 +53,43 @@ def print_notices(event: dict) -> None:
 
 @dataclass
 class Run:
-    """The state of one training run, shared by the steps of ``train``."""
+    """The state of one training run, shared by the steps of ``train``: every field is declared here, and
+    each is set once by the part of ``setup`` named in its group (the loop's state changes as it trains)."""
 
+    # the run and its folder (``setup``)
     cfg: TrainConfig
     callback: Callable[[dict], None]
-    acc: object
-    out: Path
+    acc: Accelerator  # accelerate: the processes, the device, mixed precision
+    out: Path  # the output (run) folder
+    lock: RunLock = field(default_factory=RunLock)  # the folder's lock, held until the run ends
     previous: dict | None = None  # the run record found in the folder, when resuming
-    lock: RunLock = field(default_factory=RunLock)
-    losses: list[float] = field(default_factory=list)
+    overwritten: bool = False  # the old run is set aside (--overwrite) until this run's first step
+    source: BatchSource | None = None  # batches from elsewhere than the images (``train(source=)``, reflow)
+    # the base model (``d2f.training.model.load_model``), frozen
+    ref: ModelRef | None = None  # where --model was resolved to (a folder, a hub id, a single file)
+    resolution: int = 0  # the training resolution in pixels
+    pipe: StableDiffusionPipeline | None = None  # the base pipeline: tokenizer, text encoder, VAE, UNet, scheduler
+    scheduler_config: dict = field(default_factory=dict)  # with the run's changes (prediction type, zero SNR)
+    parametrization: Parametrization | None = None  # the objective's (d2f.objectives): its loss and sampler
+    unet: UNet2DConditionModel | None = None  # pipe.unet, the module itself (the adapter is added to it)
+    # the data (``_load_data``)
+    data: ImageCaptionData | None = None  # the images and captions (for reflow, their captions only)
+    prompts: list[str] = field(default_factory=list)  # the validation prompts
+    batches: Batches | None = None  # what ``batches.get(micro_step, rank, world)`` draws for a step
+    vae_psnr: float | None = None  # how well the VAE reconstructs the data (d2f.training.vae_check)
+    # what is trained and how (``_build_optimizer``)
+    trainable: dict[str, torch.nn.Parameter] = field(default_factory=dict)  # by name (text encoder's prefixed)
+    num_trainable: int = 0  # their number of elements
+    optimizer: torch.optim.Optimizer | None = None  # AdamW, as accelerate prepared it
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    prepared_unet: torch.nn.Module | None = None  # the UNet as accelerate prepared it (DDP, autocast): the step's
+    prepared_text_encoder: torch.nn.Module | None = None  # likewise, with --train-text-encoder only
+    ema: EMA | None = None  # with --ema
+    # the loop's state (restored from a checkpoint by ``d2f.training.resume``)
+    losses: list[float] = field(default_factory=list)  # the mean loss of every step so far
     window: TrainWindow = field(default_factory=TrainWindow)  # the steps since the last train line
     metrics_lines: int = 0  # lines in metrics.jsonl: a checkpoint records how far to rewind it
-    metrics_before: dict | None = None
-    ema: object = None
-    text_model: object = None  # the text encoder as prepared by accelerate, with --train-text-encoder only
-    vae_psnr: float | None = None  # how well the VAE reconstructs the data (d2f.training.vae_check)
+    metrics_before: dict | None = None  # the step-0 validation's metrics
     seconds_before: float = 0.0  # training time of earlier attempts (a resumed run)
     started: float = field(default_factory=time.perf_counter)
 
@@ -87,36 +112,42 @@ class Run:
 
 
 def setup(
-    cfg: TrainConfig, callback: Callable[[dict], None] | None = None, builtin: BuiltinResolver | None = None
+    cfg: TrainConfig,
+    callback: Callable[[dict], None] | None = None,
+    builtin: BuiltinResolver | None = None,
+    source: BatchSource | None = None,
 ) -> tuple[Run, int]:
     """Everything before the first step (see the module doc). Returns the run, holding the output folder's
     lock (release it with ``run.lock``), and the step to start from. If anything fails, the lock is released
-    and the folder is as it was."""
+    and the folder is as it was. ``source``: batches instead of the images (``train``)."""
     check_config(cfg)
     out = Path(cfg.output) if cfg.output else default_output(cfg)
     check_writable_dir(out, "--output")  # a file, a path under a file, a read-only folder: before anything
     created = not out.exists()
-    run = Run(cfg, callback or print_notices, _accelerator(cfg, out), out)
+    run = Run(cfg, callback or print_notices, _accelerator(cfg, out), out, source=source)
     run.lock = _take_lock(run)  # first: a live run in the folder is the one error a second process gets
     try:
-        run.previous = check_output(cfg, out)
+        run.previous = check_output(cfg, out, source)
         load_model(run)
         _load_data(run, builtin)
         if cfg.resume:
             check_data(run)
         _build_optimizer(run)
-        removed = on_main(run, lambda: claim_output(cfg, out))  # the old run goes only now (--overwrite)
+        claimed = on_main(run, lambda: claim_output(cfg, out, source))  # only now is the old run set aside
+        removed, run.overwritten = claimed if claimed else ([], cfg.overwrite and not cfg.resume)
         if removed:
             run.notice("leftovers_removed", f"removed what a killed run left half-written: {', '.join(removed)}")
         start = resume(run) if cfg.resume else 0
         if start > cfg.steps:
             raise UserError(f"the run in {out} is at step {start}, past --steps {cfg.steps}; give more steps")
-        if not cfg.pairs:  # reflow pairs are latents: the VAE never sees the data
+        if source is None:  # a source's batches (reflow's pairs: latents) never pass through the VAE
             run.vae_psnr = on_main(run, lambda: check_vae(run))  # informative: once nothing else can fail
         if run.acc.is_main_process:
             trackers.start(run.acc, out.name, asdict(cfg))
         return run, start
     except BaseException:
+        if run.overwritten and run.acc.is_main_process:
+            restore_overwritten(out, kept_names(source))
         run.lock.release()
         if created and run.acc.is_main_process and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -193,15 +224,15 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
     run.prompts = validation_prompts(cfg, run.data)
     pipe.text_encoder.to(acc.device)
     pipe.vae.to(acc.device)
-    if cfg.pairs:  # reflow: coupled (x0, x1) pairs instead of independent noise and data
-        run.batches = _pair_batches(run)
+    if run.source is not None:  # the caller's batches (d2f.reflow: coupled pairs)
+        run.batches = run.source.make(run)
         return
     run.batches = Batches(
         run.data,
         pipe.vae,
         pipe.text_encoder,
         pipe.tokenizer,
-        run.flow,
+        run.parametrization,
         batch_size=cfg.batch_size,
         caption_dropout=cfg.caption_dropout,
         random_flip=cfg.random_flip,
@@ -212,26 +243,6 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
         noise_offset=cfg.noise_offset,
         workers=cfg.dataloader_num_workers,
         text_trainable=cfg.train_text_encoder,
-    )
-
-
-def _pair_batches(run: Run):
-    from d2f.training.pairs import PairBatches
-
-    cfg, pipe = run.cfg, run.pipe
-    down = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    side = run.data.resolution // down
-    return PairBatches(
-        cfg.pairs,
-        pipe.text_encoder,
-        pipe.tokenizer,
-        run.flow,
-        latent_shape=(pipe.vae.config.latent_channels, side, side),
-        batch_size=cfg.batch_size,
-        caption_dropout=cfg.caption_dropout,
-        t_sampling=cfg.t_sampling,
-        seed=cfg.seed,
-        device=run.acc.device,
     )
 
 
@@ -272,9 +283,9 @@ def _build_optimizer(run: Run) -> None:
         num_training_steps=cfg.steps,
     )
     if cfg.train_text_encoder:
-        run.model, run.text_model, run.optimizer = run.acc.prepare(unet, text_encoder, optimizer)
+        run.prepared_unet, run.prepared_text_encoder, run.optimizer = run.acc.prepare(unet, text_encoder, optimizer)
     else:
-        run.model, run.optimizer = run.acc.prepare(unet, optimizer)
+        run.prepared_unet, run.optimizer = run.acc.prepare(unet, optimizer)
     # after prepare: the trainable parameters now live on the accelerator's device
     run.trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
     if cfg.train_text_encoder:

@@ -66,7 +66,7 @@ def _sample(run, prompts: list[str], steps: int) -> torch.Tensor:
             return generate(
                 run.pipe,
                 prompts,
-                sampler=run.flow.sampler,
+                sampler=run.parametrization.sampler,
                 steps=steps,
                 guidance=cfg.guidance,
                 seed=cfg.seed,

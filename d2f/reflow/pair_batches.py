@@ -10,7 +10,8 @@ A pairs folder (written by ``d2f.reflow.pairs``; its format is defined here, onc
 ``PairBatches`` is a drop-in for ``d2f.training.batches.Batches``: ``get(micro_step, rank, world)`` returns
 (x1, x0, time, cond) with the same reproducible draws (``step_generator``, ``batch_indices``), but x0 and x1
 are a *coupled* pair instead of independent noise and data, so every objective of ``d2f.objectives`` trains on
-the straight line between them unchanged: x_t = t x1 + (1 - t) x0, target u = x1 - x0.
+the straight line between them unchanged: x_t = t x1 + (1 - t) x0, target u = x1 - x0. ``pair_source`` hands
+them to ``d2f.training.train`` as a ``BatchSource`` (with the pairs folder as a setting of the run).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from d2f.errors import UserError
 from d2f.parametrizations import Parametrization
-from d2f.training.batches import batch_indices, step_generator
+from d2f.training.batches import BatchSource, batch_indices, step_generator
 
 PAIRS_FILE = "pairs.json"
 SHARD = "shard_{:05d}.safetensors"
@@ -112,3 +113,30 @@ def _encode_text(text_encoder, tokenizer, captions: list[str], device) -> torch.
         captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(device)
     return torch.cat([text_encoder(chunk)[0].float().cpu() for chunk in ids.split(64)])
+
+
+def pair_source(folder: str | Path, output: str | Path, record: dict) -> BatchSource:
+    """The ``BatchSource`` of a reflow run on the pairs in ``folder``: ``PairBatches`` with the run's text
+    encoder, parametrisation and settings; ``settings.pairs`` and ``record`` (the keys ``d2f.reflow.run`` adds) in
+    ``d2f_run.json``; the pairs folder, when it lies in the ``output`` folder, kept on ``--overwrite``."""
+    folder = Path(folder)
+
+    def make(run) -> PairBatches:
+        cfg, pipe = run.cfg, run.pipe
+        down = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        side = run.data.resolution // down
+        return PairBatches(
+            folder,
+            pipe.text_encoder,
+            pipe.tokenizer,
+            run.parametrization,
+            latent_shape=(pipe.vae.config.latent_channels, side, side),
+            batch_size=cfg.batch_size,
+            caption_dropout=cfg.caption_dropout,
+            t_sampling=cfg.t_sampling,
+            seed=cfg.seed,
+            device=run.acc.device,
+        )
+
+    inside = folder.resolve().parent == Path(output).resolve()
+    return BatchSource(make, settings={"pairs": str(folder)}, record=record, kept={folder.name} if inside else set())
