@@ -174,10 +174,10 @@ def check_writable_dir(folder: Path, option: str) -> None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise UserError(
-            f"{option} {folder} cannot be written ({exc.strerror or type(exc).__name__} in {probe}); "
-            "choose a folder you can write to"
-        ) from None
+        reason = FIXABLE.get(exc.errno) or exc.strerror or type(exc).__name__
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = f"free space on its disk or choose another {option}" if full else "choose a folder you can write to"
+        raise UserError(f"{option} {folder} cannot be written ({reason} in {probe}); {fix}") from None
 
 
 def check_image_path(path: Path, option: str) -> None:
