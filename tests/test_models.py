@@ -67,3 +67,27 @@ def test_builtin_models_listed_and_resolved():
     assert resolve_model("tiny-shapes-v").builtin
     report = CliRunner().invoke(app, ["inspect-schedule", "--model", "tiny-shapes-v", "--json"])
     assert json.loads(report.stdout)["prediction_type"] == "v_prediction"
+
+
+@pytest.mark.parametrize("columns", [200, 80, 79, 40, 12])
+def test_models_listing_never_cuts_a_name(columns, tmp_path):
+    """The name is what a user copies from ``d2f models``: whole, on one line, in any terminal width (the
+    path and the description fold instead). A real process, as a terminal runs it."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    names = [row["name"] for row in builtin_models()]
+    if not names:
+        pytest.skip("no built-in prior is built in this checkout")
+    env = dict(os.environ, COLUMNS=str(columns))
+    result = subprocess.run(
+        [sys.executable, "-m", "d2f", "models"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in names:  # a whole word on some line: not 'tiny-shapes-…', not 'tiny-shapes-' + 'eps' below
+        assert any(re.search(rf"(^|[\s│]){re.escape(name)}($|[\s│])", line) for line in lines), result.stdout
+    assert "…" not in "".join(line for line in lines if any(n[:4] in line for n in names) and "/" not in line)
+    assert all(len(line.rstrip()) <= max(columns, max(map(len, names))) for line in lines), result.stdout

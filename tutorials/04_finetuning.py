@@ -259,11 +259,9 @@ before, after = ({o: s[f"metrics_{w}"] for o, s in summaries.items()} for w in (
 for objective in ("diff2flow", "diffusion"):
     assert before[objective]["domain_accuracy"] < 0.2 and before[objective]["prompt_accuracy"] > 0.8, before
 assert before["fm"]["prompt_accuracy"] < 0.3, before
-# after: Diff2Flow moved the model towards the target domain, at the same cost per step (FD on 24 images
-# resolves only large differences: no assertion ranks the objectives by it)
+# after: Diff2Flow moved the model towards the target domain (FD on 24 images resolves only large differences:
+# no assertion ranks the objectives by it; the cost per step is measured by benchmarks/bench_train.py, not here)
 assert after["diff2flow"]["domain_accuracy"] > before["diff2flow"]["domain_accuracy"] + 0.3, after
-step_time = {o: seconds_per_step(o) for o in summaries}
-assert max(step_time.values()) < 1.6 * min(step_time.values()), step_time
 print("ok")
 
 # %% [markdown]

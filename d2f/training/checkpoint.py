@@ -18,7 +18,9 @@ trainer (batches, noise, t, caption dropout, flips) is drawn from generators see
 the global RNG state is all that is left to carry over.
 
 Atomic: the folder is written under a temporary name (``.tmp-step_XXXXX-<pid>``) and renamed into place
-only when complete, so a killed run never leaves a half checkpoint; ``list_checkpoints`` ignores the
+only when complete (``d2f.files.atomic_folder``), so a killed run never leaves a half checkpoint; a failed
+write (a full disk: a ``UserError`` that says to free space and ``--resume``) removes its temporary folder;
+``list_checkpoints`` ignores the
 leftovers and ``remove_leftovers`` (run at the start of a run that holds the folder's lock) deletes them.
 A checkpoint that is damaged anyway (a truncated file, e.g. a full disk or a copy cut short) is a
 ``UserError`` from ``load_checkpoint``; ``--resume`` then falls back to the one before.
@@ -36,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from d2f.errors import UserError
-from d2f.files import shareable
+from d2f.files import atomic_folder, make_folder, shareable
 from d2f.training.faults import kill_point
 
 PREFIX = "step_"
@@ -121,39 +123,38 @@ def save_checkpoint(
 ) -> Path:
     """Write ``folder/step_XXXXX`` atomically and keep only the newest ``keep`` checkpoints.
     ``extra_files(tmp_folder)`` adds files (the run's LoRA in diffusers' format) before the folder completes."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     final = folder / checkpoint_name(step)
-    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    fix = (
+        f"free space on {folder}'s disk (--checkpoints-total-limit keeps fewer checkpoints) and continue the run "
+        "with --resume"
+    )
+    with atomic_folder(final, fix, tmp=folder / f".tmp-{final.name}-{os.getpid()}") as tmp:
 
-    def written(name: str) -> None:
-        kill_point(f"checkpoint:{final.name}:after={name}")
+        def written(name: str) -> None:
+            kill_point(f"checkpoint:{final.name}:after={name}")
 
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    written("trainable.safetensors")
-    tensors, rest = _optimizer_split(optimizer.state_dict())
-    save_file(tensors, tmp / "optimizer.safetensors")
-    written("optimizer.safetensors")
-    if ema is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, tmp / "ema.safetensors")
-        written("ema.safetensors")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, tmp / "rng.safetensors")
-    written("rng.safetensors")
-    if extra_files is not None:
-        extra_files(tmp)
-    shareable(tmp)
-    state = {"step": step, "optimizer": rest, "lr_scheduler": _jsonable(lr_scheduler.state_dict()), **(extra or {})}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    written("state.json")
-    if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
-        old = folder / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, final)
+        trainable = {k: v.detach().float().contiguous().cpu() for k, v in trainable.items()}
+        save_file(trainable, tmp / "trainable.safetensors")
+        written("trainable.safetensors")
+        tensors, rest = _optimizer_split(optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        written("optimizer.safetensors")
+        if ema is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, tmp / "ema.safetensors")
+            written("ema.safetensors")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, tmp / "rng.safetensors")
+        written("rng.safetensors")
+        if extra_files is not None:
+            extra_files(tmp)
+        shareable(tmp)
+        lr_state = _jsonable(lr_scheduler.state_dict())
+        state = {"step": step, "optimizer": rest, "lr_scheduler": lr_state, **(extra or {})}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        written("state.json")
     kill_point(f"checkpoint:{final.name}:done")
     if keep:
         for _, path in list_checkpoints(folder)[:-keep]:

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from d2f.errors import UserError
-from d2f.files import shareable
+from d2f.files import make_folder, shareable, write_errors
 from d2f.pipeline.run_folder import LORA_FILE, UNET_DIR
 
 ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -111,7 +111,16 @@ def save_weights(unet, folder: str | Path, rank: int, text_encoder=None) -> Path
     Beside a LoRA, the UNet's adapter in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``),
     so that ``peft.PeftModel.from_pretrained(unet, folder)`` loads it without diffusers."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    # each weights file is written through a temporary file and a rename by safetensors (0.8) itself
+    with write_errors(
+        folder / (LORA_FILE if rank else UNET_DIR),
+        f"free space on {folder}'s disk and continue with d2f train --resume",
+    ):
+        make_folder(folder)
+        return _save_weights(unet, folder, rank, text_encoder)
+
+
+def _save_weights(unet, folder: Path, rank: int, text_encoder) -> Path:
     if rank == 0:
         unet.save_pretrained(folder / UNET_DIR, safe_serialization=True)
         shareable(folder / UNET_DIR)
