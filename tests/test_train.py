@@ -204,11 +204,11 @@ def test_zero_terminal_snr_run_is_sampled_with_zero_terminal_snr(tmp_path, tiny_
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--objective", "flow"], "unknown objective 'flow'"),
-        (["--lora-rank", "-1"], "--lora-rank must be >= 0"),
-        (["--lora-targets", "mlp"], "unknown --lora-targets 'mlp'"),
+        (["--objective", "flow"], "'--objective': 'flow' is not one of 'diff2flow', 'fm'"),
+        (["--lora-rank", "-1"], "--lora-rank must be at least 0"),
+        (["--lora-targets", "mlp"], "'--lora-targets': 'mlp' is not one of 'attn', 'attn+conv'"),
         (["--resolution", "20"], "size 20 px does not fit this model"),
-        (["--mixed-precision", "fp8"], "unknown --mixed-precision"),
+        (["--mixed-precision", "fp8"], "'--mixed-precision': 'fp8' is not one of 'no', 'fp16', 'bf16'"),
         (["--resume"], "nothing to resume in"),
         (["--data", "/nonexistent/folder"], "data folder /nonexistent/folder does not exist"),
     ],
