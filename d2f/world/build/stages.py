@@ -286,4 +286,3 @@ def main(argv=None) -> None:
     if "grid" in stages:
         console.print(f"grid: {save_grid(out, names, Path(args.grid), args)}")
     console.print(f"built {', '.join(stages)} into {out} in {time.time() - start:.0f} s")
-
