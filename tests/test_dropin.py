@@ -159,7 +159,7 @@ def test_the_scripts_step_with_the_dropin_is_d2f_trains_step(tmp_path, prior_nam
         with torch.no_grad():  # the script's initial LoRA (peft's gaussian init) instead of d2f's own
             for name, p in run.trainable.items():
                 p.copy_(initial[name])
-        run.batches = SameBatches(records, run.flow)
+        run.batches = SameBatches(records, run.parametrization)
         for step, record in enumerate(records):
             per_sample, _ = train_step(run, step)
             run.lr_scheduler.step()

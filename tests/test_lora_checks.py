@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from d2f.cli import app
 from d2f.errors import UserError
-from d2f.pipeline.loading import check_pairs, load_pipeline, recorded_targets
+from d2f.pipeline.loading import load_pipeline
+from d2f.pipeline.lora_checks import check_pairs, recorded_targets
 
 
 @pytest.fixture(scope="module")

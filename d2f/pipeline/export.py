@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from d2f.errors import UserError
 from d2f.files import atomic_file, check_writable_dir, make_folder, shareable
-from d2f.pipeline.loading import check_lora_state, check_pairs
+from d2f.pipeline.lora_checks import check_lora_state, check_pairs
 from d2f.pipeline.run_folder import (
     CHECKPOINTS_DIR,
     LOCK_FILE,
@@ -170,7 +170,7 @@ def _same(a: Path, b: Path) -> bool:
 def check_state(state: dict, metadata: dict, weights: Path, model: str | None, run: dict | None) -> None:
     """Before anything is written: no token embedding (kohya has none), only d2f's LoRA keys, whole layers,
     finite weights, and, where the base model is a local folder, layers that exist in it with its sizes and
-    all the layers the LoRA's own config targets (``d2f.pipeline.loading.check_lora_state``)."""
+    all the layers the LoRA's own config targets (``d2f.pipeline.lora_checks.check_lora_state``)."""
     if any("lora_embedding" in key for key in state):
         to_kohya(state, 1.0)  # its error: the token embedding cannot be exported
     for key in state:
