@@ -308,7 +308,7 @@ print("ok")
 from d2f.pipeline import decode, initial_noise, load_pipeline, sample_latents
 from d2f.pipeline.models import resolve_model
 from d2f.reflow import PairSettings, generate_pairs
-from d2f.training.pairs import load_pairs
+from d2f.reflow.pair_batches import load_pairs
 from d2f.world.shapes import all_prompts
 
 NUM_PAIRS, PAIR_STEPS, GUIDANCE, SEED = 192, 25, 2.0, 0

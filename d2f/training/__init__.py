@@ -6,9 +6,11 @@
     summary = train(TrainConfig(steps=200), builtin=builtin_data)
 
 - ``config``: ``TrainConfig`` (every option) and its checks
-- ``setup``: everything before the first step; ``loop``: ``train``, the loop, read top to bottom
+- ``setup``: everything before the first step; ``loop``: ``train``, the loop, read top to bottom;
+  ``step``: one training step on one page (batch, the parametrisation's loss, backward, clip, AdamW)
 - ``data``: image-caption data (imagefolder, hub dataset, built-in names through a resolver)
-- ``batches``: the cached VAE / text encodings and the reproducible draws of each step
+- ``batches``: the cached VAE / text encodings and the reproducible draws of each step; ``BatchSource``, how a
+  caller (``d2f.reflow``) brings batches of its own
 - ``lora``: the adapter (peft) and saving it in diffusers' format
 - ``ema``, ``checkpoint``, ``validation``, ``output``, ``record``: the rest of a run's life
 - ``lock`` (one run per folder), ``resume`` and ``metrics`` (a resumed run ends as the uninterrupted one),

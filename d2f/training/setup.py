@@ -3,8 +3,9 @@
 ``setup(cfg)`` does the cheap checks first (the settings, the output folder's writability, accelerate, the
 folder's lock, what the folder holds), then the long work (the base model, frozen, with the objective's
 parametrisation, the data and its caches, the adapter and the optimizer), and only then changes the
-folder: ``--overwrite`` deletes the old run, leftovers of a killed run go, ``--resume`` restores the latest
-checkpoint. ``Run`` holds the result.
+folder: ``--overwrite`` sets the old run aside (``d2f.training.output``: ``train`` deletes it after the first
+step), leftovers of a killed run go, ``--resume`` restores the latest checkpoint. ``Run`` holds the result:
+every field it has is declared in it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
 from d2f.errors import UserError
@@ -43,6 +44,9 @@ from d2f.training.resume import check_data, resume
 from d2f.training.start_weights import load_start_weights
 from d2f.training.vae_check import check_vae
 from d2f.training.validation import validation_prompts
+
+if TYPE_CHECKING:  # types only: the classes come with the loaded model
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 
 def print_notices(event: dict) -> None:
