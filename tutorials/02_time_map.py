@@ -177,11 +177,13 @@ for key in ("tau", "alpha", "sigma", "scale"):
     ), key
 assert is_clamped(sched, ts).tolist() == [True, True, False, False, False, True, True]
 print("ok")
+# the clamped share of a uniform time grid: t_min at the noise end, 1 - t_max at the data end
+print(f"clamped: {t_min + (1 - t_max):.1%} of [0, 1] ({t_min:.1%} at the noise end, {1 - t_max:.1%} at the data end)")
 
 # %% [markdown]
-# How much of FM time is clamped? `t_min + (1 - t_max) = 9.2 %` of a uniform time grid (6.4 % at the noise
-# end, 2.8 % at the data end). Near `t = 0` the
-# clamp treats pure noise as if 6.4 % of data were mixed in: a small, known mismatch that finetuning with
+# How much of FM time is clamped? `t_min + (1 - t_max)` of a uniform time grid: the last line above prints
+# the share at each end. Near `t = 0` the
+# clamp treats pure noise as if a fraction `t_min` of data were mixed in: a small, known mismatch that finetuning with
 # the Diff2Flow objective (which draws `t` uniformly on [0, 1]) teaches the model to absorb.
 #
 # ## 2.4 The scale c(t): aligning the two interpolants
@@ -301,12 +303,13 @@ assert err < 1e-5 and (tau_i.double() - steps).abs().max() < 1e-6
 # ## 2.6 What the network would see without the scale
 #
 # Measure the spread (standard deviation) of the network input along the path on these latents. A diffusion
-# input `alpha*x1 + sigma*eps` always has a spread between that of the noise (1) and that of the data (here
-# about 1.1: the scaling factor normalises latents of both domains together, and these are base-domain
-# images only). In general `Var(c(t) x_t) = (t^2 Var(x1) + (1-t)^2) / (t^2 + (1-t)^2)`, a weighted mean of
-# the two. The raw FM sample `x_t` instead dips to about `1/sqrt(2)` of it in the middle of the path: a
-# mismatch that the naive-FM baseline of notebook 4 has to learn away, and that Diff2Flow removes by
-# construction. The grey bands are the clamped ends.
+# input `alpha*x1 + sigma*eps` always has a spread between that of the noise (1) and that of the data (the
+# `std` printed in section 2.5, below 1 here: the scaling factor normalises latents of both domains together,
+# and these are base-domain images only). In general
+# `Var(c(t) x_t) = (t^2 Var(x1) + (1-t)^2) / (t^2 + (1-t)^2)`, a weighted mean of the two. The raw FM sample
+# `x_t` instead dips to about `1/sqrt(2)` of it in the middle of the path: a mismatch that the naive-FM
+# baseline of notebook 4 has to learn away, and that Diff2Flow removes by construction. The grey bands are
+# the clamped ends.
 
 # %%
 t_line = torch.linspace(0, 1, 41, dtype=torch.float64)
