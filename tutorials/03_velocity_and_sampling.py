@@ -585,11 +585,11 @@ for name in pipes:
 
 # %% [markdown]
 # At 25 steps the two samplers give nearly the same images from the same noise; at 4 steps both degrade,
-# differently, because they place their few steps differently.
-# The evaluator of the built-in world scores what was drawn: prompt accuracy is the fraction of images whose
-# shape and colour match the prompt (chance 1/24). On 48 images an accuracy is uncertain by about +-0.14, so
-# each comes with its 95% Wilson interval (`d2f.world.estimators.wilson_interval`): two accuracies whose
-# intervals overlap widely (say 0.56 and 0.44) are not evidence that one sampler is better.
+# differently, because they place their few steps differently. The evaluator of the built-in world scores what was
+# drawn: prompt accuracy is the fraction of images whose shape and colour match the prompt (chance 1/24). On 48 images
+# an accuracy is uncertain (the cell's last line prints the interval of an accuracy of 0.5), so each comes with its
+# 95% Wilson interval (`d2f.world.estimators.wilson_interval`): two accuracies whose intervals overlap widely (say
+# 0.56 and 0.44) are not evidence that one sampler is better.
 
 # %%
 from d2f.world.estimators import wilson_interval
@@ -607,12 +607,13 @@ print(f"{'prior':16s} {'sampler':8s} {'steps':>5s}  prompt accuracy ({n_acc} ima
 for name, sampler, steps, acc in rows:
     lo, hi = wilson_interval(round(acc * n_acc), n_acc)
     print(f"{name:16s} {sampler:8s} {steps:5d}  {acc:.2f}  [{lo:.2f}, {hi:.2f}]")
+lo, hi = wilson_interval(n_acc // 2, n_acc)
+print(f"(an accuracy of 0.50 on {n_acc} images: [{lo:.2f}, {hi:.2f}])")
 
 # %% [markdown]
 # **Check yourself.** With 25 steps, zero-shot FM Euler draws the prompted shape and colour far above
 # chance (1/24) on both priors, as DDIM does: the untouched diffusion model *is* a usable FM model. The bar
-# is on the interval's *lower* end: at 25 steps it must exceed 0.6 (an accuracy of about 0.73 or more on 48
-# images), for both samplers and both priors.
+# is on the interval's *lower* end: at 25 steps it must exceed 0.6, for both samplers and both priors.
 
 # %%
 for name, sampler, steps, acc in rows:
@@ -628,9 +629,9 @@ print("ok")
 # `generate` does for an untouched model): a diffusion sample `z` at `tau = N-1`, which in FM coordinates is
 # `x = z / c(t_min)` at `t_min`. DDIM steps from `tau = N-1` on its own grid; FM Euler steps uniformly in `t`
 # from `t_min` to 1. Here the grids and the start are passed explicitly. The reference end point and the
-# error are the README's ("Few-step accuracy", `benchmarks/bench_sampling.py`): the reference is FM Heun with
+# error are those of the sampling benchmark (`benchmarks/bench_sampling.py`): the reference is FM Heun with
 # 500 steps (999 network calls; second order, so its own error is far below every entry), the error the RMS
-# latent distance to it per image, averaged over the images (the data has unit spread). The README uses 48
+# latent distance to it per image, averaged over the images (the data has unit spread). The benchmark uses 48
 # prompts, this notebook 4 (to stay within a few CPU minutes), so the numbers are comparable, not identical.
 #
 # **Predict first.** At 4 network calls, which is closer to the reference, FM Euler or DDIM? And by how much
@@ -641,7 +642,7 @@ ref_prompts = prompts[:4]  # 4 images: the 999-call reference is the cost of thi
 z_start = torch.randn((len(ref_prompts), 4, 8, 8), generator=torch.Generator().manual_seed(42))
 c_min = float(bridge_coefficients(sched, torch.tensor(t_min, dtype=torch.float64)).scale)
 budgets = (2, 4, 8, 16, 32, 64)
-REF_STEPS = 500  # FM Heun: 2 * 500 - 1 = 999 network calls, as in the README
+REF_STEPS = 500  # FM Heun: 2 * 500 - 1 = 999 network calls, as in benchmarks/bench_sampling.py
 
 
 def end_point(pipe, sampler, steps):
@@ -706,7 +707,7 @@ print("ok: same ODE, same limit, first order")
 # %% [markdown]
 # Which sampler wins at few steps depends on where the ODE bends: DDIM spends its steps uniformly in `tau`,
 # Euler uniformly in `t`. The table above is the honest answer for these priors and these 4 prompts;
-# `d2f sample --compare` and the sampling benchmark of the README measure it on 48 prompts and with Heun.
+# `d2f sample --compare` and `benchmarks/bench_sampling.py` measure it on 48 prompts and with Heun.
 #
 # ## 3.6 What the Diff2Flow loss changes relative to diffusion finetuning
 #
@@ -856,8 +857,8 @@ print("ok")
 #   raw output is not.
 # * One DDIM step is one FM Euler step on DDIM's grid (checked against diffusers' `DDIMScheduler.step`); the
 #   FM ODE is the DDIM ODE (`x = t xbar`, `s = 1/t - 1`). FM Euler samples the untouched prior zero-shot, both
-#   converge at first order to the README's FM Heun-500 reference, and at few steps they are two
-#   discretisations with different errors. Accuracies on 48 images carry intervals of about +-0.14.
+#   converge at first order to the sampling benchmark's FM Heun-500 reference, and at few steps they are two
+#   discretisations with different errors. Accuracies on 48 images carry wide intervals (section 3.4).
 # * The Diff2Flow loss is the diffusion loss weighted by `1/t^2` (epsilon) or `c(t)^2` (v), under a different
 #   time distribution (uniform `t`: a quarter of the draws at `tau < 100`, 6 % clamped at `tau = 999`) and
 #   including the uncovered ends: same minimiser, different emphasis.
