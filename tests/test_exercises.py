@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 sys.path.insert(0, str(TUTORIALS))
@@ -16,6 +17,7 @@ import exercises  # noqa: E402
 
 # exercise -> the notebook it is in
 NOTEBOOK = {
+    "tau_from_t": "02_time_map",
     "velocity_from_v": "03_velocity_and_sampling",
     "ddim_step_as_fm_euler": "03_velocity_and_sampling",
     "paired_velocity": "06_reflow",
@@ -33,7 +35,17 @@ def stub(name):
 def wrong_answers(name):
     """Plausible mistakes a learner makes, each of which the grader must catch."""
     right = exercises.solution(name)
-    if name == "velocity_from_v":
+    if name == "tau_from_t":
+
+        def segment_solve(lam_table, lam, flipped=False):
+            i = torch.searchsorted(-lam_table, -lam).clamp(1, len(lam_table) - 1) - 1
+            frac = (lam_table[i] - lam) / (lam_table[i] - lam_table[i + 1])
+            return i + 1 - frac if flipped else i + frac
+
+        yield lambda lam_table, t: segment_solve(lam_table, torch.log(t / (1 - t)))  # lam = logit(t): no factor 2
+        yield lambda lam_table, t: segment_solve(lam_table, 2 * torch.log(t / (1 - t)), flipped=True)  # from i + 1
+        yield lambda lam_table, t: (1 - t) * (len(lam_table) - 1)  # the naive linear map
+    elif name == "velocity_from_v":
         yield lambda v, z, a, s: -right(v, z, a, s)  # eps_hat - x1_hat: the sign flipped
         yield lambda v, z, a, s: (s * z - a * v) - (a * z + s * v)  # alpha and sigma swapped
         yield lambda v, z, a, s: (a * z - s * v) - v  # the v output taken as the noise estimate

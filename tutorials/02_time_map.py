@@ -56,6 +56,19 @@ from d2f import (
 )
 
 torch.set_printoptions(precision=5, sci_mode=False)
+
+import sys
+from pathlib import Path
+
+import d2f
+
+# the exercises' grader (tutorials/exercises.py): in this notebook's folder, or in the checkout d2f runs from
+TUTORIALS = next(
+    p for p in (Path.cwd(), Path(d2f.__file__).resolve().parents[1] / "tutorials") if (p / "exercises.py").is_file()
+)
+sys.path.insert(0, str(TUTORIALS))
+from exercises import grade  # noqa: E402
+
 sched = Schedule.preset("sd15")
 N = sched.num_train_timesteps
 print(sched)
@@ -86,8 +99,28 @@ for row in zip(taus.tolist(), t.tolist(), (alpha / (alpha + sigma)).tolist()):
     print("tau = {:7.2f}   t(tau) = {:.6f}   alpha/(alpha+sigma) = {:.6f}".format(*row))
 
 # %% [markdown]
+# **Your job: the inverse map.** Write `tau_from_t(lam_table, t)`, the timestep `tau(t)` for FM times `t` of
+# the covered range, from the log-SNR at the integer timesteps (`lam_table[i] = lam(i)`, strictly decreasing):
+# the log-SNR that `t` asks for, the segment `[i, i + 1]` of the table that contains it (`torch.searchsorted`
+# finds it in an increasing table: search `-lam_table`), and the linear solve on that segment. The next cell
+# grades it against `d2f.tau_of_t`, and the check cell below uses it again. While the stub is unchanged, the
+# notebook grades and uses the reference solution (`tutorials/solutions/inverse_time_map.py`) instead.
+
+
+# %%
+def tau_from_t(lam_table, t):
+    """tau(t) for FM times t in [t_min, t_max] (float64), from lam_table[i] = lam(i), i = 0..N-1."""
+    # YOUR CODE HERE: lam from t, the segment i, then tau = i + (the fraction of the segment)
+    raise NotImplementedError("your job: the inverse time map")
+
+
+# %%
+lam_table = sched.log_snr(torch.arange(N, dtype=torch.float64))  # lam(i) at the integer timesteps
+tau_from_t = grade(tau_from_t)
+
+# %% [markdown]
 # **Check yourself.** Both formulas of `t(tau)` agree; `t` decreases strictly; the two directions invert
-# each other to float64 precision at random fractional points.
+# each other to float64 precision at random fractional points, and your `tau_from_t` is the library's.
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -104,6 +137,7 @@ t_min, t_max = t_range(sched)
 assert (tau_of_t(sched, t_rand) - rand_tau).abs().max() < 1e-8  # tau -> t -> tau
 rand_t = t_min + torch.rand(20_000, generator=g, dtype=torch.float64) * (t_max - t_min)
 assert (t_of_tau(sched, tau_of_t(sched, rand_t)) - rand_t).abs().max() < 1e-12  # t -> tau -> t
+assert (tau_from_t(lam_table, t_rand) - rand_tau).abs().max() < 1e-8  # yours: tau -> t -> tau
 print("ok: t = alpha/(alpha+sigma) = sigmoid(lam/2), strictly decreasing, exact inverse both ways")
 
 # %% [markdown]

@@ -21,9 +21,26 @@ from pathlib import Path
 
 import torch
 
-from d2f import PRESETS, Schedule, bridge_coefficients, t_range, velocity_from_output
+from d2f import PRESETS, Schedule, bridge_coefficients, t_range, tau_of_t, velocity_from_output
 
 SOLUTIONS = Path(__file__).resolve().parent / "solutions"
+
+
+def check_tau_from_t(tau_from_t) -> None:
+    """Notebook 2: the inverse time map from the log-SNR table, against ``d2f.tau_of_t`` on SD's schedule,
+    at random FM times of the covered range and at its two ends."""
+    schedule = Schedule.preset("sd15")
+    n = schedule.num_train_timesteps
+    lam_table = schedule.log_snr(torch.arange(n, dtype=torch.float64))
+    t_min, t_max = t_range(schedule)
+    gen = torch.Generator().manual_seed(0)
+    t = t_min + (t_max - t_min) * torch.rand(2000, generator=gen, dtype=torch.float64)
+    got = tau_from_t(lam_table, t)
+    assert torch.allclose(got, tau_of_t(schedule, t), rtol=0, atol=1e-8), "tau differs from d2f.tau_of_t"
+    ends = tau_from_t(lam_table, torch.tensor([t_min, t_max], dtype=torch.float64))
+    assert torch.allclose(ends, torch.tensor([n - 1.0, 0.0], dtype=torch.float64), rtol=0, atol=1e-8), (
+        "t_min must map to tau = N-1 and t_max to tau = 0"
+    )
 
 
 def check_velocity_from_v(velocity_from_v) -> None:
@@ -96,6 +113,7 @@ def check_paired_velocity(paired_velocity) -> None:
 
 
 EXERCISES = {
+    "tau_from_t": (check_tau_from_t, "inverse_time_map"),
     "velocity_from_v": (check_velocity_from_v, "v_row"),
     "ddim_step_as_fm_euler": (check_ddim_step_as_fm_euler, "ddim_step"),
     "paired_velocity": (check_paired_velocity, "reflow_velocity"),
