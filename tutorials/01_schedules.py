@@ -19,6 +19,9 @@
 # want that; everything Diff2Flow then does is a change of coordinates built from one object, the model's
 # **noise schedule**, which the rest of this notebook takes apart.
 #
+# The whole bridge, with its diagram and tables, is summarised in [the bridge on one page](../docs/bridge.md);
+# these notebooks derive and check each piece of it.
+#
 # **Learning goals**
 #
 # 0. Know what flow matching learns (the marginal velocity `E[x1 - x0 | x_t]`) and why one would read a
@@ -379,10 +382,13 @@ acc_sd = leak_accuracy(sd15, N - 1)
 lo_sd, hi_sd = wilson_interval(round(acc_sd * n_leak), n_leak)
 print(f"SD schedule, tau = N-1: mean(z) tells light from dark for {acc_sd:.1%} of {n_leak} images")
 print(f"  95% Wilson interval [{lo_sd:.1%}, {hi_sd:.1%}]")
+# the noise left in the mean over D elements: sigma / sqrt(D)
+noise_of_mean = float(sd15.sigma(torch.tensor(N - 1.0))) / math.sqrt(light[0].numel())
+print(f"  noise std of the image mean: sigma_(N-1) / sqrt(D) = {noise_of_mean:.3f}")
 
 # %% [markdown]
 # The per-pixel SNR at tau = N-1 is 0.0047, yet a one-number classifier is nearly perfect: the image mean
-# averages the noise over D = 3072 elements (its std drops to `sigma/sqrt(D)`, about 0.018) while the signal
+# averages the noise over D = 3072 elements (its std drops to `sigma/sqrt(D)`, printed above) while the signal
 # difference between the domains stays. The fix of
 # Lin et al. (docs/math.md §12) rescales alpha so that the last step is pure noise while the
 # first step stays put:

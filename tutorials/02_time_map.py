@@ -56,6 +56,19 @@ from d2f import (
 )
 
 torch.set_printoptions(precision=5, sci_mode=False)
+
+import sys
+from pathlib import Path
+
+import d2f
+
+# the exercises' grader (tutorials/exercises.py): in this notebook's folder, or in the checkout d2f runs from
+TUTORIALS = next(
+    p for p in (Path.cwd(), Path(d2f.__file__).resolve().parents[1] / "tutorials") if (p / "exercises.py").is_file()
+)
+sys.path.insert(0, str(TUTORIALS))
+from exercises import grade  # noqa: E402
+
 sched = Schedule.preset("sd15")
 N = sched.num_train_timesteps
 print(sched)
@@ -86,8 +99,28 @@ for row in zip(taus.tolist(), t.tolist(), (alpha / (alpha + sigma)).tolist()):
     print("tau = {:7.2f}   t(tau) = {:.6f}   alpha/(alpha+sigma) = {:.6f}".format(*row))
 
 # %% [markdown]
+# **Your job: the inverse map.** Write `tau_from_t(lam_table, t)`, the timestep `tau(t)` for FM times `t` of
+# the covered range, from the log-SNR at the integer timesteps (`lam_table[i] = lam(i)`, strictly decreasing):
+# the log-SNR that `t` asks for, the segment `[i, i + 1]` of the table that contains it (`torch.searchsorted`
+# finds it in an increasing table: search `-lam_table`), and the linear solve on that segment. The next cell
+# grades it against `d2f.tau_of_t`, and the check cell below uses it again. While the stub is unchanged, the
+# notebook grades and uses the reference solution (`tutorials/solutions/inverse_time_map.py`) instead.
+
+
+# %%
+def tau_from_t(lam_table, t):
+    """tau(t) for FM times t in [t_min, t_max] (float64), from lam_table[i] = lam(i), i = 0..N-1."""
+    # YOUR CODE HERE: lam from t, the segment i, then tau = i + (the fraction of the segment)
+    raise NotImplementedError("your job: the inverse time map")
+
+
+# %%
+lam_table = sched.log_snr(torch.arange(N, dtype=torch.float64))  # lam(i) at the integer timesteps
+tau_from_t = grade(tau_from_t)
+
+# %% [markdown]
 # **Check yourself.** Both formulas of `t(tau)` agree; `t` decreases strictly; the two directions invert
-# each other to float64 precision at random fractional points.
+# each other to float64 precision at random fractional points, and your `tau_from_t` is the library's.
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -104,6 +137,7 @@ t_min, t_max = t_range(sched)
 assert (tau_of_t(sched, t_rand) - rand_tau).abs().max() < 1e-8  # tau -> t -> tau
 rand_t = t_min + torch.rand(20_000, generator=g, dtype=torch.float64) * (t_max - t_min)
 assert (t_of_tau(sched, tau_of_t(sched, rand_t)) - rand_t).abs().max() < 1e-12  # t -> tau -> t
+assert (tau_from_t(lam_table, t_rand) - rand_tau).abs().max() < 1e-8  # yours: tau -> t -> tau
 print("ok: t = alpha/(alpha+sigma) = sigmoid(lam/2), strictly decreasing, exact inverse both ways")
 
 # %% [markdown]
@@ -177,11 +211,13 @@ for key in ("tau", "alpha", "sigma", "scale"):
     ), key
 assert is_clamped(sched, ts).tolist() == [True, True, False, False, False, True, True]
 print("ok")
+# the clamped share of a uniform time grid: t_min at the noise end, 1 - t_max at the data end
+print(f"clamped: {t_min + (1 - t_max):.1%} of [0, 1] ({t_min:.1%} at the noise end, {1 - t_max:.1%} at the data end)")
 
 # %% [markdown]
-# How much of FM time is clamped? `t_min + (1 - t_max) = 9.2 %` of a uniform time grid (6.4 % at the noise
-# end, 2.8 % at the data end). Near `t = 0` the
-# clamp treats pure noise as if 6.4 % of data were mixed in: a small, known mismatch that finetuning with
+# How much of FM time is clamped? `t_min + (1 - t_max)` of a uniform time grid: the last line above prints
+# the share at each end. Near `t = 0` the
+# clamp treats pure noise as if a fraction `t_min` of data were mixed in: a small, known mismatch that finetuning with
 # the Diff2Flow objective (which draws `t` uniformly on [0, 1]) teaches the model to absorb.
 #
 # ## 2.4 The scale c(t): aligning the two interpolants
@@ -301,12 +337,13 @@ assert err < 1e-5 and (tau_i.double() - steps).abs().max() < 1e-6
 # ## 2.6 What the network would see without the scale
 #
 # Measure the spread (standard deviation) of the network input along the path on these latents. A diffusion
-# input `alpha*x1 + sigma*eps` always has a spread between that of the noise (1) and that of the data (here
-# about 1.1: the scaling factor normalises latents of both domains together, and these are base-domain
-# images only). In general `Var(c(t) x_t) = (t^2 Var(x1) + (1-t)^2) / (t^2 + (1-t)^2)`, a weighted mean of
-# the two. The raw FM sample `x_t` instead dips to about `1/sqrt(2)` of it in the middle of the path: a
-# mismatch that the naive-FM baseline of notebook 4 has to learn away, and that Diff2Flow removes by
-# construction. The grey bands are the clamped ends.
+# input `alpha*x1 + sigma*eps` always has a spread between that of the noise (1) and that of the data (the
+# `std` printed in section 2.5, below 1 here: the scaling factor normalises latents of both domains together,
+# and these are base-domain images only). In general
+# `Var(c(t) x_t) = (t^2 Var(x1) + (1-t)^2) / (t^2 + (1-t)^2)`, a weighted mean of the two. The raw FM sample
+# `x_t` instead dips to about `1/sqrt(2)` of it in the middle of the path: a mismatch that the naive-FM
+# baseline of notebook 4 has to learn away, and that Diff2Flow removes by construction. The grey bands are
+# the clamped ends.
 
 # %%
 t_line = torch.linspace(0, 1, 41, dtype=torch.float64)

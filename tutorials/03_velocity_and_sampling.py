@@ -66,6 +66,19 @@ transformers.utils.logging.set_verbosity_error()  # no "torchvision not installe
 torch.set_printoptions(precision=4, sci_mode=False)
 torch.set_num_threads(1)  # predictable on a shared 2-core machine; on your own machine delete this line
 EPS_PRIOR, V_PRIOR = "tiny-shapes-eps", "tiny-shapes-v"
+
+import sys
+from pathlib import Path
+
+import d2f
+
+# the exercises' grader (tutorials/exercises.py): in this notebook's folder, or in the checkout d2f runs from
+TUTORIALS = next(
+    p for p in (Path.cwd(), Path(d2f.__file__).resolve().parents[1] / "tutorials") if (p / "exercises.py").is_file()
+)
+sys.path.insert(0, str(TUTORIALS))
+from exercises import grade  # noqa: E402
+
 pipes = {name: load_pipeline(name) for name in (EPS_PRIOR, V_PRIOR)}
 sched = Schedule.from_config(dict(pipes[EPS_PRIOR].scheduler.config))
 for name, pipe in pipes.items():
@@ -95,6 +108,25 @@ for name, pipe in pipes.items():
 # `alpha^2 + sigma^2 = 1`; likewise for eps.) In FM coordinates, with `x_t = z / c(t)`, the same velocity
 # reads `u_hat = (x_t - eps_hat)/t = (x1_hat - x_t)/(1 - t)`: the straight line through the two estimates.
 #
+# **Your job: the v row.** Write `velocity_from_v(v_hat, z, alpha, sigma)`, the velocity `u_hat` of a
+# v-prediction output `v_hat` at the diffusion sample `z`: the two estimates of the v row of the table, then
+# their difference (`alpha`, `sigma` are per-sample and broadcast against `z`). The next cell grades it against
+# d2f (`grade`, from `tutorials/exercises.py`), and the check cell of this section uses it again on real
+# latents. While the stub is unchanged, the notebook says so and grades and uses the reference solution
+# (`tutorials/solutions/v_row.py`) instead, so that it runs on: write yours, then re-run the two cells.
+
+
+# %%
+def velocity_from_v(v_hat, z, alpha, sigma):
+    """u_hat = x1_hat - eps_hat for a v-prediction output v_hat at z = alpha x1 + sigma eps."""
+    # YOUR CODE HERE: x1_hat and eps_hat from the v row of the table, then u_hat
+    raise NotImplementedError("your job: the v row of the velocity table")
+
+
+# %%
+velocity_from_v = grade(velocity_from_v)
+
+# %% [markdown]
 # **Check yourself** on real latents (the VAE of the eps prior): feed each prediction type its *exact*
 # target for a known (data, noise) pair; the velocity must be exactly `data - noise`, the two FM forms must
 # agree, and `output_from_velocity` must invert the map.
@@ -129,6 +161,8 @@ for ptype, o in ideal.items():
     back = (output_from_velocity(u_hat, z, coef.alpha, coef.sigma, ptype) - o).abs().max().item()
     print(f"{ptype:13s} |u_hat - (x1 - x0)| = {err:.1e}   FM forms {forms:.1e}   inverse {back:.1e}")
     assert err < 1e-4 and forms < 1e-3 and back < 1e-4, ptype
+    if ptype == "v_prediction":  # your v row (the exercise above) agrees with the library's on real latents
+        assert (velocity_from_v(o, z, alpha, sigma) - u_hat).abs().max() < 1e-4
 
 # %% [markdown]
 # The `forms` error is the largest because `(x_t - eps_hat)/t` divides by `t` (down to 0.064) in float32.
@@ -138,7 +172,7 @@ for ptype, o in ideal.items():
 # %% [markdown]
 # ## 3.2 Why `x1_hat - eps_hat` is the right velocity: posterior means, on a 2D toy
 #
-# 3.1 showed that the conversion is *consistent* (exact targets give exactly `x1 - x0`). It is also
+# Section 3.1 showed that the conversion is *consistent* (exact targets give exactly `x1 - x0`). It is also
 # *optimal*, and this is what makes the bridge more than an assertion (docs/math.md §7):
 #
 # 1. A network trained to optimality on its diffusion loss outputs the **posterior mean** of its target:
@@ -295,9 +329,9 @@ fig.tight_layout()
 # then bending into a blob); each sampler replaces them by straight chords between its grid points, and the
 # error it makes is the gap between chord and curve. FM Euler spreads its chords evenly in `t`; DDIM's are
 # short near the data end and long near the noise end. Right, the same states in DDIM's own coordinates
-# `z = c(t) x`: the variance-preserving path first swells (c grows from 1.07 at `t_min` to `sqrt 2` at
-# `t = 1/2`), then contracts onto the data, so there the trajectories hook outward. Same ODE, same states,
-# only the coordinates differ.
+# `z = c(t) x`: the variance-preserving path first swells (c grows from `c(t_min)`, just above 1 in notebook
+# 2's table, to `sqrt 2` at `t = 1/2`), then contracts onto the data, so there the trajectories hook outward.
+# Same ODE, same states, only the coordinates differ.
 
 # %%
 end_exact = exact[-1]
@@ -347,7 +381,25 @@ print(f"ok (mean distance travelled {travel:.2f})")
 #
 # (product rule, then chain rule; the last equality is the FM form of 3.1). The check below takes DDIM steps
 # three ways, in float64: by hand in diffusion coordinates, with diffusers' own `DDIMScheduler.step`, and as an
-# FM Euler step of d2f's `Diff2FlowModel.velocity`.
+# FM Euler step of d2f's `Diff2FlowModel.velocity`; and a fourth way, yours.
+#
+# **Your job: one DDIM step as an FM Euler step.** Write `ddim_step_as_fm_euler(z, eps_hat, alpha, sigma,
+# alpha_next, sigma_next)`: from the diffusion sample `z` at (alpha, sigma) and an epsilon prediction, go to FM
+# coordinates (`c = alpha + sigma`, `x = z / c`, `t = alpha / c`), form `u_hat = x1_hat - eps_hat`, take the
+# Euler step to `t'`, and come back to the diffusion sample `z'` with `c'`. The next cell grades it against
+# the DDIM update and diffusers' `DDIMScheduler.step` on SD's schedule (reference solution:
+# `tutorials/solutions/ddim_step.py`); the check cell after it uses it on the toy.
+
+
+# %%
+def ddim_step_as_fm_euler(z, eps_hat, alpha, sigma, alpha_next, sigma_next):
+    """z' at (alpha_next, sigma_next) from z at (alpha, sigma), by one FM Euler step."""
+    # YOUR CODE HERE: x and t from z, u_hat, the Euler step x', then z' = c' x'
+    raise NotImplementedError("your job: one DDIM step written as an FM Euler step")
+
+
+# %%
+ddim_step_as_fm_euler = grade(ddim_step_as_fm_euler)
 
 # %%
 from diffusers import DDIMScheduler
@@ -362,7 +414,7 @@ assert torch.equal(
     torch.as_tensor(ddim_sched.timesteps).double(), torch.tensor([float(tau) for tau in range(999, 0, -100)]).double()
 )
 z = z0.clone()
-worst_hand, worst_diffusers = 0.0, 0.0
+worst_hand, worst_diffusers, worst_yours = 0.0, 0.0, 0.0
 for k, tau_k in enumerate(ddim_sched.timesteps):
     tau = torch.full((len(z),), float(tau_k), dtype=torch.float64)
     t_k, t_next = float(grid[k]), float(grid[k + 1])
@@ -377,10 +429,12 @@ for k, tau_k in enumerate(ddim_sched.timesteps):
     x_euler = x + (t_next - t_k) * flow.velocity(eps_net, x, t_k, None)
     worst_hand = max(worst_hand, (x_euler - z_hand / (a2 + s2)).abs().max().item())
     worst_diffusers = max(worst_diffusers, (z_diffusers - z_hand).abs().max().item())
+    worst_yours = max(worst_yours, (ddim_step_as_fm_euler(z, eps_hat, a, s, a2, s2) - z_hand).abs().max().item())
     z = z_hand
 print(f"{K_CHECK} DDIM steps: max |FM Euler step - DDIM step by hand| = {worst_hand:.1e} (float64)")
 print(f"{'':12s}max |diffusers DDIMScheduler.step - by hand| = {worst_diffusers:.1e} (abar in float32 there)")
-assert worst_hand < 1e-12 and worst_diffusers < 1e-5
+print(f"{'':12s}max |your ddim_step_as_fm_euler - by hand| = {worst_yours:.1e}")
+assert worst_hand < 1e-12 and worst_diffusers < 1e-5 and worst_yours < 1e-10
 assert (z - sample_ddim(velocity_fn, x_start, grid)).abs().max() < 1e-10  # and d2f's sample_ddim is that chain
 print("ok: one DDIM step = one FM Euler step on DDIM's grid")
 
@@ -531,11 +585,11 @@ for name in pipes:
 
 # %% [markdown]
 # At 25 steps the two samplers give nearly the same images from the same noise; at 4 steps both degrade,
-# differently, because they place their few steps differently.
-# The evaluator of the built-in world scores what was drawn: prompt accuracy is the fraction of images whose
-# shape and colour match the prompt (chance 1/24). On 48 images an accuracy is uncertain by about +-0.14, so
-# each comes with its 95% Wilson interval (`d2f.world.estimators.wilson_interval`): two accuracies whose
-# intervals overlap widely (say 0.56 and 0.44) are not evidence that one sampler is better.
+# differently, because they place their few steps differently. The evaluator of the built-in world scores what was
+# drawn: prompt accuracy is the fraction of images whose shape and colour match the prompt (chance 1/24). On 48 images
+# an accuracy is uncertain (the cell's last line prints the interval of an accuracy of 0.5), so each comes with its
+# 95% Wilson interval (`d2f.world.estimators.wilson_interval`): two accuracies whose intervals overlap widely (say
+# 0.56 and 0.44) are not evidence that one sampler is better.
 
 # %%
 from d2f.world.estimators import wilson_interval
@@ -553,12 +607,13 @@ print(f"{'prior':16s} {'sampler':8s} {'steps':>5s}  prompt accuracy ({n_acc} ima
 for name, sampler, steps, acc in rows:
     lo, hi = wilson_interval(round(acc * n_acc), n_acc)
     print(f"{name:16s} {sampler:8s} {steps:5d}  {acc:.2f}  [{lo:.2f}, {hi:.2f}]")
+lo, hi = wilson_interval(n_acc // 2, n_acc)
+print(f"(an accuracy of 0.50 on {n_acc} images: [{lo:.2f}, {hi:.2f}])")
 
 # %% [markdown]
 # **Check yourself.** With 25 steps, zero-shot FM Euler draws the prompted shape and colour far above
 # chance (1/24) on both priors, as DDIM does: the untouched diffusion model *is* a usable FM model. The bar
-# is on the interval's *lower* end: at 25 steps it must exceed 0.6 (an accuracy of about 0.73 or more on 48
-# images), for both samplers and both priors.
+# is on the interval's *lower* end: at 25 steps it must exceed 0.6, for both samplers and both priors.
 
 # %%
 for name, sampler, steps, acc in rows:
@@ -574,9 +629,9 @@ print("ok")
 # `generate` does for an untouched model): a diffusion sample `z` at `tau = N-1`, which in FM coordinates is
 # `x = z / c(t_min)` at `t_min`. DDIM steps from `tau = N-1` on its own grid; FM Euler steps uniformly in `t`
 # from `t_min` to 1. Here the grids and the start are passed explicitly. The reference end point and the
-# error are the README's ("Few-step accuracy", `benchmarks/bench_sampling.py`): the reference is FM Heun with
+# error are those of the sampling benchmark (`benchmarks/bench_sampling.py`): the reference is FM Heun with
 # 500 steps (999 network calls; second order, so its own error is far below every entry), the error the RMS
-# latent distance to it per image, averaged over the images (the data has unit spread). The README uses 48
+# latent distance to it per image, averaged over the images (the data has unit spread). The benchmark uses 48
 # prompts, this notebook 4 (to stay within a few CPU minutes), so the numbers are comparable, not identical.
 #
 # **Predict first.** At 4 network calls, which is closer to the reference, FM Euler or DDIM? And by how much
@@ -587,7 +642,7 @@ ref_prompts = prompts[:4]  # 4 images: the 999-call reference is the cost of thi
 z_start = torch.randn((len(ref_prompts), 4, 8, 8), generator=torch.Generator().manual_seed(42))
 c_min = float(bridge_coefficients(sched, torch.tensor(t_min, dtype=torch.float64)).scale)
 budgets = (2, 4, 8, 16, 32, 64)
-REF_STEPS = 500  # FM Heun: 2 * 500 - 1 = 999 network calls, as in the README
+REF_STEPS = 500  # FM Heun: 2 * 500 - 1 = 999 network calls, as in benchmarks/bench_sampling.py
 
 
 def end_point(pipe, sampler, steps):
@@ -652,7 +707,7 @@ print("ok: same ODE, same limit, first order")
 # %% [markdown]
 # Which sampler wins at few steps depends on where the ODE bends: DDIM spends its steps uniformly in `tau`,
 # Euler uniformly in `t`. The table above is the honest answer for these priors and these 4 prompts;
-# `d2f sample --compare` and the sampling benchmark of the README measure it on 48 prompts and with Heun.
+# `d2f sample --compare` and `benchmarks/bench_sampling.py` measure it on 48 prompts and with Heun.
 #
 # ## 3.6 What the Diff2Flow loss changes relative to diffusion finetuning
 #
@@ -734,17 +789,6 @@ for ptype in ("epsilon", "v_prediction"):
     print(f"{ptype:13s} max relative |L_d2f - w(t) L_diffusion| / (w L_diffusion) = {rel:.1e}")
     assert rel < 1e-4, (ptype, rel)
 
-t_plot = torch.linspace(t_min, t_max, 300, dtype=torch.float64)
-fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-ax[0].plot(t_plot, 1 / t_plot**2, color="C0", label="1/t^2 (epsilon)")
-ax[0].plot(t_plot, scale(sched, t_plot) ** 2, color="C1", label="c(t)^2 (v-prediction)")
-ax[0].plot(t_i, ratios["epsilon"], "o", color="C0", ms=3, label="Diff2FlowModel.loss / DiffusionModel.loss, eps")
-ax[0].plot(t_i, ratios["v_prediction"], "s", color="C1", ms=3, label="the same, v")
-ax[0].set(
-    xlabel="FM time t (0 = noise, 1 = data)", ylabel="loss weight w(t)", yscale="log", title="per-sample loss ratio"
-)
-ax[0].legend(fontsize=7)
-
 # %% [markdown]
 # **The time distribution.** Diffusion finetuning draws `i` uniformly: 10 % of its samples at `i < 100`, 0.1 %
 # at `i = 999`. Diff2Flow draws `t` uniformly on [0, 1] and calls the network at `tau(t)`, clamped outside
@@ -770,6 +814,17 @@ print(
     f"(share of the total weight from t < 0.2: {(w_draws * (t_draws < 0.2)).sum() / w_draws.sum():.0%})"
 )
 
+# the figure of this section: the loss weights (left, from the cell before) and where each objective trains
+t_plot = torch.linspace(t_min, t_max, 300, dtype=torch.float64)
+fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+ax[0].plot(t_plot, 1 / t_plot**2, color="C0", label="1/t^2 (epsilon)")
+ax[0].plot(t_plot, scale(sched, t_plot) ** 2, color="C1", label="c(t)^2 (v-prediction)")
+ax[0].plot(t_i, ratios["epsilon"], "o", color="C0", ms=3, label="Diff2FlowModel.loss / DiffusionModel.loss, eps")
+ax[0].plot(t_i, ratios["v_prediction"], "s", color="C1", ms=3, label="the same, v")
+ax[0].set(
+    xlabel="FM time t (0 = noise, 1 = data)", ylabel="loss weight w(t)", yscale="log", title="per-sample loss ratio"
+)
+ax[0].legend(fontsize=7)
 ax[1].hist(tau_draws.numpy(), bins=100, range=(0, N - 1), density=True, alpha=0.7, label="Diff2Flow: tau(t), t uniform")
 ax[1].axhline(1 / N, color="C1", label="diffusion: i uniform")
 ax[1].set(xlabel="diffusion timestep tau", ylabel="density", yscale="log", title="where the network is trained")
@@ -802,8 +857,8 @@ print("ok")
 #   raw output is not.
 # * One DDIM step is one FM Euler step on DDIM's grid (checked against diffusers' `DDIMScheduler.step`); the
 #   FM ODE is the DDIM ODE (`x = t xbar`, `s = 1/t - 1`). FM Euler samples the untouched prior zero-shot, both
-#   converge at first order to the README's FM Heun-500 reference, and at few steps they are two
-#   discretisations with different errors. Accuracies on 48 images carry intervals of about +-0.14.
+#   converge at first order to the sampling benchmark's FM Heun-500 reference, and at few steps they are two
+#   discretisations with different errors. Accuracies on 48 images carry wide intervals (section 3.4).
 # * The Diff2Flow loss is the diffusion loss weighted by `1/t^2` (epsilon) or `c(t)^2` (v), under a different
 #   time distribution (uniform `t`: a quarter of the draws at `tau < 100`, 6 % clamped at `tau = 999`) and
 #   including the uncovered ends: same minimiser, different emphasis.

@@ -65,6 +65,17 @@ torch.set_num_threads(1)  # predictable on a shared 2-core machine; on your own 
 PRIOR = "tiny-shapes-eps"  # the teacher: the untouched built-in epsilon prior (like SD 1.x)
 NOTEBOOK_START = time.perf_counter()
 
+import sys
+
+import d2f
+
+# the exercises' grader (tutorials/exercises.py): in this notebook's folder, or in the checkout d2f runs from
+TUTORIALS = next(
+    p for p in (Path.cwd(), Path(d2f.__file__).resolve().parents[1] / "tutorials") if (p / "exercises.py").is_file()
+)
+sys.path.insert(0, str(TUTORIALS))
+from exercises import grade  # noqa: E402
+
 # %% [markdown]
 # ## 6.1 Why few steps miss: crossing training paths
 #
@@ -218,8 +229,33 @@ print(f"the toy's marginal flow: S = {s_teacher_toy.mean():.3f} (mean over 24 pa
 # never cross), so there is little to average and the new flow is nearly straight.
 #
 # In 2D we need no network: a Gaussian-kernel regression over the pairs (Nadaraya-Watson, bandwidth `h`)
-# estimates `u_1` directly. A network trained with the loss above (what `d2f reflow` does, section 6.5)
-# approximates the same conditional mean.
+# estimates `u_1` directly,
+#
+#     u_1(x, t) = sum_i w_i (x1_i - x0_i) / sum_i w_i,    w_i = exp(-||x - x_t,i||^2 / (2 h^2)),
+#     x_t,i = t x1_i + (1 - t) x0_i:
+#
+# the reflow target `x1_i - x0_i` of each pair, averaged over the pairs whose line passes near `x` at time `t`.
+# A network trained with the loss above (what `d2f reflow` does, section 6.5) approximates the same
+# conditional mean.
+#
+# **Your job: the reflow velocity.** Write `paired_velocity(x, t, pair_x0, pair_x1, h)`, the formula above
+# for a batch of points `x` (B, 2) and pairs `pair_x0`, `pair_x1` (N, 2): where each pair's line is at time
+# `t`, the normalised kernel weights (`torch.softmax` over the pairs keeps them finite for small `h`), and the
+# weighted mean of the pairs' targets. The next cell grades it (the weights written out one by one, and at a
+# pair's own point with a narrow kernel the result must be that pair's target); this section's check cell then
+# grades what it does: straight paths and one step that beats the teacher's four. While the stub is
+# unchanged, the notebook grades and uses the reference solution (`tutorials/solutions/reflow_velocity.py`).
+
+
+# %%
+def paired_velocity(x, t, pair_x0, pair_x1, h):
+    """u_1(x, t) = E[x1 - x0 | x_t = x] over the pairs (x0_i, x1_i), by Gaussian-kernel regression."""
+    # YOUR CODE HERE: x_t,i of every pair, the weights w_i (normalised over i), the weighted mean of x1_i - x0_i
+    raise NotImplementedError("your job: the velocity of the paired coupling")
+
+
+# %%
+paired_velocity = grade(paired_velocity)
 
 # %%
 N_TOY, H = 2000, 0.1
@@ -228,11 +264,8 @@ toy_x1 = sample_heun(marginal_velocity, toy_x0, time_grid(100))  # the teacher's
 
 
 def reflow_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-    """u_1(x, t) = E[x1 - x0 | x_t = x] over the pairs, by kernel regression:
-    sum_i w_i (x1_i - x0_i) / sum_i w_i,  w_i = exp(-||x - x_t,i||^2 / (2 h^2)),  x_t,i = t x1_i + (1-t) x0_i."""
-    xt = t * toy_x1 + (1 - t) * toy_x0
-    w = torch.softmax(-((x[:, None, :] - xt[None]) ** 2).sum(-1) / (2 * H**2), dim=1)
-    return w @ (toy_x1 - toy_x0)
+    """u_1(x, t) over the toy's pairs, with bandwidth H: your paired_velocity."""
+    return paired_velocity(x, t, toy_x0, toy_x1, H)
 
 
 student_path = trajectory(reflow_velocity, x0_show, time_grid(50))
@@ -285,6 +318,67 @@ assert s_student_toy.mean() < 0.05 * s_teacher_toy.mean()
 assert toy_err["reflowed", 1] < 0.2 * toy_err["teacher", 1]
 assert toy_err["reflowed", 1] < toy_err["teacher", 4]
 print("ok")
+
+# %% [markdown]
+# **The same in motion.** 300 noise points travel along FM Euler from `t = 0` to `t = 1`: the teacher (the
+# marginal flow) and the reflowed flow, each with 2 steps and with 50 steps. An Euler path is piecewise straight,
+# so a frame at time `t` shows every point on its current chord. Watch the teacher's 2-step points travel
+# towards the data's mean before they turn, and the reflowed points go straight to where 50 steps take them.
+# The cell writes `reflow_toy.gif` into the working directory; `python tutorials/export_gif.py` copies the
+# committed one to `docs/reflow_toy.gif`.
+
+# %%
+import io
+
+import numpy as np
+from IPython.display import Image as ShowImage
+from PIL import Image
+
+N_MOVIE, FRAMES = 300, 30
+x_movie = torch.randn(N_MOVIE, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+movie_times = torch.linspace(0, 1, FRAMES, dtype=torch.float64)
+
+
+def euler_positions(velocity_fn, steps: int) -> torch.Tensor:
+    """Where each point is at every frame time on its K-step Euler path (FRAMES, B, 2): linear between states."""
+    ts = time_grid(steps).double()
+    states = trajectory(velocity_fn, x_movie, ts)  # (K + 1, B, 2)
+    k = torch.searchsorted(ts, movie_times, right=True).clamp(1, steps) - 1  # the step each frame is in
+    # x(t) = x_k + (t - t_k) / (t_{k+1} - t_k) (x_{k+1} - x_k): on the k-th chord
+    frac = ((movie_times - ts[k]) / (ts[k + 1] - ts[k])).view(-1, 1, 1)
+    return states[k] + frac * (states[k + 1] - states[k])
+
+
+panels = {
+    (name, steps): euler_positions(fn, steps)
+    for name, fn in (("teacher", marginal_velocity), ("reflowed", reflow_velocity))
+    for steps in (2, 50)
+}
+fig, ax = plt.subplots(2, 2, figsize=(5.6, 5.6), sharex=True, sharey=True, dpi=64)
+dots = {}
+for axis, (name, steps) in zip(ax.flat, panels):
+    axis.scatter(*sample_data(400, torch.Generator().manual_seed(6)).T, s=2, color="0.85")
+    dots[name, steps] = axis.scatter(*panels[name, steps][0].T, s=4, color="C1" if name == "teacher" else "C2")
+    axis.set(title=f"{name}, {steps} Euler steps", xlim=(-4, 4), ylim=(-4, 3.5), xticks=[], yticks=[])
+    axis.set_aspect("equal")
+fig.tight_layout(rect=(0, 0, 1, 0.95))  # room for the time above the panels
+frames = []
+for f in range(FRAMES):
+    for key, dot in dots.items():
+        dot.set_offsets(panels[key][f].numpy())
+    fig.suptitle(f"FM time t = {float(movie_times[f]):.2f}", fontsize=9, y=0.99)
+    fig.canvas.draw()
+    rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
+    frames.append(rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32))  # few colours: a small GIF
+plt.close(fig)
+gif = io.BytesIO()
+# 100 ms a frame, the last held for 1.5 s, looping
+durations = [100] * (FRAMES - 1) + [1500]
+frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+Path("reflow_toy.gif").write_bytes(gif.getvalue())
+print(f"reflow_toy.gif: {FRAMES} frames, {len(gif.getvalue()) / 1e3:.0f} kB")
+assert len(gif.getvalue()) < 1_000_000
+ShowImage(data=gif.getvalue(), format="gif")
 
 # %% [markdown]
 # ## 6.4 Pairs on the tiny world
@@ -430,7 +524,7 @@ fig.tight_layout()
 # Read the right panel at `t` near 0: there the student must predict the teacher's whole map `ODE(x0) - x0`
 # from the noise alone (section 6.3), the hardest part of the regression, and that is exactly where a 1-step
 # sampler evaluates it. That is why `d2f reflow` draws training t with density 2 (1 - t) by default
-# (`--t-sampling near-noise`; measured better than uniform t in the README's reflow table).
+# (`--t-sampling near-noise`; measured better than uniform t: `benchmarks/results/reflow.md`).
 #
 # ## 6.6 Before and after: 1, 2 and 4 steps
 #
@@ -468,10 +562,11 @@ fig.tight_layout()
 
 # %% [markdown]
 # The error of each row: the RMS distance of its latents to the reference latents from the same noise, and
-# the evaluator's prompt accuracy (24 images: each accuracy is uncertain by about +-0.15, so read large
-# differences only).
+# the evaluator's prompt accuracy (24 images: each accuracy is uncertain, by the 95 % interval the cell prints
+# for an accuracy of 0.5, so read large differences only).
 
 # %%
+from d2f.world.estimators import wilson_interval
 from d2f.world.metrics import prompt_accuracy
 
 
@@ -483,6 +578,8 @@ err = {name: rms(latents, reference) for name, latents in rows.items()}
 print(f"{'row':24s} {'calls':>5s} {'RMS to reference':>17s} {'prompt accuracy':>16s}")
 for name in rows:
     print(f"{name:24s} {calls[name]:5d} {err[name]:17.3f} {prompt_accuracy(images[name], prompts):16.2f}")
+low, high = wilson_interval(12, 24)
+print(f"an accuracy of 0.5 on 24 images: 95 % interval [{low:.2f}, {high:.2f}]")
 
 # %% [markdown]
 # ### Straightness on the tiny world
@@ -573,7 +670,7 @@ print(f"ok (notebook so far: {time.perf_counter() - NOTEBOOK_START:.0f} s)")
 #   guided teacher. This short run beats the teacher at equal calls and straightens its paths (both
 #   asserted); closing the gap to the reference takes a full run (more pairs and steps).
 #
-# **Further:** `benchmarks/bench_reflow.py` measures teachers and their reflowed students at 1, 2, 4 and 8
-# calls with the evaluator (prompt accuracy with Wilson intervals, FD), for the default finetuned teacher and
-# the untouched prior; its results are the reflow table of the README. docs/reflow.md describes the command,
-# the pairs folder and what the run records.
+# **Further:** `benchmarks/bench_reflow.py` measures teachers and their reflowed students at 1, 2, 4 and 8 calls with
+# the evaluator (prompt accuracy with Wilson intervals, FD), for the default finetuned teacher and the untouched
+# prior; its results are `benchmarks/results/reflow.md` (the README's reflow table). docs/reflow.md describes the
+# command, the pairs folder and what the run records.
