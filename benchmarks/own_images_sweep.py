@@ -35,6 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "own_images_sweep"
 TE = ["--train-text-encoder"]
+# d2f train's defaults when this sweep ran, passed first (a variant's own options come later and win): since then
+# d2f train chooses these by itself for new words (d2f.training.auto), which would change every "digit" row
+BEFORE_AUTO = ["--no-train-text-encoder", "--lr", "1e-3", "--t-sampling", "uniform"]
 VARIANTS = {  # name: (captions, d2f train options beyond --data / --output)
     "te": ("digit", TE),
     "unet": ("digit", []),
@@ -150,7 +153,8 @@ def main(argv=None) -> None:
             command = [sys.executable, "-m", "d2f", "train", "--data", str(data[captions]), "--output", str(run)]
             log = open(work / f"{name}.log", "w")
             options = [*options, *(["--steps", str(args.steps)] if args.steps else [])]  # the last --steps wins
-            running[name] = subprocess.Popen([*command, "--overwrite", *options], stdout=log, stderr=log, env=env)
+            argv = [*command, "--overwrite", *BEFORE_AUTO, *options]
+            running[name] = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
             started[name] = options
         for name, proc in list(running.items()):
             if proc.poll() is None:
