@@ -129,13 +129,13 @@ def report(records: list[dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sets", nargs="*", default=list(SETS), choices=SETS, help="datasets (default: all, in order)")
+    p.add_argument("sets", nargs="*", choices=[*SETS, []], help="datasets (default: all, in order)")
     p.add_argument("--work", default="runs/own-images-auto", help="folder for the datasets and the runs")
     p.add_argument("--report-only", action="store_true", help="rewrite the table from the records")
     args = p.parse_args(argv)
     jsonl = RESULTS.with_suffix(".jsonl")
     if not args.report_only:
-        for name in args.sets:
+        for name in args.sets or SETS:
             record = measure(name, Path(args.work))
             with open(jsonl, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -136,7 +136,7 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
     if settings.get("train_text_encoder"):  # before the pairs: the student (UNet only) could not start as it
         raise UserError(
             f"the teacher {rcfg.lora} was trained with --train-text-encoder; reflow trains the UNet only, so "
-            "its student cannot start as this teacher: reflow a run trained without it"
+            "its student cannot start as this teacher: reflow a run trained with --no-train-text-encoder"
         )
     resolution = rcfg.resolution or run.get("resolution")
     resolution = resolution or int(teacher.unet.config.sample_size) * teacher.vae_scale_factor

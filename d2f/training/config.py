@@ -2,7 +2,10 @@
 
 ``TrainConfig`` has the CLI's options under the same names (``--lora-rank`` is ``lora_rank``); its defaults
 are the demo run, ``tiny-shapes-eps`` finetuned to ``shapes-target`` with Diff2Flow and a LoRA. How those
-defaults were measured is in ``benchmarks/results/train_defaults.md``.
+defaults were measured is in ``benchmarks/results/train_defaults.md``. Three settings default to "auto" (None):
+``train_text_encoder``, ``lr`` and ``t_sampling`` are decided from the data before the first step
+(``d2f.training.auto``: the demo's values, or the new-content recipe when the captions hold words the model's text
+encoder never learnt) and recorded.
 """
 
 from __future__ import annotations
