@@ -44,40 +44,40 @@ def unseen_caption_words(run) -> list[str] | None:
 
 def resolve_automatic(run) -> dict:
     """Set every "auto" setting of ``run.cfg`` (see the module doc); returns ``{name: {"value", "because"}}``
-    for the decisions made, which the run records. Prints (``run.notice``) one line per decision."""
+    for the decisions made, which the run records. Prints (``run.notice``) one line for the decision, or one
+    naming the new words when the text encoder's LoRA stays off all the same."""
     auto = [name for name in AUTOMATIC if getattr(run.cfg, name) is None]
     words = unseen_caption_words(run)
-    if words and run.cfg.train_text_encoder is False:  # the user said no: say what it costs, once
-        _notice_unseen(run, words, "the text encoder's LoRA is off (--no-train-text-encoder)")
-    if not auto:
-        return {}
-    if run.previous is not None:  # --resume: what the run decided when it started
+    decided = {}
+    if auto and run.previous is not None:  # --resume: what the run decided when it started
         recorded = run.previous.get("settings", {})
         run.cfg = replace(run.cfg, **{name: recorded.get(name, STYLE[name]) for name in auto})
-        return dict(run.previous.get("automatic") or {})
-    new_content = bool(words) and run.cfg.lora_rank > 0
-    rule = NEW_CONTENT if new_content else STYLE
-    if new_content:
-        because = f"{len(words)} caption word(s) are new to {run.ref.name}'s text encoder ({_shown(words)})"
-    elif words:  # a full finetune: there is no text-encoder LoRA to train
-        because = "a full finetune (--lora-rank 0) cannot train the text encoder's LoRA"
-        _notice_unseen(run, words, "a full finetune trains the UNet only")
-    elif run.source is not None:
-        because = "the batches come from elsewhere (reflow's pairs): the UNet alone trains"
-    else:
-        because = "no new caption words" if words == [] else "the model records no training captions to check"
-    decided = {name: {"value": rule[name], "because": because} for name in auto}
-    run.cfg = replace(run.cfg, **{name: rule[name] for name in auto})
-    if new_content:
-        changes = ", ".join(_as_option(name, rule[name]) for name in auto)
-        overrides = " / ".join(AUTOMATIC[name] for name in auto)
-        run.notice(
-            "automatic",
-            f"new content: {because}, so d2f train uses {changes} (measured for new words: "
-            f"benchmarks/results/own_images_auto.md); override with {overrides}",
-            settings={name: rule[name] for name in auto},
-            words=words[:SHOWN],
-        )
+        decided = dict(run.previous.get("automatic") or {})
+    elif auto:
+        new_content = bool(words) and run.cfg.lora_rank > 0  # a full finetune has no text-encoder LoRA to train
+        rule = NEW_CONTENT if new_content else STYLE
+        if new_content:
+            because = f"{len(words)} caption word(s) are new to {run.ref.name}'s text encoder ({_shown(words)})"
+        elif words:
+            because = "a full finetune (--lora-rank 0) cannot train the text encoder's LoRA"
+        elif run.source is not None:
+            because = "the batches come from elsewhere (reflow's pairs): the UNet alone trains"
+        else:
+            because = "no new caption words" if words == [] else "the model records no training captions to check"
+        decided = {name: {"value": rule[name], "because": because} for name in auto}
+        run.cfg = replace(run.cfg, **{name: rule[name] for name in auto})
+        if new_content:
+            changes = ", ".join(_as_option(name, rule[name]) for name in auto)
+            run.notice(
+                "automatic",
+                f"new content: {because}, so d2f train uses {changes} (measured for new words: "
+                f"benchmarks/results/own_images_auto.md); override with {' / '.join(AUTOMATIC[n] for n in auto)}",
+                settings={name: rule[name] for name in auto},
+                words=words[:SHOWN],
+            )
+    if words and not run.cfg.train_text_encoder and run.previous is None:
+        why = "a full finetune trains the UNet only" if run.cfg.lora_rank == 0 else "--no-train-text-encoder"
+        _notice_unseen(run, words, why)
     return decided
 
 
@@ -95,7 +95,7 @@ def _notice_unseen(run, words: list[str], why: str) -> None:
     run.notice(
         "captions_unseen",
         f"{len(words)} caption word(s) are new to {run.ref.name}'s text encoder, which never learnt them "
-        f"({_shown(words)}), and {why}: a UNet-only finetune can hardly tell them apart",
+        f"({_shown(words)}) and the text encoder stays frozen ({why}): the UNet alone can hardly tell them apart",
         count=len(words),
         words=words[:SHOWN],
     )
