@@ -91,14 +91,14 @@ class ClassReader(nn.Module):
 
 
 def train_reader(
-    classes, draw, reader: ClassReader, tag: str, steps: int = 600, batch_size: int = 64, seed: int = 1000, log=None
+    classes, draw, tag: str, steps: int = 600, batch_size: int = 64, seed: int = 1000, log=None, make=None
 ) -> ClassReader:
-    """Fit ``reader`` on fresh images of ``draw`` (random classes; the rng seeded by ``tag`` and ``seed``), with the
+    """A reader (``make()``, default ``ClassReader(classes)``, built after seeding: its initial weights are part of
+    the seed) fitted on fresh images of ``draw`` (random classes; the rng seeded by ``tag`` and ``seed``), with the
     shapes evaluator's blur / colour / noise augmentation so that it also reads blurrier generated samples."""
     torch.manual_seed(seed)
     gen, rng = torch.Generator().manual_seed(seed), random.Random(f"{tag}-classifier-{seed}")
-    if reader is None:
-        reader = ClassReader(classes)
+    reader = make() if make else ClassReader(classes)
     opt = torch.optim.AdamW(reader.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps)
     reader.train()
@@ -203,4 +203,7 @@ def class_set(name: str) -> ClassSet:
 def reader_for(cset: ClassSet, steps: int = 600, seed: int = 1000, log=None) -> ClassReader:
     """The classifier of ``cset`` (for digits: ``d2f.world.digits.train_classifier``, the same rng streams)."""
     tag = "digit" if cset.name == "digits" else cset.name
-    return train_reader(cset.classes, cset.draw, ClassReader(cset.classes), tag, steps=steps, seed=seed, log=log)
+    make = None
+    if cset.name == "digits":
+        from d2f.world.digits import DigitClassifier as make
+    return train_reader(cset.classes, cset.draw, tag, steps=steps, seed=seed, log=log, make=make)

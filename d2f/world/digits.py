@@ -69,7 +69,7 @@ class DigitClassifier(ClassReader):
 def train_classifier(steps: int = 600, batch_size: int = 64, seed: int = 1000, log=None) -> DigitClassifier:
     """Train on fresh generator images (never the finetune's ``seed``-0 data), with the shapes evaluator's
     blur / colour / noise augmentation so it also reads blurrier generated samples."""
-    return train_reader(tuple(DIGITS), draw_digit, DigitClassifier(), "digit", steps, batch_size, seed, log)
+    return train_reader(tuple(DIGITS), draw_digit, "digit", steps, batch_size, seed, log, make=DigitClassifier)
 
 
 def digit_accuracy(model: DigitClassifier, images: torch.Tensor, prompts: list[str]) -> tuple[int, int]:
