@@ -4,10 +4,11 @@
     python benchmarks/own_images_sweep.py te te-3k --parallel 1  # some of them, one after another (a 2-core CPU)
 
 ``benchmarks/own_images.py`` measures one command. This sweep asks what limits the finetune and what lifts it,
-by changing one thing at a time (``VARIANTS``; the README's command is ``te-lr3e-3-logitnormal``):
+by changing one thing at a time (``VARIANTS``; ``te-lr3e-3-logitnormal`` is what ``d2f train`` now picks by itself
+for new words, ``d2f.training.auto``):
 
 - the budget (``--steps``) and the optimiser's step (``--lr``, ``--batch-size``, ``--max-grad-norm``,
-  ``--t-sampling``), with ``--train-text-encoder`` as the README's command has it;
+  ``--t-sampling``), with ``--train-text-encoder`` as docs/own-images.md's command has it;
 - the words: ``known`` captions name each digit with words the prior's text encoder learnt (``"a red circle"``
   for 0, ..., ``"a purple square"`` for 9), so the same images with captions the prior already tells apart.
   The gap between a ``known`` row and its ``digit`` twin is what the prior's small vocabulary costs.
