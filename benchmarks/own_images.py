@@ -2,7 +2,7 @@
 
     python benchmarks/own_images.py                    # ~6 min on 2 cores: data, classifier, d2f train, scoring
     python benchmarks/own_images.py --steps 3000       # 3x the budget (~16 min): own_images_3000.md / .png
-    python benchmarks/own_images.py --lr 3e-3 --t-sampling logit-normal --name new_content   # docs/own-images.md's command
+    python benchmarks/own_images.py --lr 3e-3 --t-sampling logit-normal --name new_content  # docs/own-images.md
     python benchmarks/own_images.py --run runs/digits  # score a run that exists (no training)
 
 1. Writes the held-out digits dataset (``d2f.world.digits``: digits 0-9 in fonts no part of the built-in world

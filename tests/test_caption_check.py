@@ -76,7 +76,8 @@ def test_what_the_user_gives_wins_and_a_refused_text_encoder_is_named(tmp_path):
     train(TrainConfig(model=str(prior), data=str(data), output=str(tmp_path / "b"), **given, **FAST),
           callback=events.append)  # fmt: skip
     unseen = [e for e in events if e["event"] == "captions_unseen"]
-    assert len(unseen) == 1 and unseen[0]["count"] == 11 and "--no-train-text-encoder" in unseen[0]["message"] and "stays frozen" in unseen[0]["message"]
+    assert len(unseen) == 1 and unseen[0]["count"] == 11
+    assert "--no-train-text-encoder" in unseen[0]["message"] and "stays frozen" in unseen[0]["message"]
     record = _record(tmp_path / "b")
     assert record["settings"]["lr"] == 2e-3 and record["settings"]["train_text_encoder"] is False
     assert set(record["automatic"]) == {"t_sampling"} and record["settings"]["t_sampling"] == "logit-normal"

@@ -32,7 +32,8 @@ from d2f.training.data import BuiltinResolver
 
 VALIDATION_STEPS = [1, 2, 4]
 # measured (docs/reflow.md, benchmarks/results/reflow.md): with the same pairs and budget, t with density
-# 2 (1 - t) gave the prior's student 0.64 / FD 70 at 1 call and 0.96 / FD 17 at 2 calls, against 0.54 / 89 and 0.94 / 22 uniform
+# 2 (1 - t) gave the prior's student 0.64 / FD 70 at 1 call and 0.96 / FD 17 at 2 calls, against 0.54 / 89 and
+# 0.94 / 22 uniform
 T_SAMPLING = "near-noise"
 
 
