@@ -1,4 +1,4 @@
-"""Caption words the model's text encoder never learnt, found before training.
+"""Captions checked before training: words the model's text encoder never learnt, and captions too long for it.
 
 A text encoder passes on only what it learnt. A word that never occurred in its training captions keeps its
 random initial embedding, and the layers above learnt to listen to other tokens, so captions that differ only in
@@ -57,3 +57,23 @@ def unseen_words(tokenizer, known_captions: list[str], captions: list[str]) -> l
                 if any(ch.isalnum() for ch in text):
                     unseen.setdefault(text, None)
     return list(unseen)
+
+
+def captions_over_window(tokenizer, captions: list[str]) -> list[str]:
+    """The distinct captions whose tokens (with the start and end tokens) do not fit the tokenizer's window."""
+    distinct = sorted(set(captions))
+    lengths = [len(ids) for ids in tokenizer(distinct, truncation=False).input_ids] if distinct else []
+    return [c for c, n in zip(distinct, lengths) if n > tokenizer.model_max_length]
+
+
+def check_caption_lengths(run) -> None:
+    """A notice when captions of the run's data do not fit the text encoder's window (they will be cut)."""
+    tokenizer = run.pipe.tokenizer
+    cut = captions_over_window(tokenizer, run.data.captions)
+    if cut:
+        run.notice(
+            "captions_cut",
+            f"{len(cut)} caption(s) of {run.cfg.data} are longer than the text encoder's "
+            f"{tokenizer.model_max_length}-token window and will be cut, e.g. {cut[0][:60]!r}",
+            count=len(cut),
+        )

@@ -32,6 +32,7 @@ from d2f.pipeline.run_folder import METRICS_FILE
 from d2f.training import trackers
 from d2f.training.auto import resolve_automatic
 from d2f.training.batches import Batches, BatchSource
+from d2f.training.caption_check import check_caption_lengths
 from d2f.training.config import TrainConfig, check_config, default_output
 from d2f.training.data import BuiltinResolver, ImageCaptionData, load_run_data
 from d2f.training.ema import EMA
@@ -221,15 +222,7 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
             count=run.data.num_skipped,
             files=run.data.skipped[:10],
         )
-    cut = captions_over_window(pipe.tokenizer, run.data.captions)
-    if cut:
-        window = pipe.tokenizer.model_max_length
-        run.notice(
-            "captions_cut",
-            f"{len(cut)} caption(s) of {cfg.data} are longer than the text encoder's {window}-token window and "
-            f"will be cut, e.g. {cut[0][:60]!r}",
-            count=len(cut),
-        )
+    check_caption_lengths(run)
     run.automatic = resolve_automatic(run)  # the "auto" settings, now that the captions are known
     cfg = run.cfg
     run.prompts = validation_prompts(cfg, run.data)
@@ -255,13 +248,6 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
         workers=cfg.dataloader_num_workers,
         text_trainable=cfg.train_text_encoder,
     )
-
-
-def captions_over_window(tokenizer, captions: list[str]) -> list[str]:
-    """The distinct captions whose tokens (with the start and end tokens) do not fit the tokenizer's window."""
-    distinct = sorted(set(captions))
-    lengths = [len(ids) for ids in tokenizer(distinct, truncation=False).input_ids] if distinct else []
-    return [c for c, n in zip(distinct, lengths) if n > tokenizer.model_max_length]
 
 
 def _build_optimizer(run: Run) -> None:
