@@ -41,6 +41,13 @@ HELD_ASIDE = ("patterns",)
 PER_CLASS, NOISE_SEED = 10, 1000
 
 
+def heldout_curve(run: Path) -> list[dict]:
+    """The run's validation lines: step, FD and KID of its samples to the held-out images (d2f.training.holdout)."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = ("step", "fd_heldout", "kid_heldout")
+    return [{k: line[k] for k in keys} for line in lines if line.get("kind") == "validation" and "fd_heldout" in line]
+
+
 def measure(name: str, work: Path, model: str = "tiny-shapes-eps") -> dict:
     from d2f.world.class_sets import as_tensor, class_accuracy, class_set, reader_for
     from d2f.world.estimators import wilson_interval
@@ -79,6 +86,8 @@ def measure(name: str, work: Path, model: str = "tiny-shapes-eps") -> dict:
         "caption_example": cset.caption(cset.classes[0]),
         "command": "d2f train --data FOLDER",
         "automatic": record.get("automatic"),
+        "held_out": record["data"].get("held_out"),
+        "heldout_curve": heldout_curve(run),
         "steps": record["settings"]["steps"],
         "train_seconds": record.get("summary", {}).get("seconds"),
         "wall_seconds": wall,
@@ -102,8 +111,8 @@ def report(records: list[dict]) -> str:
         "as the class the caption asks for, with a 95 % Wilson interval; same noise before and after.",
         "",
         "| dataset | role | caption | automatic | before | after, default budget | chance | classifier on real "
-        "| training s |",
-        "| --- | --- | --- | --- | --- | --- | ---: | --- | ---: |",
+        "| FD to held-out images, step 0 -> end | training s |",
+        "| --- | --- | --- | --- | --- | --- | ---: | --- | --- | ---: |",
     ]
     for name in [s for s in SETS if s in latest]:
         r = latest[name]
@@ -111,9 +120,11 @@ def report(records: list[dict]) -> str:
         cell = lambda s: f"{s['accuracy']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"  # noqa: E731
         role = "held aside" if r["held_aside"] else ("chosen on" if name == "digits" else "check")
         seconds = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
+        curve = r.get("heldout_curve") or []
+        fd = f"{curve[0]['fd_heldout']:.1f} -> {curve[-1]['fd_heldout']:.1f}" if curve else "-"
         lines.append(
             f'| {name} | {role} | "{r["caption_example"]}" | {auto} | {cell(r["before"])} | **{cell(r["after"])}** '
-            f"| {r['chance']:.2f} | {r['ceiling']['correct']}/{r['ceiling']['n']} | {seconds} |"
+            f"| {r['chance']:.2f} | {r['ceiling']['correct']}/{r['ceiling']['n']} | {fd} | {seconds} |"
         )
     lines += [
         "",
@@ -122,17 +133,21 @@ def report(records: list[dict]) -> str:
         "count (`summary.seconds`), on 2 CPU cores with `OMP_NUM_THREADS` as recorded "
         f"({', '.join(sorted({str(r.get('threads')) for r in latest.values()}))}), beside other jobs: not a "
         "timing on an idle machine. Grids: `docs/own_images_auto_NAME.png` (first row before, second after, one "
-        "sample per class).",
+        "sample per class). FD to held-out images: what `d2f train` prints at each validation for a user's folder "
+        "(`fd_heldout` in `metrics.jsonl`: the VAE encoder's features of 48 samples for the captions of the 64 "
+        "held-out images against those images, `d2f.training.holdout`); it needs no classifier.",
     ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sets", nargs="*", choices=[*SETS, []], help="datasets (default: all, in order)")
+    p.add_argument("sets", nargs="*", help=f"datasets, of {', '.join(SETS)} (default: all, in this order)")
     p.add_argument("--work", default="runs/own-images-auto", help="folder for the datasets and the runs")
     p.add_argument("--report-only", action="store_true", help="rewrite the table from the records")
     args = p.parse_args(argv)
+    if set(args.sets) - set(SETS):
+        p.error(f"unknown dataset(s) {', '.join(sorted(set(args.sets) - set(SETS)))}; choose from {', '.join(SETS)}")
     jsonl = RESULTS.with_suffix(".jsonl")
     if not args.report_only:
         for name in args.sets or SETS:
