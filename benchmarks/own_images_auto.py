@@ -49,7 +49,8 @@ def heldout_curve(run: Path) -> list[dict]:
 
 
 def measure(name: str, work: Path, model: str = "tiny-shapes-eps") -> dict:
-    from d2f.world.class_sets import as_tensor, class_accuracy, class_set, reader_for
+    from d2f.world.class_reader import as_tensor, class_accuracy
+    from d2f.world.class_sets import class_set, reader_for
     from d2f.world.estimators import wilson_interval
 
     cset = class_set(name)

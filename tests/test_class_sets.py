@@ -14,7 +14,8 @@ from transformers import AutoTokenizer
 
 from d2f.training.caption_check import training_captions, unseen_words
 from d2f.training.data import load_data
-from d2f.world.class_sets import CLASS_SETS, as_tensor, class_accuracy, class_set, reader_for
+from d2f.world.class_reader import as_tensor, class_accuracy
+from d2f.world.class_sets import CLASS_SETS, class_set, reader_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from d2f.world.class_sets import SUPERSAMPLE, ClassReader, class_accuracy, train_reader
-from d2f.world.class_sets import as_tensor as as_tensor  # digits.as_tensor, as before
-from d2f.world.glyphs import draw_glyph
+from d2f.world.class_reader import SUPERSAMPLE, ClassReader, ClassSet, class_accuracy, train_reader
+from d2f.world.class_reader import as_tensor as as_tensor  # digits.as_tensor, as before
+from d2f.world.glyphs import UNSEEN_FONTS, draw_glyph
 
-FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf", "cmb10.ttf")
+FONTS = UNSEEN_FONTS
 DIGITS = "0123456789"
 
 
@@ -43,9 +43,7 @@ def draw_digit(digit: str, rng: random.Random, resolution: int = 32):
 
 
 def digit_set():
-    """The digits as a ``d2f.world.class_sets.ClassSet`` (its ``make`` and ``write`` draw the same images)."""
-    from d2f.world.class_sets import ClassSet
-
+    """The digits as a ``d2f.world.class_reader.ClassSet`` (its ``make`` and ``write`` draw the same images)."""
     return ClassSet("digits", tuple(DIGITS), caption, draw_digit)
 
 
@@ -60,7 +58,7 @@ def write_digits(folder: str | Path, num_images: int = 1000, seed: int = 0, reso
 
 
 class DigitClassifier(ClassReader):
-    """The digit reader: ``d2f.world.class_sets.ClassReader`` over the ten digits."""
+    """The digit reader: ``d2f.world.class_reader.ClassReader`` over the ten digits."""
 
     def __init__(self, channels=(16, 32, 64)):
         super().__init__(tuple(DIGITS), channels)
