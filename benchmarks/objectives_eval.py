@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
+from d2f.distances import frechet_distance, kid
 from d2f.objectives import OBJECTIVES
 from d2f.pipeline import generate
-from d2f.world.estimators import kid, wilson_interval
+from d2f.world.estimators import wilson_interval
 from d2f.world.evaluator import load_evaluator
-from d2f.world.metrics import frechet_distance
 
 N_BOOT = 200
 

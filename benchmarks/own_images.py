@@ -2,7 +2,7 @@
 
     python benchmarks/own_images.py                    # ~6 min on 2 cores: data, classifier, d2f train, scoring
     python benchmarks/own_images.py --steps 3000       # 3x the budget (~16 min): own_images_3000.md / .png
-    python benchmarks/own_images.py --lr 3e-3 --t-sampling logit-normal --name new_content   # the README's command
+    python benchmarks/own_images.py --lr 3e-3 --t-sampling logit-normal --name new_content  # docs/own-images.md
     python benchmarks/own_images.py --run runs/digits  # score a run that exists (no training)
 
 1. Writes the held-out digits dataset (``d2f.world.digits``: digits 0-9 in fonts no part of the built-in world
@@ -10,7 +10,9 @@
 2. Trains the digit classifier on fresh images of the same generator and reports its accuracy on held-out
    real images (the ceiling: a sample can only be read as well as a real image is).
 3. Runs ``d2f train --data FOLDER --output RUN --train-text-encoder`` with every other option at its default
-   but those given (``--steps``, ``--lr``, ``--t-sampling``), unless ``--run`` names a finished run. The text
+   but those given (``--steps``, ``--lr``, ``--t-sampling``), unless ``--run`` names a finished run; ``--lr`` and
+   ``--t-sampling`` default to 1e-3 and uniform, the values these tables were measured with before ``d2f train``
+   chose them by itself (``d2f.training.auto``; its plain command: ``benchmarks/own_images_auto.py``). The text
    encoder is trained too: the prior's was trained on the shapes world's few words and maps "a digit 0" ...
    "a digit 9" to nearly the same states, so a UNet-only LoRA learns the digits' look but cannot tell them
    apart (measured: ``own_images.md``).
@@ -46,15 +48,15 @@ def sample(model: str | None, lora: str | None, prompts: list[str], seed: int, d
     return generate(pipe, prompts, sampler=sampler, steps=25, guidance=run.get("guidance", 2.0), seed=seed)
 
 
-def grid(rows: dict[str, torch.Tensor], path: Path, per_row: int = 10, cell: int = 64) -> Path:
-    """One labelled row per model: the first sample of each digit 0-9."""
+def grid(rows: dict[str, torch.Tensor], path: Path, labels=tuple("0123456789"), cell: int = 64) -> Path:
+    """One labelled row per model: its first ``len(labels)`` samples, one per class (digits 0-9 by default)."""
     from PIL import Image, ImageDraw
 
-    label_w = 90
+    label_w, per_row = 90, len(labels)
     out = Image.new("RGB", (label_w + per_row * cell, (len(rows) + 1) * cell // 1), "white")
     pen = ImageDraw.Draw(out)
-    for col in range(per_row):
-        pen.text((label_w + col * cell + cell // 2 - 3, cell // 2 - 6), str(col), fill="black")
+    for col, label in enumerate(labels):
+        pen.text((label_w + col * cell + 4, cell // 2 - 6), str(label), fill="black")
     for r, (name, images) in enumerate(rows.items(), start=1):
         pen.text((4, r * cell + cell // 2 - 6), name, fill="black")
         for col in range(per_row):
@@ -77,8 +79,8 @@ def main(argv=None) -> None:
         "--unet-only", dest="train_text_encoder", action="store_false", help="train without --train-text-encoder"
     )
     p.add_argument("--steps", type=int, help="training steps (default: d2f train's, 1000)")
-    p.add_argument("--lr", type=float, help="learning rate (default: d2f train's, 1e-3)")
-    p.add_argument("--t-sampling", help="t sampling (default: d2f train's, uniform)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3, d2f train's style default)")
+    p.add_argument("--t-sampling", default="uniform", help="t sampling (default uniform, d2f train's style default)")
     p.add_argument("--name", help="suffix of the results and grid files (default: _STEPS with --steps, else none)")
     p.add_argument("--per-digit", type=int, default=10, help="samples per prompt")
     p.add_argument("--seed", type=int, default=1000, help="sampling noise")
@@ -90,7 +92,8 @@ def main(argv=None) -> None:
     args.grid = args.grid or str(ROOT / "docs" / f"own_images{suffix}.png")
     work, start = Path(args.work), time.time()
     options = {"--steps": args.steps, "--lr": args.lr, "--t-sampling": args.t_sampling}
-    changed = [str(x) for flag, value in options.items() if value for x in (flag, value)]  # d2f train's, as given
+    style = {"--lr": 1e-3, "--t-sampling": "uniform"}  # the tables' "defaults": always passed, named when changed
+    changed = [str(x) for flag, value in options.items() if value and value != style.get(flag) for x in (flag, value)]
 
     data = work / "digits"
     if not (data / "metadata.jsonl").is_file():
@@ -104,8 +107,8 @@ def main(argv=None) -> None:
     if run is None:
         run = str(work / "run")
         command = [sys.executable, "-m", "d2f", "train", "--model", args.model, "--data", str(data), "--output", run]
-        command += ["--train-text-encoder"] if args.train_text_encoder else []
-        command += changed
+        command += ["--train-text-encoder"] if args.train_text_encoder else ["--no-train-text-encoder"]
+        command += [str(x) for flag, value in options.items() if value for x in (flag, value)]
         t = time.time()
         subprocess.run(command, check=True)
         train_seconds = time.time() - t

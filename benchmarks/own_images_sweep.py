@@ -4,10 +4,11 @@
     python benchmarks/own_images_sweep.py te te-3k --parallel 1  # some of them, one after another (a 2-core CPU)
 
 ``benchmarks/own_images.py`` measures one command. This sweep asks what limits the finetune and what lifts it,
-by changing one thing at a time (``VARIANTS``; the README's command is ``te-lr3e-3-logitnormal``):
+by changing one thing at a time (``VARIANTS``; ``te-lr3e-3-logitnormal`` is what ``d2f train`` now picks by itself
+for new words, ``d2f.training.auto``):
 
 - the budget (``--steps``) and the optimiser's step (``--lr``, ``--batch-size``, ``--max-grad-norm``,
-  ``--t-sampling``), with ``--train-text-encoder`` as the README's command has it;
+  ``--t-sampling``), with ``--train-text-encoder`` as docs/own-images.md's command has it;
 - the words: ``known`` captions name each digit with words the prior's text encoder learnt (``"a red circle"``
   for 0, ..., ``"a purple square"`` for 9), so the same images with captions the prior already tells apart.
   The gap between a ``known`` row and its ``digit`` twin is what the prior's small vocabulary costs.
@@ -35,6 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "own_images_sweep"
 TE = ["--train-text-encoder"]
+# d2f train's defaults when this sweep ran, passed first (a variant's own options come later and win): since then
+# d2f train chooses these by itself for new words (d2f.training.auto), which would change every "digit" row
+BEFORE_AUTO = ["--no-train-text-encoder", "--lr", "1e-3", "--t-sampling", "uniform"]
 VARIANTS = {  # name: (captions, d2f train options beyond --data / --output)
     "te": ("digit", TE),
     "unet": ("digit", []),
@@ -150,7 +154,8 @@ def main(argv=None) -> None:
             command = [sys.executable, "-m", "d2f", "train", "--data", str(data[captions]), "--output", str(run)]
             log = open(work / f"{name}.log", "w")
             options = [*options, *(["--steps", str(args.steps)] if args.steps else [])]  # the last --steps wins
-            running[name] = subprocess.Popen([*command, "--overwrite", *options], stdout=log, stderr=log, env=env)
+            argv = [*command, "--overwrite", *BEFORE_AUTO, *options]
+            running[name] = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
             started[name] = options
         for name, proc in list(running.items()):
             if proc.poll() is None:

@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from d2f.world.estimators import bootstrap_interval, kid, wilson_interval
+from d2f.distances import kid
+from d2f.world.estimators import bootstrap_interval, wilson_interval
 
 
 def brute_force_kid(x, y):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from d2f.distances import frechet_distance
 from d2f.world.build.evaluator_training import held_out_accuracy, train_evaluator
 from d2f.world.evaluator import as_batch, load_evaluator
-from d2f.world.metrics import domain_accuracy, evaluate, fd, frechet_distance, prompt_accuracy, reference_images
+from d2f.world.metrics import domain_accuracy, evaluate, fd, prompt_accuracy, reference_images
 from d2f.world.shapes import COLOURS, SHAPES, all_prompts, caption, draw, make_specs
 
 PROMPTS = [all_prompts()[k % 24] for k in range(48)]

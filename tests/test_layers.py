@@ -20,7 +20,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "d2f"
 LAYERS = [
-    {"d2f", "d2f.errors", "d2f.files", "d2f.versions", "d2f.settings", "d2f.core"},
+    {"d2f", "d2f.errors", "d2f.files", "d2f.versions", "d2f.settings", "d2f.distances", "d2f.core"},
     {"d2f.parametrizations"},
     {
         "d2f.objectives",

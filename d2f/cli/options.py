@@ -57,7 +57,7 @@ def parameters(
             if len("|".join(allowed)) > MAX_METAVAR:  # a long list is cut in an 80-column help: say it in words
                 metavar, help = "NAME", f"{help} One of: {', '.join(allowed)}."
         elif kind is bool:
-            annotation = bool
+            annotation = bool | None if optional else bool  # None: the flag not given (an "auto" setting)
             decls = decls or [option_name(name)]
         else:
             annotation = kind | None if optional or default is None else kind

@@ -16,6 +16,9 @@ from d2f.cli.app import app, console, err_console, friendly, print_json, quiet_t
 from d2f.cli.options import command, option, parameters, plain
 from d2f.training.config import TrainConfig, check_config
 
+# the validation scores printed: the built-in evaluator's, else a user's held-out images' (d2f.training.holdout)
+SCORES = ("prompt_accuracy", "domain_accuracy", "fd", "fd_heldout", "kid_heldout")
+
 
 def train(ctx: typer.Context, config: Path | None, as_json: bool, **options):
     """Finetune a diffusion model into a flow-matching model (Diff2Flow) with a LoRA.
@@ -65,9 +68,7 @@ def train(ctx: typer.Context, config: Path | None, as_json: bool, **options):
                 bar.update(task, completed=event["step"])
                 bar.console.print(event["message"], highlight=False, markup=False)
             elif event["event"] == "validation":
-                scores = ", ".join(
-                    f"{k} {event[k]:.3f}" for k in ("prompt_accuracy", "domain_accuracy", "fd") if k in event
-                )
+                scores = ", ".join(f"{k} {event[k]:.3f}" for k in SCORES if k in event)
                 bar.console.print(f"step {event['step']}: grid {event['grid']}" + (f" ({scores})" if scores else ""))
             elif "message" in event:  # a notice: a stale lock taken over, skipped images, a damaged checkpoint...
                 bar.console.print(f"note: {event['message']}", highlight=False, markup=False, soft_wrap=True)
@@ -84,8 +85,7 @@ def train(ctx: typer.Context, config: Path | None, as_json: bool, **options):
         if summary.get(key):
             m = summary[key]
             console.print(
-                f"{label}: prompt accuracy {m['prompt_accuracy']:.3f}, domain accuracy "
-                f"{m['domain_accuracy']:.3f}, FD {m['fd']:.2f}"
+                f"{label}: " + ", ".join(f"{name.replace('_', ' ')} {m[name]:.3f}" for name in SCORES if name in m)
             )
     console.print(f"last grid: {summary['grid']}")
     console.print(f"sample it: {summary['sample_command']}")

@@ -66,8 +66,9 @@ def to_kohya(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Te
 
     if any("lora_embedding" in key for key in state):
         raise UserError(
-            "this LoRA changes the text encoder's token embedding (d2f train --train-text-encoder), which the kohya "
-            "format cannot hold; use the diffusers file itself (pipe.load_lora_weights loads it)"
+            "this LoRA changes the text encoder's token embedding (d2f train --train-text-encoder, on by itself for "
+            "new caption words), which the kohya format cannot hold; use the diffusers file itself "
+            "(pipe.load_lora_weights loads it), or train with --no-train-text-encoder"
         )
     peft = {}
     for key, value in state.items():

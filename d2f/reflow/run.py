@@ -31,8 +31,9 @@ from d2f.training.config import MAX_SAMPLE_STEPS, TrainConfig, check_config
 from d2f.training.data import BuiltinResolver
 
 VALIDATION_STEPS = [1, 2, 4]
-# measured (README, "Few-step students"): with the same pairs and budget, t with density 2 (1 - t) gave the
-# prior's student 0.64 / FD 70 at 1 call and 0.96 / FD 17 at 2 calls, against 0.54 / 89 and 0.94 / 22 uniform
+# measured (docs/reflow.md, benchmarks/results/reflow.md): with the same pairs and budget, t with density
+# 2 (1 - t) gave the prior's student 0.64 / FD 70 at 1 call and 0.96 / FD 17 at 2 calls, against 0.54 / 89 and
+# 0.94 / 22 uniform
 T_SAMPLING = "near-noise"
 
 
@@ -136,7 +137,7 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
     if settings.get("train_text_encoder"):  # before the pairs: the student (UNet only) could not start as it
         raise UserError(
             f"the teacher {rcfg.lora} was trained with --train-text-encoder; reflow trains the UNet only, so "
-            "its student cannot start as this teacher: reflow a run trained without it"
+            "its student cannot start as this teacher: reflow a run trained with --no-train-text-encoder"
         )
     resolution = rcfg.resolution or run.get("resolution")
     resolution = resolution or int(teacher.unet.config.sample_size) * teacher.vae_scale_factor

@@ -1,10 +1,11 @@
-"""Caption words the model's text encoder never learnt, found before training.
+"""Captions checked before training: words the model's text encoder never learnt, and captions too long for it.
 
 A text encoder passes on only what it learnt. A word that never occurred in its training captions keeps its
 random initial embedding, and the layers above learnt to listen to other tokens, so captions that differ only in
 such words reach the UNet as nearly the same states: a UNet-only LoRA can learn the images' look but not which
 caption asks for which, and ``--train-text-encoder`` lets the encoder learn the new words. The built-in prior's
-digits show both (the measurements: README, "Finetune on your own images").
+digits show both (the measurements: docs/own-images.md). ``d2f.training.auto`` turns that option on when this
+check finds such words.
 
 SD's CLIP text encoder learnt from hundreds of millions of captions, so only a model that records its training
 captions is checked: the built-in priors list theirs in ``d2f_build.json`` (``captions``, written by
@@ -58,19 +59,21 @@ def unseen_words(tokenizer, known_captions: list[str], captions: list[str]) -> l
     return list(unseen)
 
 
-def check_captions(run) -> list[str]:
-    """A notice when the data's captions hold words the model's text encoder never learnt (and its LoRA is off)."""
-    known = training_captions(run.ref.source) if Path(run.ref.source).is_dir() else None
-    if not known or run.cfg.train_text_encoder:
-        return []
-    words = unseen_words(run.pipe.tokenizer, known, run.data.captions)
-    if words:
-        shown = ", ".join(repr(w) for w in words[:SHOWN]) + (", ..." if len(words) > SHOWN else "")
+def captions_over_window(tokenizer, captions: list[str]) -> list[str]:
+    """The distinct captions whose tokens (with the start and end tokens) do not fit the tokenizer's window."""
+    distinct = sorted(set(captions))
+    lengths = [len(ids) for ids in tokenizer(distinct, truncation=False).input_ids] if distinct else []
+    return [c for c, n in zip(distinct, lengths) if n > tokenizer.model_max_length]
+
+
+def check_caption_lengths(run) -> None:
+    """A notice when captions of the run's data do not fit the text encoder's window (they will be cut)."""
+    tokenizer = run.pipe.tokenizer
+    cut = captions_over_window(tokenizer, run.data.captions)
+    if cut:
         run.notice(
-            "captions_unseen",
-            f"{len(words)} caption word(s) are new to {run.ref.name}'s text encoder, which never learnt them "
-            f"({shown}); a UNet-only LoRA can hardly tell them apart: add --train-text-encoder",
-            count=len(words),
-            words=words[:SHOWN],
+            "captions_cut",
+            f"{len(cut)} caption(s) of {run.cfg.data} are longer than the text encoder's "
+            f"{tokenizer.model_max_length}-token window and will be cut, e.g. {cut[0][:60]!r}",
+            count=len(cut),
         )
-    return words

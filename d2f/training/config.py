@@ -2,7 +2,10 @@
 
 ``TrainConfig`` has the CLI's options under the same names (``--lora-rank`` is ``lora_rank``); its defaults
 are the demo run, ``tiny-shapes-eps`` finetuned to ``shapes-target`` with Diff2Flow and a LoRA. How those
-defaults were measured is in ``benchmarks/results/train_defaults.md``.
+defaults were measured is in ``benchmarks/results/train_defaults.md``. Three settings default to "auto" (None):
+``train_text_encoder``, ``lr`` and ``t_sampling`` are decided from the data before the first step
+(``d2f.training.auto``: the demo's values, or the new-content recipe when the captions hold words the model's text
+encoder never learnt) and recorded.
 """
 
 from __future__ import annotations
@@ -90,9 +93,11 @@ class TrainConfig:
         None, "Override the model's prediction type (default: its scheduler config's).", choices=PREDICTION_TYPES
     )
     zero_terminal_snr: bool = setting(False, "Rescale the schedule to zero terminal SNR (v or sample).")
-    t_sampling: str = setting(
-        "uniform",
-        "FM time density: uniform; logit-normal (more steps at mid t); near-noise (density 2(1 - t)).",
+    # None = auto (d2f.training.auto): logit-normal for new content, else uniform
+    t_sampling: str | None = setting(
+        None,
+        "FM time density: uniform; logit-normal (more steps at mid t); near-noise (density 2(1 - t)). "
+        "Default: auto (logit-normal for captions with new words, else uniform).",
         choices=_t_samplings,
     )
     output: str | None = setting(None, "Run folder (default runs/<model>-<data>-<objective>).")
@@ -109,8 +114,17 @@ class TrainConfig:
     lora_rank: int = setting(64, "LoRA rank; 0 = full finetune of the UNet.", low=0, high=4096)
     lora_alpha: float | None = setting(None, "LoRA alpha (default: the rank).", above=0, high=MAX_LORA_ALPHA)
     lora_targets: str = setting("attn+conv", "Which UNet layers get a LoRA.", choices=_lora_targets)
-    train_text_encoder: bool = setting(False, "A LoRA on the text encoder too (new words in captions).")
-    lr: float = setting(1e-3, "Peak learning rate (AdamW).", above=0)
+    # None = auto (d2f.training.auto): on when the captions hold words the text encoder never learnt
+    train_text_encoder: bool | None = setting(
+        None,
+        "A LoRA on the text encoder too. Default: auto (on when the captions hold words the model's text encoder "
+        "never learnt).",
+        flag="--train-text-encoder/--no-train-text-encoder",
+    )
+    # None = auto (d2f.training.auto): 3e-3 for new content, else 1e-3
+    lr: float | None = setting(
+        None, "Peak learning rate (AdamW). Default: auto (3e-3 for captions with new words, else 1e-3).", above=0
+    )
     lr_scheduler: str = setting("cosine", "Learning rate after warmup.", choices=LR_SCHEDULERS)
     warmup_steps: int = setting(50, "Linear warmup steps.", low=0, high=MAX_COUNT)
     steps: int = setting(1000, "Optimizer steps (more than a resumed run had: it goes on).", low=1, high=MAX_COUNT)
@@ -138,7 +152,19 @@ class TrainConfig:
     validation_prompts: list[str] | None = setting(None, "Prompt of the grids. Repeatable.", flag="--validation-prompt")
     sample_steps: int = setting(25, "Sampler steps of the validation samples.", low=1, high=MAX_SAMPLE_STEPS)
     guidance: float = setting(2.0, "Guidance of the validation samples.", low=0, high=MAX_GUIDANCE)
-    eval_samples: int = setting(48, "Images scored at each validation (built-in data).", low=0, high=MAX_EVAL)
+    eval_samples: int = setting(
+        48,
+        "Images scored at each validation (built-in data; a user's: at most the held-out ones).",
+        low=0,
+        high=MAX_EVAL,
+    )
+    # a user's images held out from training: the samples' FD / KID to them at each validation (d2f.training.holdout)
+    holdout: int = setting(
+        64,
+        "A user's images held out from training, to score samples against (at most a tenth; 0 = none).",
+        low=0,
+        high=MAX_COUNT,
+    )
     checkpoint_every: int = setting(500, "Checkpoint every N steps (0 = off).", low=0, high=MAX_COUNT)
     checkpoints_total_limit: int = setting(2, "Keep the newest N checkpoints (0 = all).", low=0, high=MAX_COUNT)
     log_every: int = setting(10, "A line of metrics.jsonl every N steps.", low=1, high=MAX_COUNT)
@@ -190,6 +216,16 @@ def default_output(cfg: TrainConfig) -> Path:
 
 
 def settings_changed(old: dict, new: TrainConfig) -> list[str]:
-    """The settings of ``new`` that differ from a run's recorded ``old`` ones and matter for resuming."""
+    """The settings of ``new`` that differ from a run's recorded ``old`` ones and matter for resuming. An "auto"
+    setting left at auto (None) takes the recorded decision (``d2f.training.auto``), so it never differs."""
+    from d2f.training.auto import AUTOMATIC
+
     current = asdict(new)
-    return [k for k in current if k not in RESUMABLE_CHANGES and k in old and old[k] != current[k]]
+    return [
+        k
+        for k in current
+        if k not in RESUMABLE_CHANGES
+        and k in old
+        and old[k] != current[k]
+        and not (k in AUTOMATIC and current[k] is None)
+    ]

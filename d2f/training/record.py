@@ -43,6 +43,7 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         "seed": cfg.seed,
         "status": status,
         "settings": {**asdict(cfg), **(run.source.settings if run.source else {})},
+        "automatic": run.automatic,  # the settings left at "auto" and why each got its value (d2f.training.auto)
         "schedule": {
             "num_train_timesteps": parametrization.schedule.num_train_timesteps,
             "beta_schedule": parametrization.schedule.beta_schedule,
@@ -54,7 +55,8 @@ def write_record(run, status: str, summary: dict | None = None) -> None:
         "data": {
             "name": data.name,
             "location": data.location,
-            "num_images": len(data),
+            "num_images": len(data),  # trained on; "held_out" more were kept apart (d2f.training.holdout)
+            "held_out": len(run.holdout.data) if run.holdout else 0,
             "skipped_images": data.num_skipped,
             "image_column": data.image_column,
             "caption_column": data.caption_column,

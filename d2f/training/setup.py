@@ -30,11 +30,13 @@ from d2f.parametrizations import Parametrization
 from d2f.pipeline.models import ModelRef
 from d2f.pipeline.run_folder import METRICS_FILE
 from d2f.training import trackers
+from d2f.training.auto import resolve_automatic
 from d2f.training.batches import Batches, BatchSource
-from d2f.training.caption_check import check_captions
+from d2f.training.caption_check import check_caption_lengths
 from d2f.training.config import TrainConfig, check_config, default_output
 from d2f.training.data import BuiltinResolver, ImageCaptionData, load_run_data
 from d2f.training.ema import EMA
+from d2f.training.holdout import HeldOut, split_holdout
 from d2f.training.lock import RunLock, take_lock
 from d2f.training.lora import TEXT_PREFIX, add_lora, add_text_lora
 from d2f.training.metrics import TrainWindow
@@ -81,6 +83,8 @@ class Run:
     prompts: list[str] = field(default_factory=list)  # the validation prompts
     batches: Batches | None = None  # what ``batches.get(micro_step, rank, world)`` draws for a step
     vae_psnr: float | None = None  # how well the VAE reconstructs the data (d2f.training.vae_check)
+    holdout: HeldOut | None = None  # a user's images kept out of training, scored against (d2f.training.holdout)
+    automatic: dict = field(default_factory=dict)  # the "auto" settings decided for the data (d2f.training.auto)
     # what is trained and how (``_build_optimizer``)
     trainable: dict[str, torch.nn.Parameter] = field(default_factory=dict)  # by name (text encoder's prefixed)
     num_trainable: int = 0  # their number of elements
@@ -137,6 +141,7 @@ def setup(
         if cfg.resume:
             check_data(run)
         _build_optimizer(run)
+        cfg = run.cfg  # with the "auto" settings decided (_load_data)
         claimed = on_main(run, lambda: claim_output(cfg, out, source))  # only now is the old run set aside
         removed, run.overwritten = claimed if claimed else ([], cfg.overwrite and not cfg.resume)
         if removed:
@@ -207,6 +212,8 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
     cfg, acc, pipe = run.cfg, run.acc, run.pipe
     with acc.main_process_first():  # built-in data is written to its cache folder once
         run.data = load_run_data(cfg, run.resolution, builtin)
+    if not run.data.builtin and run.source is None and cfg.holdout:  # built-in data has its evaluator
+        run.data, run.holdout = split_holdout(run.data, cfg.holdout)
     if run.data.num_skipped:
         names = ", ".join(run.data.skipped[:3]) + (", ..." if run.data.num_skipped > 3 else "")
         run.notice(
@@ -215,16 +222,9 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
             count=run.data.num_skipped,
             files=run.data.skipped[:10],
         )
-    cut = captions_over_window(pipe.tokenizer, run.data.captions)
-    if cut:
-        window = pipe.tokenizer.model_max_length
-        run.notice(
-            "captions_cut",
-            f"{len(cut)} caption(s) of {cfg.data} are longer than the text encoder's {window}-token window and "
-            f"will be cut, e.g. {cut[0][:60]!r}",
-            count=len(cut),
-        )
-    check_captions(run)
+    check_caption_lengths(run)
+    run.automatic = resolve_automatic(run)  # the "auto" settings, now that the captions are known
+    cfg = run.cfg
     run.prompts = validation_prompts(cfg, run.data)
     pipe.text_encoder.to(acc.device)
     pipe.vae.to(acc.device)
@@ -248,13 +248,6 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
         workers=cfg.dataloader_num_workers,
         text_trainable=cfg.train_text_encoder,
     )
-
-
-def captions_over_window(tokenizer, captions: list[str]) -> list[str]:
-    """The distinct captions whose tokens (with the start and end tokens) do not fit the tokenizer's window."""
-    distinct = sorted(set(captions))
-    lengths = [len(ids) for ids in tokenizer(distinct, truncation=False).input_ids] if distinct else []
-    return [c for c, n in zip(distinct, lengths) if n > tokenizer.model_max_length]
 
 
 def _build_optimizer(run: Run) -> None:

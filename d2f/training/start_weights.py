@@ -62,7 +62,7 @@ def load_start_weights(unet, path: str | Path, rank: int) -> None:
     if any(k.startswith("text_encoder.") for k in saved):
         raise UserError(
             f"the LoRA {path} also changes the text encoder (a --train-text-encoder run); a student trains the "
-            "UNet only, so it cannot start from it: reflow a run trained without --train-text-encoder"
+            "UNet only, so it cannot start from it: reflow a run trained with --no-train-text-encoder"
         )
     state = {k.removeprefix("unet."): v for k, v in saved.items() if k.startswith("unet.")}
     config = unet.peft_config["default"]

@@ -9,6 +9,7 @@ import torch
 from d2f.pipeline import generate, save_grid
 from d2f.pipeline.run_folder import SAMPLES_DIR
 from d2f.training.faults import kill_point
+from d2f.training.holdout import score_samples
 
 
 def validation_prompts(cfg, data) -> list[str]:
@@ -24,8 +25,10 @@ def validation_prompts(cfg, data) -> list[str]:
 def validate(run, step: int) -> dict | None:
     """Sample the validation prompts with ``d2f.pipeline.generate`` (the objective's own sampler, the EMA
     weights when on), save ``samples/step_XXXXX.png`` and, for built-in data, score ``eval_samples`` images
-    with its evaluator; the same at each of ``validation_steps`` (``step_XXXXX_Ksteps.png``, ``steps_K`` in the
-    metrics line). Main process only; returns the metrics at ``sample_steps`` (None without an evaluator)."""
+    with its evaluator; for a user's data with held-out images, score up to ``eval_samples`` samples of the
+    held-out captions against them (``fd_heldout``, ``kid_heldout``: ``d2f.training.holdout``); the grids (and
+    the built-in scores) also at each of ``validation_steps`` (``step_XXXXX_Ksteps.png``, ``steps_K`` in the
+    metrics line). Main process only; returns the metrics at ``sample_steps`` (None without any)."""
     cfg, data = run.cfg, run.data
     n = max(cfg.eval_samples, len(run.prompts)) if data.builtin else len(run.prompts)
     prompts = [run.prompts[k % len(run.prompts)] for k in range(n)]
@@ -40,6 +43,10 @@ def validate(run, step: int) -> dict | None:
     metrics = None
     if data.builtin:
         metrics = {k: float(v) for k, v in data.builtin.evaluate(images, prompts).items()}
+        record.update(metrics)
+    elif run.holdout is not None and cfg.eval_samples:
+        held_prompts = run.holdout.captions[: cfg.eval_samples]
+        metrics = score_samples(run.pipe.vae, run.holdout, _sample(run, held_prompts, cfg.sample_steps))
         record.update(metrics)
     for steps in [k for k in cfg.validation_steps or [] if k != cfg.sample_steps]:  # e.g. reflow: 1, 2 and 4 steps
         more = _sample(run, prompts, steps)

@@ -1,12 +1,5 @@
-"""Estimators with known precision, for comparing finetunes: KID, and intervals for accuracies and any statistic.
-
-- ``kid``: the kernel inception distance (Binkowski et al. 2018, "Demystifying MMD GANs") on feature rows,
-  the unbiased estimator of the squared MMD with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3:
-
-      KID = 1/(m(m-1)) sum_{i != j} k(x_i, x_j) + 1/(n(n-1)) sum_{i != j} k(y_i, y_j) - 2/(mn) sum_{i, j} k(x_i, y_j)
-
-  Unbiased at every sample size (it can be slightly negative when the two sets come from one distribution),
-  so, unlike the Frechet distance, KIDs measured at different n can be compared.
+"""Estimators with known precision, for comparing finetunes: intervals for accuracies and any statistic (the
+distances between feature sets, FD and KID, are in ``d2f.distances``).
 - ``wilson_interval``: the Wilson score interval of a binomial fraction k / n (better than p +- z SE near 0
   and 1, where accuracies live).
 - ``bootstrap_interval``: the percentile bootstrap interval of any statistic of one or more samples.
@@ -18,20 +11,6 @@ import math
 from collections.abc import Callable
 
 import torch
-
-
-def kid(feats_x: torch.Tensor, feats_y: torch.Tensor) -> float:
-    """Unbiased squared MMD (cubic polynomial kernel) between feature rows (m, d) and (n, d), in float64."""
-    x, y = feats_x.double(), feats_y.double()
-    m, n, d = x.shape[0], y.shape[0], x.shape[1]
-    if m < 2 or n < 2 or y.shape[1] != d:
-        raise ValueError("kid needs at least 2 rows on each side, with the same feature width")
-    # k(a, b) = (a.b / d + 1)^3
-    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
-    # the diagonals (i = j) are left out of the within-set sums: that is what makes the estimator unbiased
-    within_x = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-    within_y = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
-    return float(within_x + within_y - 2 * kxy.mean())
 
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from d2f.world.estimators import kid
+from d2f.distances import frechet_distance, kid
 from d2f.world.evaluator import Evaluator, as_batch, load_evaluator
 from d2f.world.shapes import DOMAINS, draw, make_specs, parse_prompt
 
@@ -69,32 +69,6 @@ def domain_accuracy(images, domain: str, evaluator: Evaluator | None = None) -> 
     return sum(d == domain for d in pred) / len(pred)
 
 
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D), in float64:
-
-        FD = |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr( (S_a^1/2 S_b S_a^1/2)^1/2 )
-
-    The last trace equals tr((S_a S_b)^1/2) of the usual formula but is the root of a symmetric PSD
-    matrix, so ``eigh`` computes it stably (no scipy, no complex parts)."""
-    if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(f"features must be (N, D) and (M, D), got {tuple(feats_a.shape)} and {tuple(feats_b.shape)}")
-    if len(feats_a) < 2 or len(feats_b) < 2:
-        raise ValueError("the Frechet distance needs at least 2 samples per set (covariances)")
-    a, b = feats_a.double(), feats_b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-
-    def psd_sqrt(m: torch.Tensor) -> torch.Tensor:
-        # symmetric square root; round-off can make tiny eigenvalues negative: clamp them to 0
-        w, v = torch.linalg.eigh((m + m.T) / 2)
-        return (v * w.clamp_min(0).sqrt()) @ v.T
-
-    root_a = psd_sqrt(cov_a)
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
-    fd = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
-    return max(fd.item(), 0.0)
-
-
 def reference_images(prompts: list[str], domain: str, seed: int = 0, resolution: int = 32) -> torch.Tensor:
     """Real generator images for ``prompts`` in ``domain``: (len(prompts), 3, res, res) in [0, 1]."""
     _check_domain(domain)
@@ -113,7 +87,7 @@ def fd(images, prompts: list[str], domain: str, seed: int = 0, evaluator: Evalua
 
 
 def kid_score(images, prompts: list[str], domain: str, seed: int = 0, evaluator: Evaluator | None = None) -> float:
-    """KID (``d2f.world.estimators.kid``, unbiased) between evaluator features of ``images`` and of real
+    """KID (``d2f.distances.kid``, unbiased) between evaluator features of ``images`` and of real
     generator images for the same prompts in ``domain``: comparable across n, unlike ``fd``."""
     x = as_batch(images)
     _parse(prompts, len(x))

@@ -97,7 +97,7 @@ def pixel_colour(images) -> list[str]:
 
 def evaluate(images, prompt_list: list[str], seed: int = 0, evaluator: Evaluator | None = None) -> dict[str, float]:
     """{"prompt_accuracy", "domain_accuracy", "fd"} of samples of this task (see the module doc)."""
-    from d2f.world.metrics import frechet_distance
+    from d2f.distances import frechet_distance
 
     x = as_batch(images)
     if len(prompt_list) != len(x):
