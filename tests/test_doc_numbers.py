@@ -32,13 +32,13 @@ NB01 = "tutorials/01_schedules.ipynb"  # prints SD's covered range and where c p
 
 # page -> the committed files its numbers come from
 SOURCES = {
-    "README.md": [RES + f for f in ("objectives.md", "reflow.md", "own_images_new_content.md", "sd_cpu.md")] + [NB01],
+    "README.md": [RES + f for f in ("objectives.md", "reflow.md", "own_images_auto.md", "sd_cpu.md")] + [NB01],
     "docs/world.md": [RES + "world_build.md", RES + "fd_floor.md", EPS_BUILD, V_BUILD, EVALUATOR_BUILD],
     "docs/training.md": [RES + "objectives.md", RES + "train_cost.json", RES + "train_defaults.md"],
     "docs/sampling.md": ["benchmarks/sampling.md", V_BUILD],
     "docs/data-and-models.md": [RES + "world_build.md"],
     "docs/own-images.md": [RES + f for f in ("own_images.md", "own_images_3000.md", "own_images_new_content.md")]
-    + [RES + "own_images_sweep.md", RES + "world_build.md"],
+    + [RES + "own_images_sweep.md", RES + "world_build.md", RES + "own_images_auto.md"],
     "docs/objectives.md": [RES + "objectives.md", RES + "sd_cpu.md"],
     "docs/reflow.md": [RES + "reflow.md"],
     "docs/sd-on-a-gpu.md": [RES + "sd_cpu.md", NB01],
@@ -189,8 +189,38 @@ OBJ, DEMO, NOVEL = RES + "objectives.md", "The demo's budget", "New content"
 PA = "prompt_accuracy"
 D2F, DIF = "tiny-shapes-eps|shapes-target|diff2flow", "tiny-shapes-eps|shapes-target|diffusion"  # cell keys
 OWN = RES + "own_images_new_content.md"
+AUTO = RES + "own_images_auto.jsonl"
+
+
+def plain_command(dataset: str, which: str = "after"):
+    """'0.63 [0.53, 0.72]': a dataset's accuracy with its interval, the newest record of own_images_auto.jsonl."""
+
+    def make(path):
+        record = [r for r in map(json.loads, read(path).splitlines()) if r["dataset"] == dataset][-1]
+        score = record[which]
+        return f"{score['accuracy']:.2f} [{score['low']:.2f}, {score['high']:.2f}]"
+
+    return make
+
+
+def heldout_fd(dataset: str):
+    """'192.1 to 2.0': the held-out FD of a dataset's run at step 0 and at the end."""
+
+    def make(path):
+        curve = [r for r in map(json.loads, read(path).splitlines()) if r["dataset"] == dataset][-1]["heldout_curve"]
+        return f"{curve[0]['fd_heldout']:.1f} to {curve[-1]['fd_heldout']:.1f}"
+
+    return make
+
+
 QUOTES = [
-    ("README.md", "0.65 [0.55, 0.74]", OWN, table_row("", "| after", slice(1, 3), "{} {}")),
+    *[("README.md", None, AUTO, plain_command(name)) for name in ("digits", "letters", "patterns")],
+    *[
+        ("docs/own-images.md", None, AUTO, plain_command(name, which))
+        for name in ("digits", "letters", "patterns")
+        for which in ("before", "after")
+    ],
+    *[("docs/own-images.md", None, AUTO, heldout_fd(name)) for name in ("digits", "letters", "patterns")],
     ("README.md", "FD -377.6 [-378.9, -376.4]", OBJ, objectives_difference(DEMO, "fd", "fm", "FD")),
     ("README.md", "+0.87 [+0.86, +0.88]", OBJ, objectives_difference(DEMO, "prompt_accuracy", "fm", "")),
     ("README.md", "FD +5.7 [+3.8, +7.6]", OBJ, objectives_difference(DEMO, "fd", "diffusion", "FD")),
