@@ -213,6 +213,16 @@ def heldout_fd(dataset: str):
     return make
 
 
+def sweep_seconds(variant: str):
+    """'265 s of training': a sweep variant's training time, rounded."""
+
+    def make(path):
+        rows = [r for r in map(json.loads, read(path).splitlines()) if r["variant"] == variant]
+        return f"{rows[-1]['train_seconds']:.0f} s of training"
+
+    return make
+
+
 QUOTES = [
     *[("README.md", None, AUTO, plain_command(name)) for name in ("digits", "letters", "patterns")],
     *[
@@ -221,6 +231,7 @@ QUOTES = [
         for which in ("before", "after")
     ],
     *[("docs/own-images.md", None, AUTO, heldout_fd(name)) for name in ("digits", "letters", "patterns")],
+    ("docs/own-images.md", None, RES + "own_images_sweep.jsonl", sweep_seconds("te-lr3e-3-logitnormal")),
     ("README.md", "FD -377.6 [-378.9, -376.4]", OBJ, objectives_difference(DEMO, "fd", "fm", "FD")),
     ("README.md", "+0.87 [+0.86, +0.88]", OBJ, objectives_difference(DEMO, "prompt_accuracy", "fm", "")),
     ("README.md", "FD +5.7 [+3.8, +7.6]", OBJ, objectives_difference(DEMO, "fd", "diffusion", "FD")),

@@ -393,6 +393,63 @@ for role, rank in panels + [("novel", 64)]:  # novel: the new-colours task (new 
 # models, data and budgets are about 500 times larger; this notebook cannot say what happens there.
 
 # %% [markdown]
+# ### Why: Diff2Flow taken apart
+#
+# Notebook 3 (section 3.6) showed that for an epsilon model the Diff2Flow loss *is* the diffusion loss, weighted by
+# `1/t^2` and drawn at uniform FM time `t` instead of uniform timestep `i`, plus a velocity target on the ends that
+# diffusion never trains. So it differs from diffusion finetuning in a few ingredients, and the benchmark's
+# decomposition block trains the objectives in between (docs/math.md §9.1), each with the same budget, seeds and
+# evaluation as the headline cells: `diffusion-fm-t` (the diffusion loss at Diff2Flow's times), `diff2flow-unweighted`
+# (Diff2Flow with its weight divided out), `diff2flow-discrete` (the weighted velocity loss at diffusion's discrete
+# timesteps: the loss-only bridge of SimpleTuner and OneTrainer) and `diff2flow-no-scale` (no input scaling `c`).
+# Each line below is one step from one objective to the next: the paired difference at the end of training, over
+# the training seeds both have. **Predict first**, from section 3.6: which ingredient should cost most on an
+# epsilon prior, and which should matter little on a v prior (whose weight stays within [1, 2])?
+
+# %%
+from objectives_report import DECOMPOSITION_STEPS  # noqa: E402
+
+
+def decomposition(model):
+    """{objective: {seed: record}} of the 300-step, rank-64 style-shift cells of the headline and decomposition
+    blocks for one prior (the decomposition block repeats diffusion and diff2flow where the headline has none)."""
+    chosen = {}
+    for r in cells:
+        spec = r["spec"]
+        if spec["role"] in ("headline", "decomposition") and spec["model"] == model and spec["rank"] == 64:
+            if spec["task"] == "shapes-target" and spec["steps"] == 300:
+                chosen.setdefault(spec["objective"], {})[spec["seed"]] = r
+    return chosen
+
+
+for model in ("tiny-shapes-eps", "tiny-shapes-v"):
+    runs = decomposition(model)
+    print(f"{model}: " + ", ".join(f"{o} ({len(s)} seeds)" for o, s in sorted(runs.items())))
+    for a, b, what in DECOMPOSITION_STEPS:
+        if a not in runs or b not in runs:
+            print(f"  {what:60s} not run yet")
+            continue
+        parts = []
+        for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
+            d = paired_difference(*({s: final(r, metric) for s, r in runs[o].items()} for o in (b, a)))
+            parts.append(
+                "-"
+                if d is None
+                else f"{metric} {d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+            )
+        print(f"  {what:60s} {b} - {a}: " + ";  ".join(parts))
+
+# %% [markdown]
+# **Reading it** (the numbers are the ones printed above; one measurement resolves about 21 in FD and 0.07 in prompt
+# accuracy, section 4.5's report): on the epsilon prior the step that costs most is the **time density**: the
+# diffusion loss drawn at Diff2Flow's uniform FM times is far behind the same loss at uniform timesteps; the
+# velocity target on the ends wins most of that back, and the `1/t^2` weight, which section 3.6 pointed at,
+# moves FD by about what one measurement resolves. The loss-only bridge, which keeps diffusion's timesteps, stays
+# closer to diffusion finetuning than Diff2Flow does. So the weighting predicted *where* the epsilon model's
+# gradient goes; what decides the style shift here is *which times are drawn*. The v prior's lines show whether the
+# same holds where the weight is nearly flat (its cells are fewer; `benchmarks/results/objectives.md` has them all).
+
+# %% [markdown]
 # ## Summary
 #
 # * The three objectives cost one forward and one backward of the same UNet each; the bridge adds only a few
