@@ -212,8 +212,10 @@ def _load_data(run: Run, builtin: BuiltinResolver | None) -> None:
     cfg, acc, pipe = run.cfg, run.acc, run.pipe
     with acc.main_process_first():  # built-in data is written to its cache folder once
         run.data = load_run_data(cfg, run.resolution, builtin)
-    if not run.data.builtin and run.source is None and cfg.holdout:  # built-in data has its evaluator
-        run.data, run.holdout = split_holdout(run.data, cfg.holdout)
+    # built-in data has its evaluator; a run recorded before --holdout existed resumes on all its images
+    holdout = cfg.holdout if run.previous is None or "holdout" in run.previous.get("settings", {}) else 0
+    if not run.data.builtin and run.source is None and holdout:
+        run.data, run.holdout = split_holdout(run.data, holdout)
     if run.data.num_skipped:
         names = ", ".join(run.data.skipped[:3]) + (", ..." if run.data.num_skipped > 3 else "")
         run.notice(
