@@ -300,6 +300,7 @@ from d2f.world.curves import paired_difference
 
 BENCH = Path(d2f.__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
+from objectives_eval import natural_sampler  # noqa: E402
 from objectives_grid import read_records  # noqa: E402
 
 bench_records = read_records(BENCH / "results" / "objectives.jsonl")
@@ -320,7 +321,7 @@ print(f"curves along training: {sorted(curve_calls)} calls per sample;  final va
 def final(record, metric):
     """The metric at the end of a cell, its own sampler at the most network calls."""
     spec = record["spec"]
-    sampler = "ddim" if spec["objective"] == "diffusion" else "euler"
+    sampler = natural_sampler(spec["objective"])  # DDIM for the diffusion losses, FM Euler for the FM ones
     return record["final"][f"{sampler}-{spec['calls'][-1]}-w{spec['guidance']:g}-e{spec['eval_seed']}"][metric]["value"]
 
 
@@ -444,10 +445,13 @@ for model in ("tiny-shapes-eps", "tiny-shapes-v"):
 # accuracy, section 4.5's report): on the epsilon prior the step that costs most is the **time density**: the
 # diffusion loss drawn at Diff2Flow's uniform FM times is far behind the same loss at uniform timesteps; the
 # velocity target on the ends wins most of that back, and the `1/t^2` weight, which section 3.6 pointed at,
-# moves FD by about what one measurement resolves. The loss-only bridge, which keeps diffusion's timesteps, stays
-# closer to diffusion finetuning than Diff2Flow does. So the weighting predicted *where* the epsilon model's
-# gradient goes; what decides the style shift here is *which times are drawn*. The v prior's lines show whether the
-# same holds where the weight is nearly flat (its cells are fewer; `benchmarks/results/objectives.md` has them all).
+# moves FD by less than one measurement resolves (its interval holds 0). The loss-only bridge, which keeps
+# diffusion's timesteps, is still behind diffusion finetuning, by less than Diff2Flow in FD; the input scaling `c`
+# helps a little. So the weighting predicted *where* the epsilon model's gradient goes, but what decides the style
+# shift here is *which times are drawn* (and the target at the ends, which wins most of it back), not the weight.
+# On the v prior (fewer seeds; `benchmarks/results/objectives.md` has every cell) the time density costs too, its
+# nearly flat weight `c^2` helps, and the loss-only bridge comes out ahead of diffusion finetuning: there, keeping
+# diffusion's timesteps and training the velocity is the better finetune; docs/objectives.md reads both priors.
 
 # %% [markdown]
 # ## Summary
