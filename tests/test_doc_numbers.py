@@ -38,7 +38,7 @@ SOURCES = {
     "docs/sampling.md": ["benchmarks/sampling.md", V_BUILD],
     "docs/data-and-models.md": [RES + "world_build.md"],
     "docs/own-images.md": [RES + f for f in ("own_images.md", "own_images_3000.md", "own_images_new_content.md")]
-    + [RES + "own_images_sweep.md", RES + "world_build.md", RES + "own_images_auto.md", RES + "own_images_auto_time.md"],
+    + [RES + f for f in ("own_images_sweep.md", "world_build.md", "own_images_auto.md", "own_images_auto_time.md")],
     "docs/objectives.md": [RES + "objectives.md", RES + "sd_cpu.md"],
     "docs/reflow.md": [RES + "reflow.md"],
     "docs/sd-on-a-gpu.md": [RES + "sd_cpu.md", NB01],
