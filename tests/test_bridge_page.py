@@ -148,14 +148,21 @@ def ddim_quotes() -> list[Quote]:
     ]
 
 
-def bridge_quotes() -> list[Quote]:
-    v = sd()
+def schedule_quotes(v: dict[str, float]) -> list[Quote]:
+    """SD's schedule and covered range, quoted the same way on both pages."""
     return [
         q("beta_start", "betas from", v["beta_start"]),
         q("beta_end", f"betas from {v['beta_start']} to", v["beta_end"]),
         q("N", "$N =", v["N"], "$"),
         q("t_min", r"t_{\min} \approx", v["t_min"]),
         q("t_max", r"t_{\max} \approx", v["t_max"]),
+    ]
+
+
+def bridge_quotes() -> list[Quote]:
+    v = sd()
+    return [
+        *schedule_quotes(v),
         q("tau_peak", r"$\tau \approx", v["tau_peak"]),
         q("c_t_min", r"c(t_{\min}) \approx", v["c_t_min"]),
         q("c_t_max", r"c(t_{\max}) \approx", v["c_t_max"]),
@@ -185,11 +192,7 @@ def math_quotes() -> list[Quote]:
     v = sd()
     accuracy = tutorial_3_accuracy()
     return [
-        q("beta_start", "betas from", v["beta_start"]),
-        q("beta_end", f"betas from {v['beta_start']} to", v["beta_end"]),
-        q("N", "$N =", v["N"], "$"),
-        q("t_min", r"t_{\min} \approx", v["t_min"]),
-        q("t_max", r"t_{\max} \approx", v["t_max"]),
+        *schedule_quotes(v),
         q("alpha_last", "(SD: $", v["alpha_last"], "$ and $"),
         q("sigma_0", "$ and $", v["sigma_0"], "$), so every"),
         q("tau_peak", r"\tau \approx", v["tau_peak"]),

@@ -214,12 +214,16 @@ OWN = RES + "own_images_new_content.md"
 AUTO = RES + "own_images_auto.jsonl"
 
 
+def newest(path: str, key: str, value: str) -> dict:
+    """The last record of a JSONL results file whose ``key`` is ``value`` (a rerun appends; the newest counts)."""
+    return [r for r in map(json.loads, read(path).splitlines()) if r[key] == value][-1]
+
+
 def plain_command(dataset: str, which: str = "after"):
     """'0.63 [0.53, 0.72]': a dataset's accuracy with its interval, the newest record of own_images_auto.jsonl."""
 
     def make(path):
-        record = [r for r in map(json.loads, read(path).splitlines()) if r["dataset"] == dataset][-1]
-        score = record[which]
+        score = newest(path, "dataset", dataset)[which]
         return f"{score['accuracy']:.2f} [{score['low']:.2f}, {score['high']:.2f}]"
 
     return make
@@ -229,7 +233,7 @@ def heldout_fd(dataset: str):
     """'192.1 to 2.0': the held-out FD of a dataset's run at step 0 and at the end."""
 
     def make(path):
-        curve = [r for r in map(json.loads, read(path).splitlines()) if r["dataset"] == dataset][-1]["heldout_curve"]
+        curve = newest(path, "dataset", dataset)["heldout_curve"]
         return f"{curve[0]['fd_heldout']:.1f} to {curve[-1]['fd_heldout']:.1f}"
 
     return make
@@ -239,8 +243,7 @@ def sweep_seconds(variant: str):
     """'265 s of training': a sweep variant's training time, rounded."""
 
     def make(path):
-        rows = [r for r in map(json.loads, read(path).splitlines()) if r["variant"] == variant]
-        return f"{rows[-1]['train_seconds']:.0f} s of training"
+        return f"{newest(path, 'variant', variant)['train_seconds']:.0f} s of training"
 
     return make
 
