@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from d2f.world.class_reader import SUPERSAMPLE, ClassReader, ClassSet, train_reader
-from d2f.world.digits import DigitClassifier, digit_set
+from d2f.world.digits import digit_set, train_classifier
 from d2f.world.glyphs import UNSEEN_FONTS, draw_glyph
 
 # --- letters: ten capitals that differ in shape, dark ink on light paper (digits are light on dark) --------------
@@ -95,7 +95,7 @@ def class_set(name: str) -> ClassSet:
 
 
 def reader_for(cset: ClassSet, steps: int = 600, seed: int = 1000, log=None) -> ClassReader:
-    """The classifier of ``cset`` (for digits: ``d2f.world.digits.train_classifier``, the same rng streams)."""
-    tag = "digit" if cset.name == "digits" else cset.name
-    make = DigitClassifier if cset.name == "digits" else None
-    return train_reader(cset.classes, cset.draw, tag, steps=steps, seed=seed, log=log, make=make)
+    """The classifier of ``cset``; the digits' is ``d2f.world.digits.train_classifier``'s (the same one as ever)."""
+    if cset.name == "digits":
+        return train_classifier(steps=steps, seed=seed, log=log)
+    return train_reader(cset.classes, cset.draw, cset.name, steps=steps, seed=seed, log=log)
