@@ -15,6 +15,8 @@ import importlib.util
 import json
 import math
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,6 +300,9 @@ def test_the_drawing_script_runs_and_agrees_with_the_page(tmp_path):
     spec.loader.exec_module(module)
     path = module.main(tmp_path)
     assert path == tmp_path / "bridge.png" and path.stat().st_size > 10_000
+    # and as a user runs it, in a process of its own
+    run = subprocess.run([sys.executable, str(FIGURE_SCRIPT), "--out", str(tmp_path / "cli")], capture_output=True)
+    assert run.returncode == 0 and (tmp_path / "cli" / "bridge.png").stat().st_size > 10_000, run.stderr[-2000:]
     assert (ROOT / "docs" / "figures" / "bridge.png").is_file(), "commit the figure: python docs/figures/bridge.py"
     assert "(figures/bridge.png)" in BRIDGE.read_text()
     # the figure labels the numbers the page quotes

@@ -98,3 +98,15 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
             except nbclient.exceptions.CellExecutionError as err:
                 pytest.fail(f"{path.name}, cell {index}, failed:\n{cell.source}\n\n{err}")
     assert [c.execution_count for c in _code_cells(nb)] == list(range(1, len(_code_cells(nb)) + 1))
+
+
+def test_the_docs_gif_is_the_notebooks():
+    """docs/reflow_toy.gif is the animation notebook 6 shows (``python tutorials/export_gif.py`` copies it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_gif", TUTORIALS / "export_gif.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.TARGET.read_bytes() == module.notebook_gif(), (
+        "docs/reflow_toy.gif is stale: python tutorials/export_gif.py"
+    )
