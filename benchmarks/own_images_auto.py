@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "own_images_auto"
 SETS = ("digits", "letters", "patterns")
 HELD_ASIDE = ("patterns",)
+DEFAULT_MODEL = "tiny-shapes-eps"  # d2f train's default --model
 PER_CLASS, NOISE_SEED = 10, 1000
 
 
@@ -48,7 +49,7 @@ def heldout_curve(run: Path) -> list[dict]:
     return [{k: line[k] for k in keys} for line in lines if line.get("kind") == "validation" and "fd_heldout" in line]
 
 
-def measure(name: str, work: Path, model: str = "tiny-shapes-eps") -> dict:
+def measure(name: str, work: Path, model: str = "tiny-shapes-eps", options: tuple[str, ...] = ()) -> dict:
     from d2f.world.class_reader import as_tensor, class_accuracy
     from d2f.world.class_sets import class_set, reader_for
     from d2f.world.estimators import wilson_interval
@@ -62,8 +63,11 @@ def measure(name: str, work: Path, model: str = "tiny-shapes-eps") -> dict:
     ceiling = class_accuracy(reader, as_tensor(real), labels)
     print(f"{name}: classifier on held-out real images {ceiling[0]}/{ceiling[1]}", flush=True)
 
-    run = work / f"{name}-run"
-    command = [sys.executable, "-m", "d2f", "train", "--data", str(data), "--output", str(run), "--overwrite"]
+    run = work / "-".join(
+        [f"{name}-run", *([model] if model != DEFAULT_MODEL else []), *(o.strip("-") for o in options)]
+    )
+    chosen = [*(["--model", model] if model != DEFAULT_MODEL else []), *options]
+    command = [sys.executable, "-m", "d2f", "train", "--data", str(data), "--output", str(run), "--overwrite", *chosen]
     started = time.time()
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     wall = time.time() - started
@@ -79,13 +83,16 @@ def measure(name: str, work: Path, model: str = "tiny-shapes-eps") -> dict:
         rows[which] = images
         scores[which] = dict(correct=correct, n=n, accuracy=correct / n, low=low, high=high)
         print(f"{name} {which}: {correct}/{n} = {correct / n:.2f} [{low:.2f}, {high:.2f}]", flush=True)
-    grid(rows, ROOT / "docs" / f"own_images_auto_{name}.png", labels=cset.classes)
+    # the plain command's grid is the docs' figure; any other run's stays in its folder
+    grid(rows, (ROOT / "docs" if not chosen else run) / f"own_images_auto_{name}.png", labels=cset.classes)
     return {
         "dataset": name,
         "held_aside": name in HELD_ASIDE,
         "classes": list(cset.classes),
         "caption_example": cset.caption(cset.classes[0]),
-        "command": "d2f train --data FOLDER",
+        "command": " ".join(["d2f train --data FOLDER", *chosen]),
+        "model": model,
+        "options": list(options),
         "automatic": record.get("automatic"),
         "held_out": record["data"].get("held_out"),
         "heldout_curve": heldout_curve(run),
@@ -100,7 +107,8 @@ def measure(name: str, work: Path, model: str = "tiny-shapes-eps") -> dict:
 
 
 def report(records: list[dict]) -> str:
-    latest = {r["dataset"]: r for r in records}  # the newest record of each dataset
+    plain = [r for r in records if r.get("command", "d2f train --data FOLDER") == "d2f train --data FOLDER"]
+    latest = {r["dataset"]: r for r in plain}  # the newest record of each dataset
     lines = [
         "# The plain command on your own images (`benchmarks/own_images_auto.py`)",
         "",
@@ -138,7 +146,40 @@ def report(records: list[dict]) -> str:
         "(`fd_heldout` in `metrics.jsonl`: the VAE encoder's features of 48 samples for the captions of the 64 "
         "held-out images against those images, `d2f.training.holdout`); it needs no classifier.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + words_report(records)) + "\n"
+
+
+def words_report(records: list[dict]) -> list[str]:
+    """The table of the runs on other models or with options (the ``-words`` prior, UNet only or with the text
+    encoder's LoRA): newest record of each (command, dataset)."""
+    other = {
+        (r["command"], r["dataset"]): r
+        for r in records
+        if r.get("options") or r.get("model", DEFAULT_MODEL) != DEFAULT_MODEL
+    }
+    if not other:
+        return []
+    commands = list(dict.fromkeys(c for c, _ in other))
+    lines = [
+        "",
+        "## Other models and options",
+        "",
+        "The same datasets, measurement and budget; the command as given (FOLDER the dataset), `automatic` as "
+        "recorded. `tiny-shapes-eps-words` is the prior whose text encoder learnt English words before the UNet "
+        "was trained under it, frozen (`d2f.world.build.text_pretraining`, docs/world.md).",
+        "",
+        "| command | " + " | ".join(SETS) + " | automatic | training s |",
+        "| --- | " + " | ".join("---" for _ in SETS) + " | --- | ---: |",
+    ]
+    cell = lambda s: f"{s['accuracy']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"  # noqa: E731
+    for command in commands:
+        rows = {name: other.get((command, name)) for name in SETS}
+        some = next(r for r in rows.values() if r)
+        auto = ", ".join(f"{k}={v['value']}" for k, v in (some["automatic"] or {}).items()) or "-"
+        seconds = "/".join(f"{r['train_seconds']:.0f}" if r and r.get("train_seconds") else "-" for r in rows.values())
+        accs = " | ".join(cell(r["after"]) if r else "-" for r in rows.values())
+        lines.append(f"| `{command}` | {accs} | {auto} | {seconds} |")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -146,13 +187,15 @@ def main(argv=None) -> None:
     p.add_argument("sets", nargs="*", help=f"datasets, of {', '.join(SETS)} (default: all, in this order)")
     p.add_argument("--work", default="runs/own-images-auto", help="folder for the datasets and the runs")
     p.add_argument("--report-only", action="store_true", help="rewrite the table from the records")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="--model of d2f train (default: its default)")
+    p.add_argument("--option", action="append", default=[], help="an option passed on to d2f train (repeatable)")
     args = p.parse_args(argv)
     if set(args.sets) - set(SETS):
         p.error(f"unknown dataset(s) {', '.join(sorted(set(args.sets) - set(SETS)))}; choose from {', '.join(SETS)}")
     jsonl = RESULTS.with_suffix(".jsonl")
     if not args.report_only:
         for name in args.sets or SETS:
-            record = measure(name, Path(args.work))
+            record = measure(name, Path(args.work), args.model, tuple(args.option))
             with open(jsonl, "a") as f:
                 f.write(json.dumps(record) + "\n")
     records = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.is_file() else []

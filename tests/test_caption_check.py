@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from d2f.training import TrainConfig, train
 from d2f.training.auto import NEW_CONTENT, STYLE
-from d2f.training.caption_check import training_captions, unseen_words
+from d2f.training.caption_check import text_encoder_words, training_captions, unseen_words
 from d2f.world.build.priors import training_captions as world_captions
 from d2f.world.data import builtin_data
 from d2f.world.digits import write_digits
@@ -103,3 +103,30 @@ def test_d2f_train_says_its_automatic_choice_from_the_command_line(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "new content: 11 caption word(s)" in done.stdout + done.stderr
     assert _record(tmp_path / "run")["settings"]["train_text_encoder"] is True
+
+
+def test_a_prior_whose_text_encoder_knows_the_words_keeps_it_frozen(tmp_path):
+    """``tiny-shapes-eps-words`` lists the words its text encoder was pretrained on: the digits are new to its UNet
+    (so the new-content step size and time density) but not to its text encoder (so no text-encoder LoRA, and no
+    notice about unseen words); a word outside its list still counts as new to the text encoder."""
+    prior = builtin_prior("tiny-shapes-eps-words")
+    words = text_encoder_words(prior)
+    assert words and "digit" in words and "7" in words and "ωμέγα" not in words
+    data = write_digits(tmp_path / "digits", num_images=10)
+    events = []
+    train(TrainConfig(model=str(prior), data=str(data), output=str(tmp_path / "w"), **FAST), callback=events.append)
+    said = [e for e in events if e["event"] == "automatic"]
+    expected = dict(NEW_CONTENT, train_text_encoder=False)
+    assert (
+        len(said) == 1
+        and said[0]["settings"] == expected
+        and not [e for e in events if e["event"] == "captions_unseen"]
+    )
+    assert (
+        "new to tiny-shapes-eps-words's UNet" in said[0]["message"] and "--no-train-text-encoder" in said[0]["message"]
+    )
+    record = _record(tmp_path / "w")
+    assert {k: record["settings"][k] for k in expected} == expected and not record["lora"]["text_encoder"]
+    tokenizer = AutoTokenizer.from_pretrained(prior / "tokenizer")
+    known = training_captions(prior)
+    assert unseen_words(tokenizer, known + words, ["a digit 7", "a ωμέγα"]) == ["ωμέγα"]

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import CLIPTextModel
 
 import d2f
+from d2f.training.caption_check import text_encoder_words
 from d2f.world.build import priors, stages, vae_training
+from d2f.world.build.text_pretraining import english_words
 from d2f.world.build.tokenizer import MODEL_MAX_LENGTH
 from d2f.world.shapes import all_prompts, to_unit_range
 
@@ -50,7 +53,11 @@ def load(folder):
 
 @pytest.mark.parametrize(
     "name,prediction_type,scheduler",
-    [("tiny-shapes-eps", "epsilon", "PNDMScheduler"), ("tiny-shapes-v", "v_prediction", "DDIMScheduler")],
+    [
+        ("tiny-shapes-eps", "epsilon", "PNDMScheduler"),
+        ("tiny-shapes-v", "v_prediction", "DDIMScheduler"),
+        ("tiny-shapes-eps-words", "epsilon", "PNDMScheduler"),
+    ],
 )
 def test_shipped_prior_loads_with_plain_diffusers(name, prediction_type, scheduler):
     folder = ASSETS / name
@@ -76,7 +83,7 @@ def test_shipped_prior_loads_with_plain_diffusers(name, prediction_type, schedul
     assert record["captions"] == priors.training_captions()  # what d2f train's caption check compares against
 
 
-@pytest.mark.parametrize("name", ["tiny-shapes-eps", "tiny-shapes-v"])
+@pytest.mark.parametrize("name", ["tiny-shapes-eps", "tiny-shapes-v", "tiny-shapes-eps-words"])
 def test_shipped_prior_draws_the_prompted_shape_and_colour(name):
     """24 samples, one per prompt, 25 DDIM steps with guidance 5, scored by the shipped evaluator.
     The shipped bar (64 samples) is >= 0.90; 24 fixed-seed samples must clear 0.8 (one sample is
@@ -114,9 +121,13 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
                 "--output",
                 str(tmp_path),
                 "--only",
+                "text_encoder",
+                "--only",
                 "vae",
                 "--only",
-                "priors",  # the tokenizer stage needs wordfreq (the build extra): the shipped merges are used
+                "priors",  # the tokenizer stage is left out: the shipped merges are used
+                "--text-steps",
+                "2",
                 "--vae-steps",
                 "2",
                 "--prior-steps",
@@ -136,6 +147,14 @@ def test_rebuild_recipe_for_a_few_steps(tmp_path):
         record = json.loads((tmp_path / name / "d2f_build.json").read_text())
         assert record["recipe"]["steps"] == 2 and record["vae"]["steps"] == 2
         assert record["captions"] == priors.training_captions()
+        if name.endswith(priors.WORDS_SUFFIX):  # its text encoder is the pretrained one, untouched, and says so
+            pretrained = CLIPTextModel.from_pretrained(tmp_path / "_build" / "text_encoder")
+            for a, b in zip(pretrained.parameters(), pipe.text_encoder.parameters()):
+                assert torch.equal(a, b)
+            assert record["text_encoder_pretraining"]["steps"] == 2
+            assert text_encoder_words(tmp_path / name) == english_words()
+        else:
+            assert record["text_encoder_pretraining"] is None
         out = pipe(
             "a red circle",
             num_inference_steps=2,

@@ -115,3 +115,57 @@ def test_settings_that_cannot_train_the_text_encoder():
         check_config(TrainConfig(train_text_encoder=True, lora_rank=0))
     with pytest.raises(UserError, match="reflow trains the UNet only"):  # a reflow student (d2f.reflow)
         check_student(TrainConfig(train_text_encoder=True))
+
+
+def test_the_step_encodes_each_distinct_caption_once_with_the_same_gradient(tiny_sd_eps):
+    """``training_step`` runs the text encoder on the batch's distinct captions and gathers the rows: the loss and
+    the text encoder LoRA's gradient equal encoding every row (float64, to rounding)."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from d2f.core.schedule import Schedule
+    from d2f.parametrizations import Diff2FlowModel, unet_net
+    from d2f.training.step import training_step
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sd_eps / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(tiny_sd_eps / "text_encoder").double()
+    torch.manual_seed(0)
+    params = add_text_lora(text_encoder, rank=4)
+    for p in params:  # LoRA's B starts at zero: move it so the gradient reaches every LoRA weight
+        p.data.normal_(0, 0.1)
+    ids = tokenizer(["a red circle", "a digit 7", "a red circle", "", "a digit 7"], padding="max_length",
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    data, noise = (
+        torch.randn(5, 4, 8, 8, generator=gen, dtype=torch.float64),
+        torch.randn(5, 4, 8, 8, generator=gen, dtype=torch.float64),
+    )
+    t = torch.rand(5, generator=gen, dtype=torch.float64)
+    # a stand-in UNet that reads the states: the point is the text encoder's gradient, not the UNet
+    weight = torch.randn(text_encoder.config.hidden_size, 4, generator=gen, dtype=torch.float64)
+
+    class Net(torch.nn.Module):
+        config = type("Config", (), {"in_channels": 4})
+
+        def forward(self, z, timestep, encoder_hidden_states, return_dict=False):
+            return (z + (encoder_hidden_states.mean(1) @ weight)[:, :, None, None],)
+
+    parametrization = Diff2FlowModel(Schedule.preset("sd15"), "epsilon")
+
+    class Batches:
+        def get(self, k, *_):
+            return data, noise, t, ids
+
+    class Keep:  # the step's "optimizer": keeps the gradient it is handed
+        def step(self):
+            self.grads = [p.grad.clone() for p in params]
+
+        def zero_grad(self, set_to_none=True):
+            for p in params:
+                p.grad = None
+
+    kept = Keep()
+    training_step(parametrization, Net(), Batches(), kept, params, 0, max_grad_norm=0, text_encoder=text_encoder)
+    parametrization.loss(unet_net(Net()), data, noise, t, text_encoder(ids)[0]).loss.backward()  # every row
+    assert all(p.grad.abs().sum() > 0 for p in params)
+    for a, b in zip(kept.grads, [p.grad for p in params]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

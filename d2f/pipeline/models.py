@@ -20,6 +20,8 @@ ASSETS = Path(__file__).parent.parent / "assets"
 BUILTIN_DESCRIPTIONS = {
     "tiny-shapes-eps": "tiny SD-1.x-style prior (epsilon prediction) trained on the shapes world's base domain",
     "tiny-shapes-v": "tiny SD-2.x-style prior (v prediction) trained on the shapes world's base domain",
+    "tiny-shapes-eps-words": "tiny-shapes-eps's recipe under a text encoder pretrained on 19,673 English words "
+    "and kept frozen, as SD keeps CLIP",
 }
 PIPELINE_FILES = (
     "model_index.json",

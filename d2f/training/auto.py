@@ -12,6 +12,9 @@ rule, prints one line per decision (and how to override it) and records it under
   them 0.10 (chance 0.10); a UNet-only LoRA cannot tell the new words apart, the larger step and mid-t steps learn
   new glyphs in 1000 steps rather than 3000. Checked on further d2f-made datasets in
   ``benchmarks/results/own_images_auto.md``.
+- **New to the UNet only** (a ``-words`` prior, whose text encoder was pretrained on English words before its UNet,
+  as SD's CLIP was; ``caption_check.WORDS_FILE``): ``lr = 3e-3`` and logit-normal t, the text encoder stays frozen,
+  as SD's does (measured against its LoRA in ``benchmarks/results/own_images_auto.md``).
 - **Otherwise** (a style shift of what the model already draws, such as the demo; or a model that does not record
   its captions, such as SD, whose CLIP knows ordinary English): text encoder frozen, ``lr = 1e-3``, uniform t, the
   demo's measured defaults (``benchmarks/results/train_defaults.md``).
@@ -25,7 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from d2f.training.caption_check import SHOWN, training_captions, unseen_words
+from d2f.training.caption_check import SHOWN, text_encoder_words, training_captions, unseen_words
 
 # the settings that default to "auto", and the flag that overrides each decision
 AUTOMATIC = {"train_text_encoder": "--no-train-text-encoder", "lr": "--lr", "t_sampling": "--t-sampling"}
@@ -33,13 +36,21 @@ STYLE = {"train_text_encoder": False, "lr": 1e-3, "t_sampling": "uniform"}  # th
 NEW_CONTENT = {"train_text_encoder": True, "lr": 3e-3, "t_sampling": "logit-normal"}  # own_images_sweep.md
 
 
-def unseen_caption_words(run) -> list[str] | None:
-    """The data's caption words the model's text encoder never learnt; None where the model records no
-    training captions (nothing to check) or the batches come from elsewhere (reflow's pairs)."""
+def unseen_caption_words(run) -> tuple[list[str] | None, list[str] | None]:
+    """The data's caption words the model never learnt: ``(new to its UNet, new to its text encoder too)``. The two
+    are the same list unless the text encoder was pretrained on words of its own (``caption_check.WORDS_FILE``).
+    ``(None, None)`` where the model records no training captions (nothing to check) or the batches come from
+    elsewhere (reflow's pairs)."""
     if run.source is not None or not Path(run.ref.source).is_dir():
-        return None
+        return None, None
     known = training_captions(run.ref.source)
-    return unseen_words(run.pipe.tokenizer, known, run.data.captions) if known else None
+    if not known:
+        return None, None
+    new = unseen_words(run.pipe.tokenizer, known, run.data.captions)
+    words = text_encoder_words(run.ref.source)
+    if not new or words is None:
+        return new, new
+    return new, unseen_words(run.pipe.tokenizer, known + words, run.data.captions)
 
 
 def resolve_automatic(run) -> dict:
@@ -47,23 +58,28 @@ def resolve_automatic(run) -> dict:
     for the decisions made, which the run records. Prints (``run.notice``) one line for the decision, or one
     naming the new words when the text encoder's LoRA stays off all the same."""
     auto = [name for name in AUTOMATIC if getattr(run.cfg, name) is None]
-    words = unseen_caption_words(run)
+    new, unknown = unseen_caption_words(run)  # new to the UNet; of those, new to the text encoder too
     decided = {}
     if auto and run.previous is not None:  # --resume: what the run decided when it started
         recorded = run.previous.get("settings", {})
         run.cfg = replace(run.cfg, **{name: recorded.get(name, STYLE[name]) for name in auto})
         decided = dict(run.previous.get("automatic") or {})
     elif auto:
-        new_content = bool(words) and run.cfg.lora_rank > 0  # a full finetune has no text-encoder LoRA to train
-        rule = NEW_CONTENT if new_content else STYLE
-        if new_content:
-            because = f"{len(words)} caption word(s) are new to {run.ref.name}'s text encoder ({_shown(words)})"
-        elif words:
+        new_content = bool(new) and run.cfg.lora_rank > 0  # a full finetune has no text-encoder LoRA to train
+        rule = dict(NEW_CONTENT, train_text_encoder=bool(unknown)) if new_content else STYLE
+        if new_content and unknown:
+            because = f"{len(unknown)} caption word(s) are new to {run.ref.name}'s text encoder ({_shown(unknown)})"
+        elif new_content:
+            because = (
+                f"{len(new)} caption word(s) are new to {run.ref.name}'s UNet ({_shown(new)}); its text encoder "
+                "was pretrained on them, so it stays frozen"
+            )
+        elif new:
             because = "a full finetune (--lora-rank 0) cannot train the text encoder's LoRA"
         elif run.source is not None:
             because = "the batches come from elsewhere (reflow's pairs): the UNet alone trains"
         else:
-            because = "no new caption words" if words == [] else "the model records no training captions to check"
+            because = "no new caption words" if new == [] else "the model records no training captions to check"
         decided = {name: {"value": rule[name], "because": because} for name in auto}
         run.cfg = replace(run.cfg, **{name: rule[name] for name in auto})
         if new_content:
@@ -73,11 +89,11 @@ def resolve_automatic(run) -> dict:
                 f"new content: {because}, so d2f train uses {changes} (measured for new words: "
                 f"benchmarks/results/own_images_auto.md); override with {' / '.join(AUTOMATIC[n] for n in auto)}",
                 settings={name: rule[name] for name in auto},
-                words=words[:SHOWN],
+                words=(unknown or new)[:SHOWN],
             )
-    if words and not run.cfg.train_text_encoder and run.previous is None:
+    if unknown and not run.cfg.train_text_encoder and run.previous is None:
         why = "a full finetune trains the UNet only" if run.cfg.lora_rank == 0 else "--no-train-text-encoder"
-        _notice_unseen(run, words, why)
+        _notice_unseen(run, unknown, why)
     return decided
 
 
@@ -87,7 +103,7 @@ def _shown(words: list[str]) -> str:
 
 def _as_option(name: str, value) -> str:
     if name == "train_text_encoder":
-        return "--train-text-encoder"
+        return "--train-text-encoder" if value else "--no-train-text-encoder"
     return f"--{name.replace('_', '-')} " + (f"{value:g}" if isinstance(value, float) else str(value))
 
 

@@ -9,7 +9,9 @@ check finds such words.
 
 SD's CLIP text encoder learnt from hundreds of millions of captions, so only a model that records its training
 captions is checked: the built-in priors list theirs in ``d2f_build.json`` (``captions``, written by
-``d2f.world.build``). The check works on tokens, so it holds for any tokenizer: a caption token that no training
+``d2f.world.build``). A prior whose text encoder was pretrained on words alone before its UNet (``-words``) also
+lists those words (``WORDS_FILE``): a word there is known to the text encoder though its UNet never drew it.
+The check works on tokens, so it holds for any tokenizer: a caption token that no training
 caption has is unseen, and the notice names the words it comes from.
 """
 
@@ -19,6 +21,7 @@ import json
 from pathlib import Path
 
 BUILD_RECORD = "d2f_build.json"
+WORDS_FILE = "d2f_text_encoder_words.txt"  # one word per line: what a pretrained text encoder learnt
 SHOWN = 8  # words named in the notice
 
 
@@ -32,6 +35,15 @@ def training_captions(model_folder: str | Path) -> list[str] | None:
     except (OSError, ValueError, AttributeError):
         return None
     return captions if isinstance(captions, list) else None
+
+
+def text_encoder_words(model_folder: str | Path) -> list[str] | None:
+    """The words the model's text encoder was pretrained on before its UNet, if its folder lists them (else None)."""
+    path = Path(model_folder) / WORDS_FILE
+    try:
+        return path.read_text().split() if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def unseen_words(tokenizer, known_captions: list[str], captions: list[str]) -> list[str]:

@@ -85,7 +85,10 @@ def training_step(
         data, noise, t, cond = batches.get(step * grad_accum + micro, device.process_index, device.num_processes)
         with device.accumulate(*models):
             if text_encoder is not None:  # cond holds token ids: the text encoder is trained too
-                cond = text_encoder(cond)[0]
+                # each distinct caption once (a class dataset's batch repeats a few captions): the same states and,
+                # through the gather's backward, the same gradient (each row's summed over its repeats)
+                distinct, row = torch.unique(cond, dim=0, return_inverse=True)
+                cond = text_encoder(distinct)[0][row]
             # x_t = t x1 + (1 - t) x0,  loss = mean || u_hat(x_t, t) - (x1 - x0) ||^2  (diffusion: its native loss)
             out = parametrization.loss(net, data, noise, t, cond)
             per_sample = device.gather(out.per_sample.detach()).float().cpu()

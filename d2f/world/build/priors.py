@@ -33,7 +33,9 @@ from d2f.world.build.corpus import corpus_images
 from d2f.world.build.lr_schedule import warmup_cosine
 from d2f.world.shapes import all_prompts, shape_images, to_unit_range
 
-PRIORS = {"tiny-shapes-eps": "epsilon", "tiny-shapes-v": "v_prediction"}
+PRIORS = {"tiny-shapes-eps": "epsilon", "tiny-shapes-v": "v_prediction", "tiny-shapes-eps-words": "epsilon"}
+# priors whose text encoder was pretrained on English words first and kept frozen (text_pretraining.py)
+WORDS_SUFFIX = "-words"
 # corpus kinds the priors also learn to draw, with their captions (glyphs stay unseen: see the module doc)
 KIND_CAPTIONS = {
     "strokes": "colourful strokes",
@@ -85,10 +87,13 @@ def train_prior(
     seed: int = 0,
     log: Log | None = None,
     init=None,
+    text_encoder=None,
 ):
     """Train UNet + text encoder (from scratch unless ``init``) on the priors' data (``prior_data``).
     Returns ``(unet, text_encoder, final_loss)`` with the EMA weights loaded. ``init``: an optional
-    ``(unet, text_encoder)`` pair to continue training instead of starting from scratch.
+    ``(unet, text_encoder)`` pair to continue training instead of starting from scratch. ``text_encoder``: a
+    pretrained one (``text_pretraining.py``) kept frozen, as SD keeps CLIP: only the UNet trains (the ``-words``
+    priors).
 
     Latents are precomputed once as posterior mean and std; each step draws a fresh posterior
     sample ``mean + std*n`` (what SD's training does with its cached VAE moments)."""
@@ -109,16 +114,22 @@ def train_prior(
     ).input_ids
     index = torch.tensor([vocab.index(c) for c in captions])
 
-    unet, text_encoder = init or (make_unet(), make_text_encoder(tokenizer))
+    frozen = text_encoder is not None
+    if frozen:
+        unet = init[0] if init else make_unet()
+        text_encoder.requires_grad_(False).eval()
+    else:
+        unet, text_encoder = init or (make_unet(), make_text_encoder(tokenizer))
     named = {f"unet.{k}": p for k, p in unet.named_parameters()}
-    named |= {f"text_encoder.{k}": p for k, p in text_encoder.named_parameters()}
+    if not frozen:
+        named |= {f"text_encoder.{k}": p for k, p in text_encoder.named_parameters()}
     params = list(named.values())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
     ema = EMA(named, ema_decay)
     gen = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
-    unet.train(), text_encoder.train()
+    unet.train(), text_encoder.train(not frozen)
     for step in range(steps):
         pick = torch.multinomial(weights, batch_size, replacement=True, generator=gen)
         # x1: a posterior sample, scaled to unit variance

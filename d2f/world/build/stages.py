@@ -9,10 +9,13 @@ resumes from the stage it was in (``--only`` the remaining stages):
 
 1. ``tokenizer``: learn the BPE merges from ``wordfreq``'s English words (``tokenizer.py``); kept in
    ``<output>/_build/tokenizer``.
+   ``text_encoder``: pretrain a text encoder on English words alone (``text_pretraining.py``), for the
+   ``-words`` priors; kept in ``<output>/_build/text_encoder``.
 2. ``vae``: train the AutoencoderKL on the broad corpus (``corpus.py``, ``vae_training.py``) and measure its
    reconstruction PSNR per kind; kept in ``<output>/_build/vae`` (each prior folder gets a copy in ``vae/``).
 3. ``priors``: ``tiny-shapes-eps`` and ``tiny-shapes-v`` (UNet + text encoder from scratch on the
-   shapes world's base domain and the corpus), each saved as a StableDiffusionPipeline folder with a
+   shapes world's base domain and the corpus) and ``tiny-shapes-eps-words`` (the UNet from scratch on the same
+   data, under the pretrained text encoder kept frozen), each saved as a StableDiffusionPipeline folder with a
    ``d2f_build.json`` record.
 4. ``evaluator``: ``evaluator_training.train_evaluator`` into ``<output>/evaluator``.
 5. ``quality``: sample each prior (64 prompts, 25 DDIM steps, guidance 5) and score it with the
@@ -36,7 +39,7 @@ from d2f.versions import versions
 from d2f.world.build import priors, tokenizer, vae_training
 from d2f.world.build.components import save_prior
 
-STAGES = ("tokenizer", "vae", "priors", "evaluator", "quality", "grid")
+STAGES = ("tokenizer", "text_encoder", "vae", "priors", "evaluator", "quality", "grid")
 
 
 def _progress(console, label: str, total: int):
@@ -72,6 +75,35 @@ def build_tokenizer(out: Path, console) -> Path:
     (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
     console.print(f"tokenizer: {len(merges)} merges in {time.time() - start:.0f} s -> {folder}")
     return folder
+
+
+def build_text_encoder(out: Path, args, console) -> Path:
+    from d2f.world.build.text_pretraining import pretrain_text_encoder
+
+    start = time.time()
+    tok = tokenizer.make_tokenizer(load_merges(out))
+    bar, log = _progress(console, "text_encoder", args.text_steps)
+    with bar:
+        text_encoder, record = pretrain_text_encoder(tok, steps=args.text_steps, seed=args.seed, log=log)
+    record |= dict(train_seconds=round(time.time() - start, 1), threads=torch.get_num_threads())
+    folder = out / "_build" / "text_encoder"
+    text_encoder.save_pretrained(folder, safe_serialization=True)
+    (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
+    console.print(f"text_encoder: {record}")
+    return folder
+
+
+def load_text_encoder(out: Path, name: str):
+    """The pretrained text encoder of the last ``text_encoder`` stage, else the one inside prior ``name``."""
+    from transformers import CLIPTextModel
+
+    for folder in (out / "_build" / "text_encoder", out / name / "text_encoder"):
+        if (folder / "config.json").is_file():
+            return CLIPTextModel.from_pretrained(folder), folder
+    raise FileNotFoundError(
+        f"no pretrained text encoder under {out}: run `python -m d2f.world.build --output {out} --only text_encoder`"
+    )
 
 
 def load_merges(out: Path) -> list[tuple[str, str]]:
@@ -140,6 +172,8 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         )
         old = json.loads((out / name / "d2f_build.json").read_text())
         history = old.get("history", []) + [{k: old[k] for k in ("recipe", "final_loss", "train_seconds")}]
+    words = name.endswith(priors.WORDS_SUFFIX)
+    pretrained, text_record = load_text_encoder(out, name) if words else (None, None)
     bar, log = _progress(console, name, args.prior_steps)
     with bar:
         unet, text_encoder, loss = priors.train_prior(
@@ -153,6 +187,7 @@ def build_prior(out: Path, name: str, args, console) -> Path:
             seed=args.seed + len(history),
             log=log,
             init=init,
+            text_encoder=pretrained,
         )
     seconds = time.time() - start
     folder = save_prior(out / name, vae, text_encoder, tok, unet, prediction_type, merges)
@@ -163,8 +198,13 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         "prediction_type": prediction_type,
         "recipe": {
             "unet": "UNet2DConditionModel (32,64,64), layers_per_block 1, cross-attention 64, from scratch",
-            "text_encoder": f"CLIPTextModel hidden 64, 2 layers, 77 positions, from scratch; byte-level BPE of "
-            f"{len(merges)} merges learnt from wordfreq's English words",
+            "text_encoder": (
+                "pretrained on English words alone, then frozen (d2f.world.build.text_pretraining)"
+                if words
+                else "from scratch, with the UNet"
+            )
+            + f"; CLIPTextModel hidden 64, 2 layers, 77 positions; byte-level BPE of {len(merges)} merges learnt "
+            "from wordfreq's English words",
             "objective": f"diffusion, {prediction_type} target, i ~ U{{0..999}}, SD betas scaled_linear 0.00085-0.012",
             "data": f"{args.num_images} shapes base-domain images ({priors.SHAPES_FRACTION:.0%} of draws) and "
             f"{args.num_images // 4} of each of {list(priors.KIND_CAPTIONS)} (seed {args.seed + 1}), "
@@ -183,13 +223,31 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         "threads": torch.get_num_threads(),
         "versions": versions(("torch", "diffusers", "transformers", "tokenizers", "safetensors", "numpy", "pillow")),
         "quality": None,
-        "captions": priors.training_captions(),  # what its text encoder learnt (d2f.training.caption_check)
+        "captions": priors.training_captions(),  # what its UNet (and a joint text encoder) learnt from
+        # a pretrained text encoder learnt every word of its word list (d2f.training.caption_check reads this)
+        "text_encoder_pretraining": _json_or_none(text_record / "d2f_build.json") if words else None,
         "history": history,  # earlier runs this one continued from (--resume), oldest first
         "total_steps": args.prior_steps + sum(h["recipe"]["steps"] for h in history),
     }
     (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
+    if words:  # what the text encoder learnt, for d2f train's caption check
+        write_text_encoder_words(folder)
     console.print(f"{name}: final loss {loss:.4f}, {seconds:.0f} s -> {folder}")
     return folder
+
+
+def write_text_encoder_words(folder: Path) -> Path:
+    """The pretraining word list, one per line, as ``d2f.training.caption_check.text_encoder_words`` reads it."""
+    from d2f.training.caption_check import WORDS_FILE
+    from d2f.world.build.text_pretraining import english_words
+
+    path = folder / WORDS_FILE
+    path.write_text("\n".join(english_words()) + "\n")
+    return path
+
+
+def _json_or_none(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def measure_quality(out: Path, name: str, args, console) -> dict:
@@ -244,6 +302,7 @@ def main(argv=None) -> None:
     p.add_argument("--priors", default=",".join(priors.PRIORS), help="comma-separated priors to build")
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--prior-steps", type=int, default=3900)
+    p.add_argument("--text-steps", type=int, default=1000, help="text encoder pretraining steps (-words priors)")
     p.add_argument(
         "--evaluator-steps", type=int, default=800
     )  # the shipped evaluator's recipe (d2f/assets/evaluator/d2f_build.json)
@@ -271,6 +330,8 @@ def main(argv=None) -> None:
         p.error(f"unknown prior(s) {unknown}; choose from {list(priors.PRIORS)}")
     if "tokenizer" in stages:
         build_tokenizer(out, console)
+    if "text_encoder" in stages:
+        build_text_encoder(out, args, console)
     if "vae" in stages:
         build_vae(out, args, console)
     if "priors" in stages:
