@@ -52,6 +52,10 @@ def test_new_words_turn_on_the_new_content_recipe_said_and_recorded(tmp_path):
     train(TrainConfig(model=str(prior), data=str(data), output=str(tmp_path / "a"), **FAST), callback=events.append)
     said = [e for e in events if e["event"] == "automatic"]
     assert len(said) == 1 and said[0]["settings"] == NEW_CONTENT
+    # the built-in prior whose text encoder knows the words is named (the same eps prediction and tokenizer)
+    assert (
+        said[0]["suggested_model"] == "tiny-shapes-eps-words" and "--model tiny-shapes-eps-words" in said[0]["message"]
+    )
     assert "11 caption word(s)" in said[0]["message"] and "'digit', '0', '1'" in said[0]["message"]
     assert "--no-train-text-encoder" in said[0]["message"] and "--lr" in said[0]["message"]
     record = _record(tmp_path / "a")
@@ -123,7 +127,8 @@ def test_a_prior_whose_text_encoder_knows_the_words_keeps_it_frozen(tmp_path):
         and not [e for e in events if e["event"] == "captions_unseen"]
     )
     assert (
-        "new to tiny-shapes-eps-words's UNet" in said[0]["message"] and "--no-train-text-encoder" in said[0]["message"]
+        "new to tiny-shapes-eps-words's UNet" in said[0]["message"]
+        and "with --train-text-encoder /" in said[0]["message"]
     )
     record = _record(tmp_path / "w")
     assert {k: record["settings"][k] for k in expected} == expected and not record["lora"]["text_encoder"]

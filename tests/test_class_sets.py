@@ -62,3 +62,11 @@ def test_the_table_reports_each_record():
     assert "**0.82 [0.73, 0.88]**" in row and "0.10 [0.05, 0.17]" in row and "lr=0.003" in row
     assert "9.9 -> 1.2" in row and "| 251 |" in row and "500/500" in row and "| check |" in row
     assert json.dumps(record)  # a record is plain JSON
+    # a run with another model or options goes to the second table, by its command, never into the plain one
+    words = dict(record, command="d2f train --data FOLDER --model tiny-shapes-eps-words", model="tiny-shapes-eps-words",
+                 options=[], after={**record["after"], "accuracy": 0.91, "low": 0.84, "high": 0.95})  # fmt: skip
+    table = report([older, record, words])
+    plain, other = table.split("## Other models and options")
+    assert "0.91" not in plain and "**0.82 [0.73, 0.88]**" in plain
+    row = next(line for line in other.splitlines() if "tiny-shapes-eps-words` |" in line)
+    assert "| - | 0.91 [0.84, 0.95] | - |" in row and "| -/251/- |" in row

@@ -28,12 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RES = "benchmarks/results/"
 EPS_BUILD, V_BUILD = "d2f/assets/tiny-shapes-eps/d2f_build.json", "d2f/assets/tiny-shapes-v/d2f_build.json"
 EVALUATOR_BUILD = "d2f/assets/evaluator/d2f_build.json"
+WORDS_BUILD = "d2f/assets/tiny-shapes-eps-words/d2f_build.json"
 NB01 = "tutorials/01_schedules.ipynb"  # prints SD's covered range and where c peaks
 
 # page -> the committed files its numbers come from
 SOURCES = {
     "README.md": [RES + f for f in ("objectives.md", "reflow.md", "own_images_auto.md", "sd_cpu.md")] + [NB01],
-    "docs/world.md": [RES + "world_build.md", RES + "fd_floor.md", EPS_BUILD, V_BUILD, EVALUATOR_BUILD],
+    "docs/world.md": [RES + "world_build.md", RES + "fd_floor.md", RES + "text_encoders.md", EPS_BUILD, V_BUILD]
+    + [EVALUATOR_BUILD, WORDS_BUILD],
     "docs/training.md": [RES + "objectives.md", RES + "train_cost.json", RES + "train_defaults.md"],
     "docs/sampling.md": ["benchmarks/sampling.md", V_BUILD],
     "docs/data-and-models.md": [RES + "world_build.md"],
@@ -214,26 +216,32 @@ OWN = RES + "own_images_new_content.md"
 AUTO = RES + "own_images_auto.jsonl"
 
 
-def newest(path: str, key: str, value: str) -> dict:
-    """The last record of a JSONL results file whose ``key`` is ``value`` (a rerun appends; the newest counts)."""
-    return [r for r in map(json.loads, read(path).splitlines()) if r[key] == value][-1]
+def newest(path: str, key: str, value: str, **also) -> dict:
+    """The last record of a JSONL results file whose ``key`` is ``value`` and whose other keys are as ``also`` says
+    (a rerun appends; the newest counts)."""
+    records = map(json.loads, read(path).splitlines())
+    return [r for r in records if r[key] == value and all(r.get(k) == v for k, v in also.items())][-1]
 
 
-def plain_command(dataset: str, which: str = "after"):
-    """'0.63 [0.53, 0.72]': a dataset's accuracy with its interval, the newest record of own_images_auto.jsonl."""
+PLAIN = "d2f train --data FOLDER"
+
+
+def plain_command(dataset: str, which: str = "after", command: str = PLAIN):
+    """'0.63 [0.53, 0.72]': a dataset's accuracy with its interval, the newest record of own_images_auto.jsonl
+    for ``command`` (default: the plain one)."""
 
     def make(path):
-        score = newest(path, "dataset", dataset)[which]
+        score = newest(path, "dataset", dataset, command=command)[which]
         return f"{score['accuracy']:.2f} [{score['low']:.2f}, {score['high']:.2f}]"
 
     return make
 
 
 def heldout_fd(dataset: str):
-    """'192.1 to 2.0': the held-out FD of a dataset's run at step 0 and at the end."""
+    """'192.1 to 2.0': the held-out FD of a dataset's run (the plain command) at step 0 and at the end."""
 
     def make(path):
-        curve = newest(path, "dataset", dataset)["heldout_curve"]
+        curve = newest(path, "dataset", dataset, command=PLAIN)["heldout_curve"]
         return f"{curve[0]['fd_heldout']:.1f} to {curve[-1]['fd_heldout']:.1f}"
 
     return make
@@ -301,6 +309,16 @@ QUOTES = [
     ("docs/training.md", None, RES + "train_cost.json", train_cost_rows),
     ("docs/world.md", "| tiny-shapes-eps | 1.00 | [0.94, 1.00] |", EPS_BUILD, prior_quality),
     ("docs/world.md", "| tiny-shapes-v | 1.00 | [0.94, 1.00] |", V_BUILD, prior_quality),
+    ("docs/world.md", "| tiny-shapes-eps-words | 1.00 | [0.94, 1.00] |", WORDS_BUILD, prior_quality),
+    *[
+        (
+            "docs/world.md",
+            None,
+            RES + "text_encoders.md",
+            table_row("", f"| {prior} |", slice(0, 5), "| {} | {} | {} | {} | {} |"),
+        )
+        for prior in ("tiny-shapes-eps", "tiny-shapes-eps-words")
+    ],
     ("docs/own-images.md", "about 0.3", RES + "own_images_sweep.jsonl", vocabulary_cost),
     # notebook prose (the script is the source of the notebook); only quoted, not scanned
     (

@@ -25,6 +25,7 @@ given by the user (command line or ``--config``) is kept as given; the rest foll
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,8 +72,8 @@ def resolve_automatic(run) -> dict:
             because = f"{len(unknown)} caption word(s) are new to {run.ref.name}'s text encoder ({_shown(unknown)})"
         elif new_content:
             because = (
-                f"{len(new)} caption word(s) are new to {run.ref.name}'s UNet ({_shown(new)}); its text encoder "
-                "was pretrained on them, so it stays frozen"
+                f"{len(new)} caption word(s) are new to {run.ref.name}'s UNet ({_shown(new)}) but not to its text "
+                "encoder, which was pretrained on them"
             )
         elif new:
             because = "a full finetune (--lora-rank 0) cannot train the text encoder's LoRA"
@@ -84,12 +85,20 @@ def resolve_automatic(run) -> dict:
         run.cfg = replace(run.cfg, **{name: rule[name] for name in auto})
         if new_content:
             changes = ", ".join(_as_option(name, rule[name]) for name in auto)
+            knows = builtin_that_knows(run, unknown) if unknown else None
             run.notice(
                 "automatic",
                 f"new content: {because}, so d2f train uses {changes} (measured for new words: "
-                f"benchmarks/results/own_images_auto.md); override with {' / '.join(AUTOMATIC[n] for n in auto)}",
+                f"benchmarks/results/own_images_auto.md); override with {' / '.join(_override(n, rule) for n in auto)}"
+                + (
+                    f". The built-in {knows}'s text encoder knows these words: --model {knows} learns them with a "
+                    "frozen text encoder, faster (docs/own-images.md)"
+                    if knows
+                    else ""
+                ),
                 settings={name: rule[name] for name in auto},
                 words=(unknown or new)[:SHOWN],
+                **({"suggested_model": knows} if knows else {}),
             )
     if unknown and not run.cfg.train_text_encoder and run.previous is None:
         why = "a full finetune trains the UNet only" if run.cfg.lora_rank == 0 else "--no-train-text-encoder"
@@ -97,8 +106,39 @@ def resolve_automatic(run) -> dict:
     return decided
 
 
+def builtin_that_knows(run, words: list[str]) -> str | None:
+    """For a built-in model: another built-in prior whose pretrained text encoder knows every caption word this
+    one's never learnt (``tiny-shapes-eps-words``), of the same prediction type and tokenizer; else None."""
+    from d2f.pipeline.models import ASSETS, builtin_names
+
+    if Path(run.ref.source).resolve().parent != ASSETS.resolve():  # by name or by its folder
+        return None
+    mine = json.loads((Path(run.ref.source) / "tokenizer" / "vocab.json").read_text())
+    kind = run.pipe.scheduler.config.get("prediction_type", "epsilon")
+    for name in builtin_names():
+        folder = ASSETS / name
+        known, learnt = training_captions(folder), text_encoder_words(folder)
+        if folder.resolve() == Path(run.ref.source).resolve() or not known or not learnt:
+            continue
+        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        if config.get("prediction_type", "epsilon") != kind:
+            continue
+        if json.loads((folder / "tokenizer" / "vocab.json").read_text()) != mine:
+            continue
+        if not unseen_words(run.pipe.tokenizer, known + learnt, run.data.captions):
+            return name
+    return None
+
+
 def _shown(words: list[str]) -> str:
     return ", ".join(repr(w) for w in words[:SHOWN]) + (", ..." if len(words) > SHOWN else "")
+
+
+def _override(name: str, rule: dict) -> str:
+    """The flag that undoes a decision: the text encoder's is the opposite of what was chosen."""
+    if name == "train_text_encoder":
+        return "--no-train-text-encoder" if rule[name] else "--train-text-encoder"
+    return AUTOMATIC[name]
 
 
 def _as_option(name: str, value) -> str:
