@@ -221,3 +221,24 @@ def evaluate_prior(
         return record
     record["prompt_accuracy"] = float(prompt_accuracy(images, prompts, evaluator=model))
     return record
+
+
+def save_grid(folders: list[Path], path: Path, guidance: float, seed: int, per_row: int = 12, cell: int = 64) -> Path:
+    """One labelled row of ``per_row`` samples per prior folder (prompts spread over the world's 24, 25 DDIM
+    steps at ``guidance``), each 32 px sample upscaled to ``cell`` px (nearest)."""
+    from PIL import Image, ImageDraw
+
+    prompts = [all_prompts()[(5 * k) % 24] for k in range(per_row)]  # spread over shapes and colours
+    label_w = 110
+    grid = Image.new("RGB", (label_w + per_row * cell, len(folders) * cell), "white")
+    pen = ImageDraw.Draw(grid)
+    for row, folder in enumerate(folders):
+        images = sample_prior(folder, prompts, guidance=guidance, seed=seed)
+        pen.text((4, row * cell + cell // 2 - 6), folder.name, fill="black")
+        for col, img in enumerate(images):
+            pixels = (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+            tile = Image.fromarray(pixels).resize((cell, cell), Image.NEAREST)
+            grid.paste(tile, (label_w + col * cell, row * cell))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

@@ -37,7 +37,9 @@ import torch
 
 from d2f.versions import versions
 from d2f.world.build import priors, tokenizer, vae_training
+from d2f.world.build.build_cache import json_or_none, load_merges, load_text_encoder, load_vae, stage_folder
 from d2f.world.build.components import save_prior
+from d2f.world.build.text_pretraining import write_text_encoder_words
 
 STAGES = ("tokenizer", "text_encoder", "vae", "priors", "evaluator", "quality", "grid")
 
@@ -70,9 +72,8 @@ def _progress(console, label: str, total: int):
 def build_tokenizer(out: Path, console) -> Path:
     start = time.time()
     merges = tokenizer.train_merges(tokenizer.english_word_counts(), tokenizer.NUM_MERGES)
-    folder = out / "_build" / "tokenizer"
+    folder = stage_folder(out, "tokenizer")
     tokenizer.write_vocab_files(folder, merges)
-    (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
     console.print(f"tokenizer: {len(merges)} merges in {time.time() - start:.0f} s -> {folder}")
     return folder
 
@@ -86,34 +87,11 @@ def build_text_encoder(out: Path, args, console) -> Path:
     with bar:
         text_encoder, record = pretrain_text_encoder(tok, steps=args.text_steps, seed=args.seed, log=log)
     record |= dict(train_seconds=round(time.time() - start, 1), threads=torch.get_num_threads())
-    folder = out / "_build" / "text_encoder"
+    folder = stage_folder(out, "text_encoder")
     text_encoder.save_pretrained(folder, safe_serialization=True)
     (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
     console.print(f"text_encoder: {record}")
     return folder
-
-
-def load_text_encoder(out: Path, name: str):
-    """The pretrained text encoder of the last ``text_encoder`` stage, else the one inside prior ``name``."""
-    from transformers import CLIPTextModel
-
-    for folder in (out / "_build" / "text_encoder", out / name / "text_encoder"):
-        if (folder / "config.json").is_file():
-            return CLIPTextModel.from_pretrained(folder), folder
-    raise FileNotFoundError(
-        f"no pretrained text encoder under {out}: run `python -m d2f.world.build --output {out} --only text_encoder`"
-    )
-
-
-def load_merges(out: Path) -> list[tuple[str, str]]:
-    """The merges of the last ``tokenizer`` stage, else those of the priors in ``out``, else the shipped ones."""
-    for folder in (out / "_build" / "tokenizer", out / "tiny-shapes-eps" / "tokenizer", tokenizer.SHIPPED):
-        if (folder / "merges.txt").is_file():
-            return tokenizer.read_merges(folder)
-    raise FileNotFoundError(
-        f"no tokenizer under {out}: run `python -m d2f.world.build --output {out} --only tokenizer`"
-    )
 
 
 def build_vae(out: Path, args, console) -> Path:
@@ -124,9 +102,8 @@ def build_vae(out: Path, args, console) -> Path:
             args.vae_steps, num_per_kind=args.num_images, batch_size=args.batch_size, seed=args.seed, log=log
         )
     seconds = time.time() - start
-    folder = out / "_build" / "vae"
+    folder = stage_folder(out, "vae")
     vae.save_pretrained(folder, safe_serialization=True)
-    (out / "_build" / ".gitignore").write_text("*\n")  # a build cache, not package data
     record = dict(
         steps=args.vae_steps,
         num_images_per_kind=args.num_images,
@@ -142,16 +119,6 @@ def build_vae(out: Path, args, console) -> Path:
     (folder / "d2f_build.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"vae: {record}")
     return folder
-
-
-def load_vae(out: Path):
-    """The VAE of the last ``vae`` stage, else the one shipped inside ``tiny-shapes-eps``."""
-    from diffusers import AutoencoderKL
-
-    for folder in (out / "_build" / "vae", out / "tiny-shapes-eps" / "vae"):
-        if (folder / "config.json").is_file():
-            return AutoencoderKL.from_pretrained(folder), folder
-    raise FileNotFoundError(f"no VAE under {out}: run `python -m d2f.world.build --output {out} --only vae` first")
 
 
 def build_prior(out: Path, name: str, args, console) -> Path:
@@ -225,7 +192,7 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         "quality": None,
         "captions": priors.training_captions(),  # what its UNet (and a joint text encoder) learnt from
         # a pretrained text encoder learnt every word of its word list (d2f.training.caption_check reads this)
-        "text_encoder_pretraining": _json_or_none(text_record / "d2f_build.json") if words else None,
+        "text_encoder_pretraining": json_or_none(text_record / "d2f_build.json") if words else None,
         "history": history,  # earlier runs this one continued from (--resume), oldest first
         "total_steps": args.prior_steps + sum(h["recipe"]["steps"] for h in history),
     }
@@ -234,20 +201,6 @@ def build_prior(out: Path, name: str, args, console) -> Path:
         write_text_encoder_words(folder)
     console.print(f"{name}: final loss {loss:.4f}, {seconds:.0f} s -> {folder}")
     return folder
-
-
-def write_text_encoder_words(folder: Path) -> Path:
-    """The pretraining word list, one per line, as ``d2f.training.caption_check.text_encoder_words`` reads it."""
-    from d2f.training.caption_check import WORDS_FILE
-    from d2f.world.build.text_pretraining import english_words
-
-    path = folder / WORDS_FILE
-    path.write_text("\n".join(english_words()) + "\n")
-    return path
-
-
-def _json_or_none(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def measure_quality(out: Path, name: str, args, console) -> dict:
@@ -266,29 +219,6 @@ def measure_quality(out: Path, name: str, args, console) -> dict:
     path.write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"{name}: {quality}")
     return quality
-
-
-def save_grid(out: Path, names: list[str], path: Path, args, per_row: int = 12, cell: int = 64) -> Path:
-    """One labelled row of ``per_row`` samples per prior (prompts cycling through the world's 24,
-    25 DDIM steps, the build's guidance), each 32 px sample upscaled to ``cell`` px (nearest)."""
-    from PIL import Image, ImageDraw
-
-    from d2f.world.shapes import all_prompts
-
-    prompts = [all_prompts()[(5 * k) % 24] for k in range(per_row)]  # spread over shapes and colours
-    label_w = 110
-    grid = Image.new("RGB", (label_w + per_row * cell, len(names) * cell), "white")
-    pen = ImageDraw.Draw(grid)
-    for row, name in enumerate(names):
-        images = priors.sample_prior(out / name, prompts, guidance=args.guidance, seed=args.seed)
-        pen.text((4, row * cell + cell // 2 - 6), name, fill="black")
-        for col, img in enumerate(images):
-            pixels = (img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-            tile = Image.fromarray(pixels).resize((cell, cell), Image.NEAREST)
-            grid.paste(tile, (label_w + col * cell, row * cell))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
 
 
 def main(argv=None) -> None:
@@ -345,5 +275,5 @@ def main(argv=None) -> None:
         for name in names:
             measure_quality(out, name, args, console)
     if "grid" in stages:
-        console.print(f"grid: {save_grid(out, names, Path(args.grid), args)}")
+        console.print(f"grid: {priors.save_grid([out / n for n in names], Path(args.grid), args.guidance, args.seed)}")
     console.print(f"built {', '.join(stages)} into {out} in {time.time() - start:.0f} s")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -166,3 +167,12 @@ def separation(text_encoder, tokenizer, captions: list[str]) -> float:
     cos = torch.einsum("akh,bkh->abk", states, states).min(dim=-1).values  # (B, B): the most different position
     pairs = ~torch.eye(len(captions), dtype=torch.bool)
     return cos[pairs].mean().item()
+
+
+def write_text_encoder_words(folder: Path) -> Path:
+    """The pretraining word list, one per line, as ``d2f.training.caption_check.text_encoder_words`` reads it."""
+    from d2f.training.caption_check import WORDS_FILE
+
+    path = folder / WORDS_FILE
+    path.write_text("\n".join(english_words()) + "\n")
+    return path
