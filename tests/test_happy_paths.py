@@ -159,8 +159,12 @@ def test_reflow_to_the_end_then_its_student_samples_in_one_step(work, trained, s
 
     again = work / "student-json"  # reuses the first student's pairs: the JSON says none were made
     tiny += ["--pairs", str(student / "pairs")]
-    summary = json.loads(assert_ok(d2f_cli("reflow", *tiny, "--output", str(again), "--json", cwd=work)))
+    rfpp = ["--loss", "pseudo-huber", "--t-sampling", "u-shaped"]  # 2-rectified flow++'s loss and time density
+    summary = json.loads(assert_ok(d2f_cli("reflow", *tiny, *rfpp, "--output", str(again), "--json", cwd=work)))
     assert summary["pairs"]["shards_written"] == 0 and summary["steps"] == 2
+    settings = json.loads((again / "d2f_run.json").read_text())["settings"]
+    assert (settings["loss"], settings["t_sampling"]) == ("pseudo-huber", "u-shaped")
+    assert record["settings"]["loss"] == "mse"  # the default
 
     one = work / "one-step.png"
     assert_ok(d2f_cli("sample", "--lora", str(again), "--steps", "1", "--prompt", "a red circle", "--output",

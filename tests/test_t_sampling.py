@@ -1,8 +1,13 @@
-"""``--t-sampling near-noise`` draws FM times with density 2 (1 - t) (``Parametrization.sample_time``): checked in
-closed form on many draws, in float64, with a Kolmogorov-Smirnov test and the first two moments.
+"""``--t-sampling near-noise`` and ``u-shaped`` draw FM times from their stated densities
+(``Parametrization.sample_time``): checked in closed form on many draws, in float64, with a Kolmogorov-Smirnov test
+and the first two moments.
 
-Density p(t) = 2 (1 - t) on [0, 1], so  F(s) = P(t <= s) = 1 - (1 - s)^2,  E[t] = 1/3,  E[t^2] = 1/6,
+near-noise: p(t) = 2 (1 - t) on [0, 1], so  F(s) = P(t <= s) = 1 - (1 - s)^2,  E[t] = 1/3,  E[t^2] = 1/6,
 Var[t] = 1/18.
+
+u-shaped (2-rectified flow++): p(t) = e^(a t) + e^(a (1 - t)), normalised, a = 4; its reference code draws t from
+the density a e^(a t) / (e^a - 1) and flips it to 1 - t half the time. So
+F(s) = (e^(a s) - e^(a (1 - s)) + e^a - 1) / (2 (e^a - 1)), and by symmetry E[t] = 1/2.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 
 from d2f.core.schedule import Schedule
 from d2f.parametrizations import Diff2FlowModel, NaiveFMModel
+from d2f.parametrizations.base import U_SHAPE_A
 
 DRAWS = 200_000
 # sqrt(n) D_n -> Kolmogorov distribution; P(sqrt(n) D_n > 1.95) ~ 0.001
@@ -23,6 +29,12 @@ KS_CRITICAL = 1.95 / math.sqrt(DRAWS)
 def near_noise_cdf(s: torch.Tensor) -> torch.Tensor:
     # F(s) = 1 - (1 - s)^2
     return 1 - (1 - s) ** 2
+
+
+def u_shaped_cdf(s: torch.Tensor) -> torch.Tensor:
+    # the mixture of a e^(a t) / (e^a - 1) and its mirror: F(s) = (e^(a s) - 1 + e^a - e^(a (1 - s))) / (2 (e^a - 1))
+    a = U_SHAPE_A
+    return (torch.exp(a * s) - 1 + math.exp(a) - torch.exp(a * (1 - s))) / (2 * (math.exp(a) - 1))
 
 
 def ks_statistic(t: torch.Tensor, cdf) -> float:
@@ -60,3 +72,23 @@ def test_near_noise_is_seeded():
         16, "near-noise", torch.Generator().manual_seed(seed)
     )
     assert torch.equal(sample(3), sample(3)) and not torch.equal(sample(3), sample(4))
+
+
+@pytest.mark.parametrize("model", [Diff2FlowModel, NaiveFMModel])
+def test_u_shaped_is_2_rectified_flow_plus_plus_density(model):
+    t = model(Schedule.preset("sd15")).sample_time(DRAWS, "u-shaped", torch.Generator().manual_seed(0))
+    assert t.shape == (DRAWS,) and t.dtype == torch.float32
+    assert t.min() >= 0 and t.max() <= 1
+    assert ks_statistic(t, u_shaped_cdf) < KS_CRITICAL
+    t = t.double()
+    # E[t] = 1/2 by symmetry; Var[t] < 1/4 bounds the standard error
+    assert abs(t.mean().item() - 0.5) < 5 * math.sqrt(0.25 / DRAWS)
+    # more at the ends than in the middle: p(0) / p(1/2) = (1 + e^a) / (2 e^(a/2)) = 3.76 for a = 4
+    ends, middle = ((t < 0.1) | (t > 0.9)).double().mean(), ((t > 0.4) & (t < 0.6)).double().mean()
+    assert ends > 2.5 * middle
+
+
+def test_the_ks_check_tells_uniform_from_u_shaped():
+    """Uniform times are rejected: at s = 1/4, F(s) = (e - 1 + e^4 - e^3) / (2 (e^4 - 1)) = 0.338, not 0.25."""
+    t = Diff2FlowModel(Schedule.preset("sd15")).sample_time(DRAWS, "uniform", torch.Generator().manual_seed(0))
+    assert ks_statistic(t, u_shaped_cdf) > 0.08

@@ -10,7 +10,7 @@ from d2f.reflow.run import ReflowConfig, check_reflow_config
 from d2f.training.config import TrainConfig
 
 # the student's training settings that d2f reflow takes, as d2f train spells them; None: reflow's own default
-TRAIN_OPTIONS = ("t_sampling", "steps", "lora_rank", "lr", "batch_size", "warmup_steps", "validate_every")
+TRAIN_OPTIONS = ("t_sampling", "loss", "steps", "lora_rank", "lr", "batch_size", "warmup_steps", "validate_every")
 TRAIN_OPTIONS += ("checkpoint_every", "mixed_precision", "resume", "overwrite")
 TRAIN_OVERRIDES = {
     "t_sampling": dict(default=None, help="Training t (default near-noise, density 2(1 - t): measured best)."),

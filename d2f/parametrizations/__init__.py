@@ -12,6 +12,7 @@ from d2f.parametrizations.ablations import (
     loss_weight,
 )
 from d2f.parametrizations.base import (
+    LOSSES,
     T_SAMPLINGS,
     Diff2FlowModel,
     DiffusionModel,
@@ -22,6 +23,7 @@ from d2f.parametrizations.base import (
     Parametrization,
     check_t_sampling,
     mse,
+    pseudo_huber,
     unet_net,
 )
 
@@ -32,6 +34,7 @@ __all__ = [
     "Diff2FlowUnweightedModel",
     "DiffusionFMTimeModel",
     "DiffusionModel",
+    "LOSSES",
     "LossOutput",
     "NaiveFMModel",
     "NaiveFMRawTModel",
@@ -41,5 +44,6 @@ __all__ = [
     "check_t_sampling",
     "loss_weight",
     "mse",
+    "pseudo_huber",
     "unet_net",
 ]

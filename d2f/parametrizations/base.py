@@ -41,7 +41,10 @@ from d2f.core.velocity import check_bridge, fm_velocity
 from d2f.errors import UserError
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-T_SAMPLINGS = ("uniform", "logit-normal", "near-noise")
+T_SAMPLINGS = ("uniform", "logit-normal", "near-noise", "u-shaped")
+U_SHAPE_A = 4.0  # the U-shaped density's a, as 2-rectified flow++ (Lee et al. 2024)
+LOSSES = ("mse", "pseudo-huber")
+PSEUDO_HUBER_C = 0.00054  # the pseudo-Huber c per data dimension: c = 0.00054 D, as 2-rectified flow++'s code
 
 
 def unet_net(unet, dtype: torch.dtype | None = None) -> Net:
@@ -69,6 +72,18 @@ def mse(prediction: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> Loss
     """Per-sample ||prediction - target||^2 averaged over the C*H*W elements, then over the batch (float32)."""
     per_sample_loss = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
     return LossOutput(per_sample_loss.mean(), per_sample_loss, t)
+
+
+def pseudo_huber(per_sample_mse: torch.Tensor, dim: int) -> torch.Tensor:
+    """The pseudo-Huber distance of each sample, from its mean squared error over ``dim`` = D elements (B,):
+
+        d = (sqrt(||u_hat - u||^2 + c^2) - c) / D,   ||u_hat - u||^2 = D * mse,   c = 0.00054 D
+
+    (2-rectified flow++, Lee et al. 2024, arXiv 2405.20320, its code's ``huber`` loss; the pseudo-Huber metric is
+    iCT's, Song & Dhariwal 2023). Near 0 it is the squared error / (2 c D); far from it, the error's norm / D: an
+    outlier sample's gradient is bounded, where the squared error's grows with the error."""
+    c = PSEUDO_HUBER_C * dim
+    return (torch.sqrt(dim * per_sample_mse.float() + c**2) - c) / dim
 
 
 def check_t_sampling(t_sampling: str) -> str:
@@ -124,13 +139,21 @@ class Parametrization:
         """The ``time`` argument of ``loss`` for a batch: FM time t (B,), float32, on the CPU.
 
         ``uniform``: t ~ U[0, 1]; ``logit-normal``: t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024);
-        ``near-noise``: density 2 (1 - t), more weight near t = 0, where a one-step sampler evaluates (reflow)."""
+        ``near-noise``: density 2 (1 - t), more weight near t = 0, where a one-step sampler evaluates (reflow);
+        ``u-shaped``: density proportional to cosh(a (t - 1/2)), a = 4, more weight at both ends, where a reflow's loss
+        is largest (2-rectified flow++, Lee et al. 2024: their e^(a t) + e^(a (1 - t)), the same density)."""
         if check_t_sampling(t_sampling) == "uniform":
             # t ~ U[0, 1]
             return torch.rand(batch_size, generator=generator)
         if t_sampling == "near-noise":
             # t = 1 - sqrt(u), u ~ U[0, 1]:  P(t <= s) = 1 - (1 - s)^2, density 2 (1 - t)
             return 1 - torch.sqrt(torch.rand(batch_size, generator=generator))
+        if t_sampling == "u-shaped":
+            # P(t <= s) = (sinh(a (s - 1/2)) + sinh(a/2)) / (2 sinh(a/2)), inverted:
+            # t = 1/2 + asinh((2u - 1) sinh(a/2)) / a,  u ~ U[0, 1]
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            half = torch.sinh(torch.tensor(U_SHAPE_A / 2, dtype=torch.float64))
+            return (0.5 + torch.asinh((2 * u - 1) * half) / U_SHAPE_A).float()
         # t = sigmoid(n),  n ~ N(0, 1)
         return torch.sigmoid(torch.randn(batch_size, generator=generator))
 

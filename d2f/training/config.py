@@ -54,6 +54,12 @@ def _t_samplings() -> tuple[str, ...]:
     return T_SAMPLINGS
 
 
+def _losses() -> tuple[str, ...]:
+    from d2f.parametrizations import LOSSES
+
+    return LOSSES
+
+
 def _lora_targets() -> tuple[str, ...]:
     from d2f.training.lora import TARGETS
 
@@ -96,9 +102,15 @@ class TrainConfig:
     # None = auto (d2f.training.auto): logit-normal for new content, else uniform
     t_sampling: str | None = setting(
         None,
-        "FM time density: uniform; logit-normal (more steps at mid t); near-noise (density 2(1 - t)). "
-        "Default: auto (logit-normal for captions with new words, else uniform).",
+        "FM time density: uniform; logit-normal (more steps at mid t); near-noise (density 2(1 - t)); u-shaped "
+        "(more steps at both ends). Default: auto (logit-normal for captions with new words, else uniform).",
         choices=_t_samplings,
+    )
+    loss: str = setting(
+        "mse",
+        "mse, the objective's squared error; pseudo-huber, sqrt(||error||^2 + c^2) - c per sample "
+        "(2-rectified flow++).",
+        choices=_losses,
     )
     output: str | None = setting(None, "Run folder (default runs/<model>-<data>-<objective>).")
     image_column: str = setting("image", "Image column of the data.")

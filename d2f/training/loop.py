@@ -136,6 +136,7 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
             max_grad_norm=cfg.max_grad_norm,
             text_encoder=run.prepared_text_encoder,
             device=run.acc,
+            loss=cfg.loss,
         )
     except NonFiniteLoss:
         _diverged(run, step)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
-from d2f.parametrizations import Parametrization, unet_net
+from d2f.parametrizations import Parametrization, pseudo_huber, unet_net
 
 
 class NonFiniteLoss(Exception):
@@ -67,15 +67,17 @@ def training_step(
     max_grad_norm: float = 1.0,
     text_encoder=None,
     device=None,
+    loss: str = "mse",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimizer step ``step`` (0-based) of a run: ``grad_accum`` micro steps of ``batches`` (``Batches`` or
     any object with its ``get``), then one update of the ``trainable`` parameters by ``optimizer``.
 
     ``unet`` is called as ``unet(z, timestep, encoder_hidden_states=cond)``; with ``text_encoder``
     (``--train-text-encoder``) ``cond`` holds token ids, embedded here with gradients. ``device``: see the
-    module doc (default ``OneProcess(grad_accum)``). Returns the per-sample losses and FM times t (B * grad_accum
-    * processes,) of every process's samples, on the CPU; raises ``NonFiniteLoss`` (weights untouched) if a
-    loss is NaN or infinite."""
+    module doc (default ``OneProcess(grad_accum)``). ``loss``: ``mse``, the objective's own, or ``pseudo-huber``
+    of each sample's squared error (``d2f.parametrizations.pseudo_huber``). Returns the per-sample losses (the
+    objective's squared errors, whatever ``loss``) and FM times t (B * grad_accum * processes,) of every process's
+    samples, on the CPU; raises ``NonFiniteLoss`` (weights untouched) if a loss is NaN or infinite."""
     device = device or OneProcess(grad_accum)
     net = unet_net(unet)
     models = (unet,) if text_encoder is None else (unet, text_encoder)
@@ -94,7 +96,9 @@ def training_step(
             per_sample = device.gather(out.per_sample.detach()).float().cpu()
             if not torch.isfinite(per_sample).all():  # every process sees the gathered losses: all stop
                 raise NonFiniteLoss(step)
-            device.backward(out.loss)
+            # d = (sqrt(D mse + c^2) - c) / D per sample (2-rectified flow++), else the objective's mean
+            objective = out.loss if loss == "mse" else pseudo_huber(out.per_sample, data[0].numel()).mean()
+            device.backward(objective)
             if device.sync_gradients:  # the last micro step: update the weights
                 if max_grad_norm > 0:
                     device.clip_grad_norm_(trainable, max_grad_norm)
