@@ -1,0 +1,191 @@
+"""Reflow variants on the built-in prior (issue #23): which settings bring a student to its teacher in 1-2 calls,
+against the teacher's own best few-step sampler at the same number of network calls.
+
+    OMP_NUM_THREADS=1 python benchmarks/reflow_variants.py            # every variant not yet in the results
+    OMP_NUM_THREADS=1 python benchmarks/reflow_variants.py --teacher  # only the teacher's sampler rows
+    python benchmarks/reflow_variants.py --report-only                # the table from the records
+
+Teacher: ``tiny-shapes-eps`` untouched (guidance 2: 2 network calls a step). Each variant is one ``d2f reflow``
+of it (``d2f.reflow.reflow``, the library call behind the command) whose settings differ from the defaults as the
+variant says; pairs are made once per count and reused (``<work>/pairs-N``; pair i comes from seed i whatever N).
+Every row samples the 24 prompts x ``PER_PROMPT`` from the same noise (seed 1234, as ``bench_reflow.py``) and is
+scored by the world's evaluator against the base domain (prompt accuracy with a 95 % Wilson interval, FD).
+
+**Calls are counted, not computed**: a forward hook on the UNet adds up the rows it was called on, divided by the
+number of images, so guidance (2 rows an image) and Heun's extra evaluations count as they run. The teacher's rows
+try every few-step sampler a user would pick (FM Euler, FM Euler with the time shift 3, FM Heun, DDIM) at 2, 4 and
+8 calls, and the 25-step reference. Records: ``benchmarks/results/reflow_variants.jsonl`` (one per row, appended,
+a rerun skips what is there); table: ``reflow_variants.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "reflow_variants"
+TEACHER, DOMAIN, GUIDANCE, PER_PROMPT, SEED = "tiny-shapes-eps", "base", 2.0, 8, 1234
+STUDENT_CALLS = (1, 2, 4)
+# name -> (pairs, d2f train settings of the student that differ from d2f reflow's defaults)
+VARIANTS = {
+    "defaults (near-noise t, mse)": (1024, {}),
+    "u-shaped t, pseudo-Huber": (1024, {"t_sampling": "u-shaped", "loss": "pseudo-huber"}),
+    "near-noise t, pseudo-Huber": (1024, {"loss": "pseudo-huber"}),
+    "4096 pairs, 2000 steps": (4096, {"steps": 2000}),
+}
+# (sampler, shift, steps) of the teacher, guided: 2 calls per evaluation; Heun makes 2K - 1 evaluations in K steps
+TEACHER_ROWS = [("euler", 1.0, 1), ("ddim", 1.0, 1)]  # 2 calls
+TEACHER_ROWS += [("euler", 1.0, 2), ("euler", 3.0, 2), ("ddim", 1.0, 2)]  # 4 calls
+TEACHER_ROWS += [("heun", 1.0, 2)]  # 6 calls
+TEACHER_ROWS += [("euler", 1.0, 4), ("euler", 3.0, 4), ("ddim", 1.0, 4)]  # 8 calls
+TEACHER_ROWS += [("euler", 1.0, 8), ("euler", 3.0, 8), ("ddim", 1.0, 8), ("heun", 1.0, 4)]  # 16 (Heun: 14) calls
+TEACHER_ROWS += [("euler", 1.0, 25)]  # the reference, 50 calls
+# issue #23's goals for the prior's student: at 2 calls FD within 1.5x of the teacher's 25-step FD and prompt
+# accuracy >= 0.95; at 1 call better than the teacher at 8 steps (16 calls) on both
+GOAL_FD_RATIO, GOAL_PROMPT = 1.5, 0.95
+
+
+def score(pipe, sampler: str, shift: float, steps: int, guidance: float) -> dict:
+    """Sample the prompts from the fixed noise, count the UNet's rows per image, score against the domain."""
+    from d2f.pipeline.generate import generate
+    from d2f.world.estimators import wilson_interval
+    from d2f.world.metrics import evaluate
+    from d2f.world.shapes import all_prompts
+
+    prompts = [q for q in all_prompts() for _ in range(PER_PROMPT)]
+    rows = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    try:
+        images = generate(pipe, prompts, sampler=sampler, steps=steps, guidance=guidance, seed=SEED, shift=shift)
+    finally:
+        hook.remove()
+    m = evaluate(images, prompts, DOMAIN)
+    correct = round(m["prompt_accuracy"] * len(prompts))
+    low, high = wilson_interval(correct, len(prompts))
+    calls = sum(rows) / len(prompts)
+    return dict(sampler=sampler, shift=shift, steps=steps, calls=calls, prompt_accuracy=m["prompt_accuracy"],
+                prompt_low=low, prompt_high=high, fd=m["fd"], n=len(prompts))  # fmt: skip
+
+
+def run_variant(name: str, work: Path) -> list[dict]:
+    from d2f.pipeline.loading import load_pipeline
+    from d2f.reflow.run import ReflowConfig, reflow
+    from d2f.world.data import builtin_data
+
+    num_pairs, train = VARIANTS[name]
+    out = work / "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
+    started = time.time()
+    cfg = ReflowConfig(model=TEACHER, num_pairs=num_pairs, pairs=str(work / f"pairs-{num_pairs}"), output=str(out))
+    cfg.train = dict(train, overwrite=True)
+    summary = reflow(cfg, builtin=builtin_data)
+    record = json.loads((out / "d2f_run.json").read_text())
+    cost = dict(pairs=num_pairs, pair_seconds=summary["pairs"]["seconds"], pair_bytes=summary["pairs"]["bytes"],
+                pairs_made_now=summary["pairs"]["shards_written"], train_seconds=summary.get("seconds"),
+                steps=record["settings"]["steps"], wall_seconds=time.time() - started)  # fmt: skip
+    student = load_pipeline(None, str(out))
+    rows = []
+    for calls in STUDENT_CALLS:
+        rows.append(
+            dict(model="student", variant=name, settings=train, cost=cost, **score(student, "euler", 1, calls, 1))
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def teacher_rows() -> list[dict]:
+    from d2f.pipeline.loading import load_pipeline
+
+    teacher = load_pipeline(TEACHER, None)
+    rows = []
+    for sampler, shift, steps in TEACHER_ROWS:
+        rows.append(dict(model="teacher", variant="", settings={}, **score(teacher, sampler, shift, steps, GUIDANCE)))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def report(records: list[dict]) -> str:
+    cell = lambda r: f"{r['prompt_accuracy']:.2f} [{r['prompt_low']:.2f}, {r['prompt_high']:.2f}]"  # noqa: E731
+    lines = [
+        "# Reflow variants on the built-in prior (`benchmarks/reflow_variants.py`)",
+        "",
+        f"Teacher `{TEACHER}` (guidance {GUIDANCE:g}); every row from the same noise (seed {SEED}), 24 prompts x "
+        f"{PER_PROMPT}, scored against the base domain. Calls: the UNet's rows per image, counted by a hook.",
+        "",
+        "| model | variant / sampler | calls | steps | prompt acc. [95 %] | FD |",
+        "| --- | --- | ---: | ---: | --- | ---: |",
+    ]
+    for r in records:
+        what = (
+            r["variant"]
+            if r["model"] == "student"
+            else r["sampler"] + (f", shift {r['shift']:g}" if r["shift"] != 1 else "")
+        )
+        lines.append(f"| {r['model']} | {what} | {r['calls']:g} | {r['steps']} | {cell(r)} | {r['fd']:.1f} |")
+    lines += goals(records)
+    costs = {r["variant"]: r["cost"] for r in records if r["model"] == "student"}
+    lines += ["", "| variant | pairs | pair generation | pairs on disk | student steps | training |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, c in costs.items():
+        megabytes = (c["pair_bytes"] or 0) / 1e6
+        lines.append(f"| {name} | {c['pairs']} | {c['pair_seconds'] or 0:.0f} s | {megabytes:.1f} MB "
+                     f"| {c['steps']} | {c['train_seconds'] or 0:.0f} s |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def goals(records: list[dict]) -> list[str]:
+    """The goal table: each variant's student against the teacher's 25-step and 8-step (Euler) rows."""
+    teacher = {(r["sampler"], r["shift"], r["steps"]): r for r in records if r["model"] == "teacher"}
+    reference, eight = teacher.get(("euler", 1.0, 25)), teacher.get(("euler", 1.0, 8))
+    students = [r for r in records if r["model"] == "student"]
+    if not (reference and eight and students):
+        return []
+    lines = ["", f"Goals: at 2 calls FD <= {GOAL_FD_RATIO:g} x the teacher's 25-step FD ({reference['fd']:.1f}, so "
+             f"<= {GOAL_FD_RATIO * reference['fd']:.1f}) and prompt accuracy >= {GOAL_PROMPT:g}; at 1 call a higher "
+             f"prompt accuracy and a lower FD than the teacher at 8 steps, 16 calls ({eight['prompt_accuracy']:.2f}, "
+             f"FD {eight['fd']:.1f}).", ""]  # fmt: skip
+    lines += [
+        "| variant | 2 calls: FD / ratio, prompt | goal | 1 call: prompt, FD | goal |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in dict.fromkeys(r["variant"] for r in students):
+        by_calls = {r["calls"]: r for r in students if r["variant"] == name}
+        two, one = by_calls.get(2), by_calls.get(1)
+        if not (two and one):
+            continue
+        ratio = two["fd"] / reference["fd"]
+        met2 = ratio <= GOAL_FD_RATIO and two["prompt_accuracy"] >= GOAL_PROMPT
+        met1 = one["prompt_accuracy"] > eight["prompt_accuracy"] and one["fd"] < eight["fd"]
+        lines.append(f"| {name} | {two['fd']:.1f} / {ratio:.1f}x, {two['prompt_accuracy']:.2f} | "
+                     f"{'met' if met2 else 'not met'} | {one['prompt_accuracy']:.2f}, {one['fd']:.1f} | "
+                     f"{'met' if met1 else 'not met'} |")  # fmt: skip
+    return lines
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("variants", nargs="*", help="variants to run (default: all not yet recorded)")
+    p.add_argument("--work", default="runs/reflow-variants")
+    p.add_argument("--teacher", action="store_true", help="only the teacher's rows")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
+    jsonl = RESULTS.with_suffix(".jsonl")
+    read = lambda: [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.is_file() else []  # noqa: E731
+    if not args.report_only:
+        done = {r["variant"] or "teacher" for r in read()}
+        todo = ([] if "teacher" in done else ["teacher"]) + [v for v in args.variants or VARIANTS if v not in done]
+        for name in todo if not args.teacher else ["teacher"]:
+            rows = teacher_rows() if name == "teacher" else run_variant(name, Path(args.work))
+            with open(jsonl, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    RESULTS.with_suffix(".md").write_text(report(read()))
+    print(report(read()))
+
+
+if __name__ == "__main__":
+    main()
