@@ -117,7 +117,7 @@ def report(records: list[dict]) -> str:
         "| model | variant / sampler | calls | steps | prompt acc. [95 %] | FD |",
         "| --- | --- | ---: | ---: | --- | ---: |",
     ]
-    for r in records:
+    for r in sorted(records, key=lambda r: (r["model"] == "student", r["calls"])):  # stable: run order kept
         what = (
             r["variant"]
             if r["model"] == "student"
