@@ -342,8 +342,8 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
     _quiet()
     console = Console(stderr=True)
     check_preset(out, preset)
-    cells = plan(preset)
     records = read_records(out)
+    cells = plan(preset, records)  # the tuned block appears once the sweep's cells are in the file
     done = done_keys(out)
     cost_cell = replace(cells[0], objective="diffusion", rank=64 if preset.name == "full" else cells[0].rank)
     cost = next((r for r in records if r.get("key") == f"cost|{cost_cell.key}"), None)
@@ -391,6 +391,8 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
                 f"({record['wall_seconds']:.0f} s)"
             )
     console.print(f"grid finished: {len(todo)} cells in this process")
+    if n == 1 and any(c.key not in done_keys(out) for c in plan(preset, read_records(out))):
+        run_grid(preset, out, shard=shard, workers=workers)  # the cells the finished ones added (the tuned block)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ objective at each of ``SWEEP_LRS`` on a tuning seed of its own (``TUNING_SEED``,
 scored on validation noise of its own (``VALIDATION_SEED``, not the grid's evaluation noise); the rule that
 reads it is fixed here, before any run (``LR_RULE``, applied by ``objectives_report.best_lr``).
 
+The ``tuned`` block (issue #24, equal tuning effort) follows the sweep: once every sweep cell is in the results
+file, each objective whose picked LR is not the fixed one is trained again at its own LR on the headline seeds,
+task and rank (``tuned_cells``); an objective whose pick is the fixed LR keeps its headline or decomposition cells.
+So every objective is compared at its own best rate on the same fresh seeds, none of them the tuning seed.
+
 The ``decomposition`` block (issue #24, docs/math.md §9.1) runs the ablation objectives, which take the
 difference between diffusion finetuning and Diff2Flow apart (time density, clamped ends, loss weight, input
 scaling), on the headline task with the headline seeds and budget at rank 64, on both priors; on the v prior,
@@ -31,7 +36,7 @@ import hashlib
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 PRIORS = {"eps": "tiny-shapes-eps", "v": "tiny-shapes-v"}
@@ -163,9 +168,37 @@ PRESETS = {
 }  # fmt: skip
 
 
-def plan(preset: Preset) -> list[Cell]:
+def plan(preset: Preset, records: list[dict] | None = None) -> list[Cell]:
     """Every cell of a preset, block by block, headline cells first (seed-major, so a partial grid already
-    pairs seeds); the lr-sweep block's cells LR by LR."""
+    pairs seeds); the lr-sweep block's cells LR by LR; then, given the results file's ``records`` and a complete
+    sweep, the ``tuned`` block (``tuned_cells``)."""
+    cells = _fixed_plan(preset)
+    return cells + tuned_cells(cells, records or [])
+
+
+def tuned_cells(cells: list[Cell], records: list[dict]) -> list[Cell]:
+    """Each swept objective whose picked LR (``LR_RULE``) is not the fixed LR, at that LR, on the cells of the
+    headline seeds the sweep's task, prior and rank have at the fixed LR (the headline or decomposition block's);
+    none until every sweep cell of the plan is in ``records``."""
+    from objectives_report import best_lr  # the rule's reader; the report imports this module at its top
+
+    sweep = [c for c in cells if c.role == "lr-sweep"]
+    done = {r["key"]: r for r in records if r.get("kind") == "cell"}
+    if not sweep or any(c.key not in done for c in sweep):
+        return []
+    best, spec = best_lr([done[c.key] for c in sweep]), sweep[0]
+    fixed = [
+        c for c in cells
+        if c.role in ("headline", "decomposition") and (c.model, c.task, c.rank) == (spec.model, spec.task, spec.rank)
+    ]  # fmt: skip
+    return [
+        replace(c, role="tuned", lr_override=best[c.objective], other_sampler=False, guidance_sweep=(), redraws=0)
+        for c in fixed
+        if best.get(c.objective, c.lr) != c.lr
+    ]
+
+
+def _fixed_plan(preset: Preset) -> list[Cell]:
     cells = []
     for prior, task, objectives, ranks, role, *over in _blocks(preset.name == "full"):
         over = over[0] if over else {}

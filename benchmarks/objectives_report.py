@@ -323,7 +323,7 @@ DECOMPOSITION_STEPS = (
     ("diff2flow-discrete", "diff2flow", "Diff2Flow's time density and ends, with the weight"),
     ("diff2flow-no-scale", "diff2flow", "the input scaling c(t)"),
 )
-SIDE_ROLES = ("decomposition", "lr-sweep")  # blocks with their own sections, kept out of the main tables
+SIDE_ROLES = ("decomposition", "lr-sweep", "tuned")  # blocks with their own sections, kept out of the main tables
 
 
 def decomposition_section(by_role: dict, folder: Path) -> list[str]:
@@ -403,6 +403,50 @@ def lr_sweep_section(cells: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def tuned_section(by_role: dict) -> list[str]:
+    """Equal tuning effort: each swept objective at the LR the rule picked for it, on the headline seeds (its tuned
+    cells, or its fixed-LR cells where the pick is the fixed LR), each paired with diffusion at diffusion's pick."""
+    sweep = by_role["lr-sweep"]
+    if not sweep:
+        return []
+    best, spec = best_lr(sweep), sweep[0]["spec"]
+    where = (spec["model"], spec["task"], spec["rank"], spec["steps"], spec["batch_size"])
+    at_pick = [
+        r for role in ("headline", "decomposition", "tuned") for r in by_role[role]
+        if (r["spec"]["model"], r["spec"]["task"], r["spec"]["rank"], r["spec"]["steps"], r["spec"]["batch_size"])
+        == where and r["lr"] == best.get(r["spec"]["objective"])
+    ]  # fmt: skip
+
+    def final(objective, metric):
+        return {r["spec"]["seed"]: _value(r, _natural(r["spec"]), metric) for r in at_pick
+                if r["spec"]["objective"] == objective}  # fmt: skip
+
+    lines = [
+        f"## Equal tuning: each objective at its own picked LR ({spec['model']}, {spec['task']}, "
+        f"{_rank_name(spec['rank'])}, headline seeds)",
+        "",
+        "Paired with diffusion finetuning at its own picked LR "
+        f"({best.get('diffusion', 0):g}); seeds counted where both ran.",
+        "",
+        "| objective | picked LR | seeds | FD | prompt acc | FD - diffusion | prompt acc - diffusion |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for objective in sorted(best):
+        fd, acc = final(objective, "fd"), final(objective, "prompt_accuracy")
+        if not fd:
+            lines.append(f"| {objective} | {best[objective]:g} | 0 | - | - | not run yet | not run yet |")
+            continue
+        diffs = ["-", "-"]
+        if objective != "diffusion":
+            diffs = [_ci(paired_difference(fd, final("diffusion", "fd")))]
+            diffs.append(_ci(paired_difference(acc, final("diffusion", "prompt_accuracy")), 2))
+        lines.append(
+            f"| {objective} | {best[objective]:g} | {len(fd)} | {statistics.fmean(fd.values()):.1f} | "
+            f"{statistics.fmean(acc.values()):.2f} | {' | '.join(diffs)} |"
+        )
+    return lines + [""]
+
+
 def write_report(results: str | Path, folder: str | Path) -> Path:
     records = read_records(results)
     every = [r for r in records if r.get("kind") == "cell"]
@@ -454,6 +498,7 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
         lines += block_section(by_role[role], folder)
     lines += decomposition_section(by_role, folder)
     lines += lr_sweep_section(by_role["lr-sweep"])
+    lines += tuned_section(by_role)
     if cost:
         lines += [
             "## Cost",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -119,7 +119,9 @@ def test_quick_without_out_never_touches_the_published_results(tmp_path, monkeyp
     _stub_grid(monkeypatch, bench_objectives)
     bench_objectives.main(["--quick"])
     records = read_records(out)
-    assert {r["preset"] for r in records} == {"quick"} and len(records) == len(plan(PRESETS["quick"])) + 1
+    cells = [r for r in records if r["kind"] == "cell"]  # every cell of the plan, the tuned ones its sweep added
+    assert {r["preset"] for r in records} == {"quick"} and len(cells) == len(plan(PRESETS["quick"], records))
+    assert any(r["kind"] == "cost" for r in records) and any(r["spec"]["role"] == "tuned" for r in cells)
     assert {p.name: p.read_bytes() for p in results.iterdir() if p.is_file()} == before
 
 
@@ -155,7 +157,8 @@ def _stub_grid(monkeypatch, bench_objectives):
             bench_objectives.natural_sampler(cell.objective), cell.calls[-1], cell.guidance, cell.eval_seed
         )
         zeros = {m: {"value": 0.0} for m in ("fd", "kid", "prompt_accuracy", "domain_accuracy")}
-        return {"kind": "cell", "key": cell.key, "wall_seconds": 0, "final": {ev.name: zeros}}
+        return {"kind": "cell", "key": cell.key, "spec": asdict(cell), "lr": cell.lr, "wall_seconds": 0,
+                "final": {ev.name: zeros}}  # fmt: skip
 
     monkeypatch.setattr(bench_objectives, "run_cell", fake_cell)
 
@@ -178,11 +181,15 @@ def test_a_rerun_skips_the_cells_already_in_the_file(tmp_path, monkeypatch):
             bench_objectives.natural_sampler(cell.objective), cell.calls[-1], cell.guidance, cell.eval_seed
         )
         zeros = {m: {"value": 0.0} for m in ("fd", "kid", "prompt_accuracy", "domain_accuracy")}
-        return {"kind": "cell", "key": cell.key, "wall_seconds": 0, "final": {ev.name: zeros}}
+        return {"kind": "cell", "key": cell.key, "spec": asdict(cell), "lr": cell.lr, "wall_seconds": 0,
+                "final": {ev.name: zeros}}  # fmt: skip
 
     monkeypatch.setattr(bench_objectives, "run_cell", fake_cell)
     bench_objectives.run_grid(PRESETS["quick"], path)
-    assert ran == [c.key for c in cells[1:]]
+    # then, in the same run, the tuned cells the finished sweep added (quick's sweep: diff2flow at 3e-3 only)
+    tuned = [c for c in plan(PRESETS["quick"], read_records(path)) if c.role == "tuned"]
+    assert tuned and {(c.objective, c.lr) for c in tuned} == {("diff2flow", 3e-3)}
+    assert ran == [c.key for c in cells[1:] + tuned]
     ran.clear()
     bench_objectives.run_grid(PRESETS["quick"], path)  # everything done: nothing runs
     assert ran == []
@@ -237,7 +244,8 @@ def test_quick_grid_end_to_end(tmp_path):
     bench_objectives.main(["--quick", "--out", str(out), "--report", "--report-dir", str(tmp_path)])
     records = read_records(out)
     cells = [r for r in records if r["kind"] == "cell"]
-    assert len(cells) == len(plan(PRESETS["quick"])) and sum(r["kind"] == "cost" for r in records) == 1
+    assert len(cells) == len(plan(PRESETS["quick"], records)) and sum(r["kind"] == "cost" for r in records) == 1
+    assert any(r["spec"]["role"] == "tuned" for r in cells)  # the sweep's pick, trained again on the headline seeds
     for r in cells:
         assert [p["step"] for p in r["curve"]] == list(r["spec"]["curve_steps"])
         for m in r["final"].values():
@@ -247,6 +255,7 @@ def test_quick_grid_end_to_end(tmp_path):
         assert r["s_per_step"] > 0
     report = (tmp_path / "objectives.md").read_text()
     assert "Diff2Flow vs naive FM" in report and "Cost" in report and "smallest resolvable difference" in report
+    assert "## Equal tuning: each objective at its own picked LR" in report
     assert (tmp_path / "objectives_curves.png").stat().st_size > 1000
     bench_objectives.main(["--quick", "--out", str(out)])  # resumed: nothing left to run
     assert len(read_records(out)) == len(records)
@@ -295,3 +304,34 @@ def test_lr_rule_and_decomposition_section_on_synthetic_numbers(tmp_path):
     assert "Diff2Flow's time density: fd(diffusion-fm-t) - fd(diffusion) = -5.0 (95 % CI -5.0 to -5.0, 5 seeds)" in text
     assert "the loss weight w(t): fd(diff2flow) - fd(diff2flow-unweighted) = -3.0" in text
     assert "the input scaling c(t): fd(diff2flow) - fd(diff2flow-no-scale) = -8.0" in text
+
+
+def test_tuned_block_follows_a_complete_sweep_and_its_section_pairs_each_objective_at_its_pick(tmp_path):
+    """issue #24, equal tuning effort: no tuned cells until every sweep cell is recorded; then each objective whose
+    pick is not the fixed LR gets the headline seeds at its pick (same task, prior, rank, budget), the others keep
+    their fixed-LR cells; the section pairs every objective at its pick with diffusion at its own."""
+    from objectives_grid import TUNING_SEED
+    from objectives_report import tuned_section
+
+    full = plan(PRESETS["full"])
+    sweep = [c for c in full if c.role == "lr-sweep"]
+    picks = {"diff2flow": 3e-3, "fm": 3e-4}  # every other objective: the fixed 1e-3
+    records = [_synthetic_cell(c, 50.0, 0.9 if c.lr == picks.get(c.objective, 1e-3) else 0.1) for c in sweep]
+    assert plan(PRESETS["full"], records[:-1]) == full  # the sweep is not complete: nothing added
+    tuned = [c for c in plan(PRESETS["full"], records) if c.role == "tuned"]
+    assert sorted({(c.objective, c.lr) for c in tuned}) == sorted(picks.items())
+    head = [c for c in full if c.role == "headline" and c.rank == 64]
+    assert {c.seed for c in tuned} == {c.seed for c in head} and TUNING_SEED not in {c.seed for c in tuned}
+    assert {(c.model, c.task, c.rank, c.steps, c.batch_size, c.eval_seed) for c in tuned} == {
+        (h.model, h.task, h.rank, h.steps, h.batch_size, h.eval_seed) for h in head
+    }
+    assert len({c.key for c in tuned} | {c.key for c in full}) == len(tuned) + len(full)  # new cells, new keys
+
+    fixed = [c for c in head if c.objective == "diffusion"]
+    cells = [_synthetic_cell(c, 40.0 + c.seed, 0.5) for c in fixed]
+    cells += [_synthetic_cell(c, 30.0 + c.seed, 0.7) for c in tuned if c.objective == "diff2flow"]
+    by_role = {"lr-sweep": records, "headline": cells[: len(fixed)], "decomposition": [], "tuned": cells[len(fixed) :]}
+    text = "\n".join(tuned_section(by_role))
+    assert "| diff2flow | 0.003 | 5 | 32.0 | 0.70 | -10.0 (95 % CI -10.0 to -10.0, 5 seeds) | +0.20" in text
+    assert "| diffusion | 0.001 | 5 | 42.0 | 0.50 | - | - |" in text
+    assert "| fm | 0.0003 | 0 | - | - | not run yet | not run yet |" in text
