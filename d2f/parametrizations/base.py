@@ -83,7 +83,9 @@ def pseudo_huber(per_sample_mse: torch.Tensor, dim: int) -> torch.Tensor:
     iCT's, Song & Dhariwal 2023). Near 0 it is the squared error / (2 c D); far from it, the error's norm / D: an
     outlier sample's gradient is bounded, where the squared error's grows with the error."""
     c = PSEUDO_HUBER_C * dim
-    return (torch.sqrt(dim * per_sample_mse.float() + c**2) - c) / dim
+    mse = per_sample_mse.to(at_least_float32(per_sample_mse.dtype))
+    # (sqrt(D mse + c^2) - c) / D = mse / (sqrt(D mse + c^2) + c): the same, without the cancellation near 0
+    return mse / (torch.sqrt(dim * mse + c**2) + c)
 
 
 def check_t_sampling(t_sampling: str) -> str:
