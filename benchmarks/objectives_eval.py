@@ -12,7 +12,10 @@ Metrics (the evaluator of the built-in world, ``d2f/world/evaluator.py``, for ev
 - ``fd``: Frechet distance of evaluator features to n real images of the task for the same prompts (reference
   seed 0), biased upward at small n, so compared only at equal n; ``kid``: the unbiased KID on the same
   features; both with 95 % intervals value +- 1.96 bootstrap sd (samples and references resampled, ``N_BOOT``
-  times; this interval is the sampling noise of one evaluation, not the training-seed spread).
+  times; this interval is the sampling noise of one evaluation, not the training-seed spread);
+- ``background_luminance``: the mean luminance of the samples' outer ring of pixels, their background
+  (``d2f.world.metrics.background_luminance``), with a normal 95 % interval over the samples, and ``reference``:
+  the same of the task's real images for the same prompts (how dark or light the data's backgrounds are).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from d2f.objectives import OBJECTIVES
 from d2f.pipeline import generate
 from d2f.world.estimators import wilson_interval
 from d2f.world.evaluator import load_evaluator
+from d2f.world.metrics import background_luminance
 
 N_BOOT = 200
 
@@ -94,6 +98,19 @@ def reference_features(task_name: str, n: int) -> torch.Tensor:
     return load_evaluator().embed(task.references(task.eval_prompts(n)))
 
 
+@functools.lru_cache(maxsize=8)
+def reference_background(task_name: str, n: int) -> float:
+    """The mean background luminance of the task's n real reference images."""
+    task = TASKS[task_name]
+    return float(background_luminance(task.references(task.eval_prompts(n))).mean())
+
+
+def _mean_interval(values: torch.Tensor) -> dict:
+    """The mean with its normal 95 % interval, mean +- 1.96 sd / sqrt(n)."""
+    mean, half = float(values.mean()), 1.96 * float(values.std()) / len(values) ** 0.5
+    return {"value": mean, "low": mean - half, "high": mean + half}
+
+
 def _fraction(hits: list[bool]) -> dict:
     k, n = sum(hits), len(hits)
     low, high = wilson_interval(k, n)
@@ -126,6 +143,8 @@ def score(images: torch.Tensor, task_name: str, prompts: list[str]) -> dict:
         "domain_accuracy": _fraction([d == task.domain for d in domain]),
         "fd": _with_interval(frechet_distance, feats, ref),
         "kid": _with_interval(kid, feats, ref),
+        "background_luminance": _mean_interval(background_luminance(images))
+        | {"reference": reference_background(task_name, len(prompts))},
     }
 
 

@@ -447,6 +447,37 @@ def tuned_section(by_role: dict) -> list[str]:
     return lines + [""]
 
 
+def brightness_section(cells: list[dict]) -> list[str]:
+    """issue #24's "true blacks and whites": the samples' background luminance (natural sampler, most calls) against
+    the task's real images, per block and objective, over the cells that measured it (those run since it exists)."""
+    groups = defaultdict(list)
+    for r in cells:
+        m = r["final"].get(_natural(r["spec"]))
+        if m and "background_luminance" in m:
+            spec = r["spec"]
+            groups[(spec["role"], spec["model"], spec["task"], spec["objective"], r["lr"])].append(m)
+    if not groups:
+        return []
+    lines = [
+        "## Brightness: the samples' background against the data's",
+        "",
+        "Mean luminance of the outer 2 px of each sample (where the world draws no shape: its background), mean over "
+        "the cells' samples, against the same of the task's real images (`d2f.world.metrics.background_luminance`; "
+        "the target domain is dark, 10-40 of 255). Only cells run since the measure exists.",
+        "",
+        "| block | prior | task | objective | LR | cells | samples | data | samples - data |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (role, model, task, objective, lr), ms in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        mine = statistics.fmean(m["background_luminance"]["value"] for m in ms)
+        data = statistics.fmean(m["background_luminance"]["reference"] for m in ms)
+        lines.append(
+            f"| {role} | {model} | {task} | {objective} | {lr:g} | {len(ms)} | {mine:.3f} | {data:.3f} | "
+            f"{mine - data:+.3f} |"
+        )
+    return lines + [""]
+
+
 def write_report(results: str | Path, folder: str | Path) -> Path:
     records = read_records(results)
     every = [r for r in records if r.get("kind") == "cell"]
@@ -499,6 +530,7 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
     lines += decomposition_section(by_role, folder)
     lines += lr_sweep_section(by_role["lr-sweep"])
     lines += tuned_section(by_role)
+    lines += brightness_section(every)
     if cost:
         lines += [
             "## Cost",

@@ -256,6 +256,12 @@ def test_quick_grid_end_to_end(tmp_path):
     report = (tmp_path / "objectives.md").read_text()
     assert "Diff2Flow vs naive FM" in report and "Cost" in report and "smallest resolvable difference" in report
     assert "## Equal tuning: each objective at its own picked LR" in report
+    assert "## Brightness: the samples' background against the data's" in report
+    for r in cells:
+        for m in r["final"].values():
+            b = m["background_luminance"]
+            assert b["low"] <= b["value"] <= b["high"] and 0 <= b["value"] <= 1
+            assert 0.04 < b["reference"] < 0.16 if r["spec"]["task"] == "shapes-target" else 0.84 < b["reference"]
     assert (tmp_path / "objectives_curves.png").stat().st_size > 1000
     bench_objectives.main(["--quick", "--out", str(out)])  # resumed: nothing left to run
     assert len(read_records(out)) == len(records)
@@ -335,3 +341,21 @@ def test_tuned_block_follows_a_complete_sweep_and_its_section_pairs_each_objecti
     assert "| diff2flow | 0.003 | 5 | 32.0 | 0.70 | -10.0 (95 % CI -10.0 to -10.0, 5 seeds) | +0.20" in text
     assert "| diffusion | 0.001 | 5 | 42.0 | 0.50 | - | - |" in text
     assert "| fm | 0.0003 | 0 | - | - | not run yet | not run yet |" in text
+
+
+def test_brightness_section_averages_the_cells_that_measured_it():
+    from objectives_report import brightness_section
+
+    cells = [c for c in plan(PRESETS["full"]) if c.role == "headline" and c.rank == 64 and c.objective != "fm"]
+    records = []
+    for c in cells:
+        r = _synthetic_cell(c, 40.0, 0.5)
+        if c.seed < 2:  # cells from before the measure existed have none
+            value = 0.10 + 0.02 * c.seed if c.objective == "diff2flow" else 0.20
+            for m in r["final"].values():
+                m["background_luminance"] = {"value": value, "low": value, "high": value, "reference": 0.09}
+        records.append(r)
+    text = "\n".join(brightness_section(records))
+    assert "| headline | tiny-shapes-eps | shapes-target | diff2flow | 0.001 | 2 | 0.110 | 0.090 | +0.020 |" in text
+    assert "| headline | tiny-shapes-eps | shapes-target | diffusion | 0.001 | 2 | 0.200 | 0.090 | +0.110 |" in text
+    assert brightness_section([_synthetic_cell(cells[0], 40.0, 0.5)]) == []

@@ -112,3 +112,27 @@ def test_train_evaluator_writes_a_loadable_folder(tmp_path):
     assert feats.shape == (5, model.config["feature_dim"]) and torch.isfinite(feats).all()
     # an untrained-for-long model differs from the shipped one
     assert not torch.allclose(feats, load_evaluator().embed(x))
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+@pytest.mark.parametrize("domain", ["base", "target"])
+def test_background_luminance_reads_the_drawn_background(domain, resolution):
+    """issue #24's brightness measure: on generator images it is the luminance of the background each spec was
+    drawn on, Y = 0.299 R + 0.587 G + 0.114 B of its RGB / 255, whatever the shape and where it lies."""
+    from d2f.world.metrics import background_luminance
+
+    specs = make_specs(48, domain, seed=3)
+    images = torch.stack(
+        [torch.from_numpy(np.asarray(draw(s, resolution))).permute(2, 0, 1).double() / 255 for s in specs]
+    )
+    expected = torch.tensor([(0.299 * r + 0.587 * g + 0.114 * b) / 255 for r, g, b in (s.background for s in specs)])
+    got = background_luminance(images)
+    assert got.shape == (48,) and got.dtype == torch.float64
+    assert (got - expected).abs().max() < 1.5 / 255  # within rounding of the resize
+    black, white = torch.zeros(2, 3, resolution, resolution), torch.ones(2, 3, resolution, resolution)
+    assert background_luminance(black).tolist() == [0.0, 0.0] and background_luminance(white).allclose(
+        torch.ones(2, dtype=torch.float64)
+    )
+    centre = white.clone()
+    centre[:, :, 4:-4, 4:-4] = 0  # a dark square inside the ring does not count
+    assert background_luminance(centre).allclose(torch.ones(2, dtype=torch.float64))

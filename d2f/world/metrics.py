@@ -13,6 +13,9 @@ Shared by the CLI, tests, tutorials and benchmarks. ``images`` is always either 
 - ``fd`` in [0, inf), lower is better: the Frechet distance between Gaussians fitted to evaluator
   features (64-d) of the images and of real generator images drawn for the same prompts and domain,
   the FID of this world. It sees quality (blur, artefacts, wrong sizes) as well as content.
+- ``background_luminance`` in [0, 1], per image: the mean luminance of its outer ring of pixels, where the world
+  draws no shape (its background: light, 215-245 of 255, in "base"; dark, 10-40, in "target"). How dark or light
+  a model's backgrounds come out, against the data's (issue #24's "true blacks and whites").
 
 How many samples: both accuracies are binomial fractions, standard error sqrt(p(1-p)/n), so at
 n = 64 a true 0.9 reads 0.9 +- 0.04 and n = 256 halves that. The FD is biased upward at small n
@@ -51,6 +54,26 @@ def _parse(prompts: list[str], n: int) -> list[tuple[str, str]]:
 def _check_domain(domain: str) -> None:
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+
+
+# the ring's width in pixels per 32 px of side: a shape keeps 0.06 of the side (1.9 px at 32) from every edge
+# (shapes.random_spec: centre margin = half-extent + 0.06), so the outer 2 px hold background alone
+BORDER_PER_32 = 2
+# ITU-R BT.601 luma weights of R, G, B
+LUMA = (0.299, 0.587, 0.114)
+
+
+def background_luminance(images) -> torch.Tensor:
+    """(B,) float64: each image's mean luminance Y = 0.299 R + 0.587 G + 0.114 B over its outer ring of
+    ``BORDER_PER_32 * side / 32`` pixels (at least 1), in [0, 1]."""
+    x = images if isinstance(images, torch.Tensor) else as_batch(images)
+    x = x.double()
+    ring = max(1, round(BORDER_PER_32 * x.shape[-1] / 32))
+    # Y = sum_c w_c x_c
+    y = sum(w * x[:, c] for c, w in enumerate(LUMA))
+    inner = torch.zeros_like(y, dtype=torch.bool)
+    inner[:, ring:-ring, ring:-ring] = True
+    return y.masked_fill(inner, 0).flatten(1).sum(1) / (~inner[0]).sum()
 
 
 def prompt_accuracy(images, prompts: list[str], evaluator: Evaluator | None = None) -> float:
