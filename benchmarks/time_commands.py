@@ -9,7 +9,8 @@ the digits folder of ``own_images_auto.py`` (1000 images, seed 0), the automatic
 ``reflow``: ``d2f reflow`` in a fresh folder (no runs: the built-in prior is the teacher; issue #23: under 10
 minutes). Each run appends a record to ``benchmarks/results/command_times.jsonl``: wall time and peak memory from
 ``/usr/bin/time``, the command's own count of seconds (its ``--json`` summary), the threads torch used, and the load
-average before the start (a timing is only worth quoting from an idle machine: the table says the load).
+average at the start, after waiting (up to 5 minutes) for it to fall below 0.3 (a timing is only worth quoting
+from an idle machine: the table says the load).
 ``command_times.md`` is the table of the newest record per command.
 """
 
@@ -42,6 +43,15 @@ def parse_time(stderr: str) -> tuple[float, int]:
     return sum(float(part) * 60**k for k, part in enumerate(reversed(elapsed.split(":")))), peak_kb
 
 
+def settle(idle: float = 0.3, wait: float = 300) -> float:
+    """Wait (at most ``wait`` s) until the 1-minute load average is below ``idle`` (the last command's load, or
+    another job's, has died down); returns the load the command then starts at."""
+    deadline = time.time() + wait
+    while os.getloadavg()[0] >= idle and time.time() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
 def measure(name: str, work: Path) -> dict:
     run = work / "run"
     words = COMMANDS[name].replace("RUN", str(run))
@@ -51,7 +61,7 @@ def measure(name: str, work: Path) -> dict:
         digits = work / "digits"
         class_set("digits").write(digits, num_images=1000, seed=0)
         words = words.replace("DIGITS", str(digits))
-    load = os.getloadavg()[0]
+    load = settle()
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     started = time.time()
     done = subprocess.run(
@@ -60,7 +70,7 @@ def measure(name: str, work: Path) -> dict:
     )  # fmt: skip
     if done.returncode:
         sys.exit(f"{words} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = json.loads(done.stdout[done.stdout.rindex("\n{") + 1 :] if "\n{" in done.stdout else done.stdout)
     wall, peak_kb = parse_time(done.stderr)
     return {
         "command": name,

@@ -40,7 +40,7 @@ SOURCES = {
     "docs/sampling.md": ["benchmarks/sampling.md", V_BUILD],
     "docs/data-and-models.md": [RES + "world_build.md"],
     "docs/own-images.md": [RES + f for f in ("own_images.md", "own_images_3000.md", "own_images_new_content.md")]
-    + [RES + f for f in ("own_images_sweep.md", "world_build.md", "own_images_auto.md", "own_images_auto_time.md")],
+    + [RES + f for f in ("own_images_sweep.md", "world_build.md", "own_images_auto.md", "command_times.md")],
     "docs/objectives.md": [RES + "objectives.md", RES + "sd_cpu.md"],
     "docs/reflow.md": [RES + "reflow.md"],
     "docs/sd-on-a-gpu.md": [RES + "sd_cpu.md", NB01],
@@ -224,6 +224,7 @@ def newest(path: str, key: str, value: str, **also) -> dict:
 
 
 PLAIN = "d2f train --data FOLDER"
+WORDS = PLAIN + " --model tiny-shapes-eps-words"  # the prior whose text encoder knows English words
 
 
 def plain_command(dataset: str, which: str = "after", command: str = PLAIN):
@@ -264,6 +265,15 @@ QUOTES = [
         for which in ("before", "after")
     ],
     *[("docs/own-images.md", None, AUTO, heldout_fd(name)) for name in ("digits", "letters", "patterns")],
+    *[
+        (page, None, AUTO, plain_command(name, "after", command))
+        for page, commands in (
+            ("README.md", (WORDS,)),
+            ("docs/own-images.md", (WORDS, WORDS + " --train-text-encoder")),
+        )
+        for command in commands
+        for name in ("digits", "letters", "patterns")
+    ],
     ("docs/own-images.md", None, RES + "own_images_sweep.jsonl", sweep_seconds("te-lr3e-3-logitnormal")),
     ("README.md", "FD -377.6 [-378.9, -376.4]", OBJ, objectives_difference(DEMO, "fd", "fm", "FD")),
     ("README.md", "+0.87 [+0.86, +0.88]", OBJ, objectives_difference(DEMO, "prompt_accuracy", "fm", "")),
