@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from objectives_eval import Eval, natural_sampler, other_sampler
-from objectives_grid import LR_RULE, read_records
+from objectives_grid import LR_RULE, PRESETS, plan, read_records
 
 from d2f.world.curves import (
     area_under_curve,
@@ -378,6 +378,16 @@ def best_lr(cells: list[dict]) -> dict[str, float]:
     return best
 
 
+def sweep_missing(cells: list[dict]) -> int:
+    """How many of its preset's planned sweep cells (``plan``) are not among ``cells`` yet (0 for records that do
+    not name their preset)."""
+    preset = PRESETS.get(cells[0].get("preset", "")) if cells else None
+    if preset is None:
+        return 0
+    planned = {(c.objective, c.lr) for c in plan(preset) if c.role == "lr-sweep"}
+    return len(planned - {(r["spec"]["objective"], r["lr"]) for r in cells})
+
+
 def lr_sweep_section(cells: list[dict]) -> list[str]:
     """The lr-sweep block: every (objective, LR) cell's final scores and the LR the rule picks."""
     if not cells:
@@ -391,6 +401,14 @@ def lr_sweep_section(cells: list[dict]) -> list[str]:
         "",
         f"Rule, fixed before the run: {LR_RULE}. The grid's fixed LR is {1e-3:g} for a LoRA.",
         "",
+        *(
+            [
+                f"**The sweep is not complete ({sweep_missing(cells)} cells to go): the picks below are provisional.**",
+                "",
+            ]
+            if sweep_missing(cells)
+            else []
+        ),
         "| objective | LR | prompt acc | FD | picked |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
@@ -407,8 +425,8 @@ def tuned_section(by_role: dict) -> list[str]:
     """Equal tuning effort: each swept objective at the LR the rule picked for it, on the headline seeds (its tuned
     cells, or its fixed-LR cells where the pick is the fixed LR), each paired with diffusion at diffusion's pick."""
     sweep = by_role["lr-sweep"]
-    if not sweep:
-        return []
+    if not sweep or sweep_missing(sweep):
+        return []  # the tuned cells wait for the complete sweep (objectives_grid.tuned_cells)
     best, spec = best_lr(sweep), sweep[0]["spec"]
     where = (spec["model"], spec["task"], spec["rank"], spec["steps"], spec["batch_size"])
     at_pick = [

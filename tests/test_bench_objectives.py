@@ -359,3 +359,15 @@ def test_brightness_section_averages_the_cells_that_measured_it():
     assert "| headline | tiny-shapes-eps | shapes-target | diff2flow | 0.001 | 2 | 0.110 | 0.090 | +0.020 |" in text
     assert "| headline | tiny-shapes-eps | shapes-target | diffusion | 0.001 | 2 | 0.200 | 0.090 | +0.110 |" in text
     assert brightness_section([_synthetic_cell(cells[0], 40.0, 0.5)]) == []
+
+
+def test_a_partial_sweep_is_said_so_and_waits_for_its_tuned_section():
+    from objectives_report import lr_sweep_section, sweep_missing, tuned_section
+
+    sweep = [c for c in plan(PRESETS["full"]) if c.role == "lr-sweep"]
+    records = [_synthetic_cell(c, 50.0, 0.5) | {"preset": "full"} for c in sweep]
+    assert sweep_missing(records) == 0 and sweep_missing(records[:-3]) == 3
+    assert "provisional" in "\n".join(lr_sweep_section(records[:-3]))
+    assert "provisional" not in "\n".join(lr_sweep_section(records))
+    by_role = {"lr-sweep": records[:-3], "headline": [], "decomposition": [], "tuned": []}
+    assert tuned_section(by_role) == []
