@@ -181,3 +181,17 @@ def test_factory_commands_run_as_modules(module):
     assert "usage:" in result.stdout and "--help" in result.stdout
     if module == "d2f.world.build":
         assert "python -m d2f.world.build" in result.stdout and "--only" in result.stdout
+
+
+def test_grid_stage_draws_one_labelled_row_per_prior(tmp_path):
+    """``python -m d2f.world.build --only grid``: one row of ``per_row`` 32 px samples per prior, upscaled."""
+    from PIL import Image
+
+    from d2f.pipeline.models import ASSETS
+
+    folders = [ASSETS / "tiny-shapes-eps", ASSETS / "tiny-shapes-v"]
+    path = priors.save_grid(folders, tmp_path / "sub" / "grid.png", guidance=5.0, seed=0, per_row=2, cell=40)
+    grid = Image.open(path)
+    assert grid.size == (110 + 2 * 40, 2 * 40)
+    tile = grid.crop((110, 0, 150, 40))
+    assert len(set(tile.getdata())) > 2  # a sample, not the blank canvas
