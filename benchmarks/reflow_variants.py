@@ -119,12 +119,9 @@ def report(records: list[dict]) -> str:
         "| --- | --- | ---: | ---: | --- | ---: |",
     ]
     for r in sorted(records, key=lambda r: (r["model"] == "student", r["calls"])):  # stable: run order kept
-        what = (
-            r["variant"]
-            if r["model"] == "student"
-            else r["sampler"] + (f", shift {r['shift']:g}" if r["shift"] != 1 else "")
-        )
+        what = _label(r)
         lines.append(f"| {r['model']} | {what} | {r['calls']:g} | {r['steps']} | {cell(r)} | {r['fd']:.1f} |")
+    lines += best_at_equal_calls(records)
     lines += goals(records)
     costs = {r["variant"]: r["cost"] for r in records if r["model"] == "student"}
     lines += ["", "| variant | pairs | pair generation | pairs on disk | student steps | training |"]
@@ -134,6 +131,32 @@ def report(records: list[dict]) -> str:
         lines.append(f"| {name} | {c['pairs']} | {c['pair_seconds'] or 0:.0f} s | {megabytes:.1f} MB "
                      f"| {c['steps']} | {c['train_seconds'] or 0:.0f} s |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _label(r: dict) -> str:
+    """A student's variant, or a teacher's sampler (and its shift)."""
+    return r["variant"] or r["sampler"] + (f", shift {r['shift']:g}" if r["shift"] != 1 else "")
+
+
+def best_at_equal_calls(records: list[dict]) -> list[str]:
+    """At each call count: the teacher's best few-step sampler (lowest FD) against the best student."""
+    calls = sorted({r["calls"] for r in records if r["calls"] <= 16})
+    lines = [
+        "",
+        "What a user would otherwise pick: at each number of calls, the teacher's best sampler (lowest FD) and the "
+        "best student.",
+        "",
+        "| calls | teacher's best | prompt acc. / FD | best student | prompt acc. / FD |",
+        "| ---: | --- | --- | --- | --- |",
+    ]
+    for n in calls:
+        cells = []
+        for model in ("teacher", "student"):
+            rows = [r for r in records if r["model"] == model and r["calls"] == n]
+            best = min(rows, key=lambda r: r["fd"]) if rows else None
+            cells += [_label(best), f"{best['prompt_accuracy']:.2f} / {best['fd']:.1f}"] if best else ["-", "-"]
+        lines.append(f"| {n:g} | " + " | ".join(cells) + " |")
+    return lines if calls else []
 
 
 def goals(records: list[dict]) -> list[str]:
