@@ -33,7 +33,10 @@ NB01 = "tutorials/01_schedules.ipynb"  # prints SD's covered range and where c p
 
 # page -> the committed files its numbers come from
 SOURCES = {
-    "README.md": [RES + f for f in ("objectives.md", "reflow.md", "own_images_auto.md", "sd_cpu.md")] + [NB01],
+    "README.md": [
+        RES + f for f in ("objectives.md", "reflow.md", "reflow_variants.md", "own_images_auto.md", "sd_cpu.md")
+    ]
+    + [NB01],
     "docs/world.md": [RES + "world_build.md", RES + "fd_floor.md", RES + "text_encoders.md", EPS_BUILD, V_BUILD]
     + [EVALUATOR_BUILD, WORDS_BUILD],
     "docs/training.md": [RES + "objectives.md", RES + "train_cost.json", RES + "train_defaults.md"],
@@ -42,7 +45,7 @@ SOURCES = {
     "docs/own-images.md": [RES + f for f in ("own_images.md", "own_images_3000.md", "own_images_new_content.md")]
     + [RES + f for f in ("own_images_sweep.md", "world_build.md", "own_images_auto.md", "command_times.md")],
     "docs/objectives.md": [RES + "objectives.md", RES + "sd_cpu.md"],
-    "docs/reflow.md": [RES + "reflow.md"],
+    "docs/reflow.md": [RES + f for f in ("reflow.md", "reflow_variants.md", "command_times.md")],
     "docs/sd-on-a-gpu.md": [RES + "sd_cpu.md", NB01],
     "docs/notes.md": [RES + "own_images.md", RES + "own_images_3000.md", RES + "own_images_new_content.md"]
     + [RES + "own_images_sweep.md"],
@@ -224,6 +227,7 @@ def newest(path: str, key: str, value: str, **also) -> dict:
 
 
 PLAIN = "d2f train --data FOLDER"
+BEST_REFLOW = "4096 pairs, 4000 steps"  # the best reflow variant (benchmarks/reflow_variants.py)
 WORDS = PLAIN + " --model tiny-shapes-eps-words"  # the prior whose text encoder knows English words
 
 
@@ -284,6 +288,10 @@ QUOTES = [
     ("README.md", "FD -11.0 [-11.8, -10.1]", OBJ, objectives_difference(NOVEL, "fd", "diffusion", "FD")),
     ("README.md", "0.946 [0.866, 1.013]", OBJ, cost_ratio),
     ("README.md", "0.94 [0.89, 0.96]", RES + "reflow.md", table_row("", "| student: prior | 2 |", slice(3, 4), "{}")),
+    *[
+        ("README.md", None, RES + "reflow_variants.md", table_row("", f"| student | {BEST_REFLOW} | {n} |", cols, fmt))
+        for n, cols, fmt in ((2, slice(4, 6), "{} and FD {}"), (1, slice(4, 5), "{} at one"))
+    ],
     ("README.md", "0.40 [0.33, 0.47]", RES + "reflow.md", table_row("", "| teacher: prior | 2 |", slice(3, 4), "{}")),
     (
         "README.md",
