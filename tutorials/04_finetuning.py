@@ -449,7 +449,7 @@ for model in ("tiny-shapes-eps", "tiny-shapes-v"):
 # diffusion's timesteps, is still behind diffusion finetuning, by less than Diff2Flow in FD; the input scaling `c`
 # helps a little. So the weighting predicted *where* the epsilon model's gradient goes, but what decides the style
 # shift here is *which times are drawn* (and the target at the ends, which wins most of it back), not the weight.
-# On the v prior (fewer seeds; `benchmarks/results/objectives.md` has every cell) the time density costs too, its
+# On the v prior (5 seeds too; `benchmarks/results/objectives.md` has every cell) the time density costs too, its
 # nearly flat weight `c^2` helps, and the loss-only bridge comes out ahead of diffusion finetuning: there, keeping
 # diffusion's timesteps and training the velocity is the better finetune; docs/objectives.md reads both priors.
 
