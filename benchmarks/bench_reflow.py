@@ -26,12 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CALLS = (1, 2, 4, 8)
 
 
-def score(pipe, prompts: list[str], steps: int, guidance: float, seed: int, domain: str) -> dict:
+def score(
+    pipe, prompts: list[str], steps: int, guidance: float, seed: int, domain: str, sampler="euler", shift=1.0
+) -> dict:
+    """Sample ``prompts`` from the noise of ``seed`` and score them against ``domain``: the evaluator's metrics and
+    ``prompt_interval``, the 95 % Wilson interval of the prompt accuracy."""
     from d2f.pipeline.generate import generate
     from d2f.world.estimators import wilson_interval
     from d2f.world.metrics import evaluate
 
-    images = generate(pipe, prompts, sampler="euler", steps=steps, guidance=guidance, seed=seed)
+    images = generate(pipe, prompts, sampler=sampler, steps=steps, guidance=guidance, seed=seed, shift=shift)
     m = evaluate(images, prompts, domain)
     correct = round(m["prompt_accuracy"] * len(prompts))
     m["prompt_interval"] = wilson_interval(correct, len(prompts))

@@ -392,7 +392,7 @@ def lr_sweep_section(cells: list[dict]) -> list[str]:
     """The lr-sweep block: every (objective, LR) cell's final scores and the LR the rule picks."""
     if not cells:
         return []
-    spec = cells[0]["spec"]
+    spec, missing = cells[0]["spec"], sweep_missing(cells)
     best = best_lr(cells)
     lines = [
         f"## Learning-rate sweep ({spec['model']}, {spec['task']}, {spec['steps']} steps of batch "
@@ -402,11 +402,8 @@ def lr_sweep_section(cells: list[dict]) -> list[str]:
         f"Rule, fixed before the run: {LR_RULE}. The grid's fixed LR is {1e-3:g} for a LoRA.",
         "",
         *(
-            [
-                f"**The sweep is not complete ({sweep_missing(cells)} cells to go): the picks below are provisional.**",
-                "",
-            ]
-            if sweep_missing(cells)
+            [f"**The sweep is not complete ({missing} cells to go): the picks below are provisional.**", ""]
+            if missing
             else []
         ),
         "| objective | LR | prompt acc | FD | picked |",

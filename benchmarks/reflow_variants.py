@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_reflow beside it
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "reflow_variants"
@@ -50,25 +53,22 @@ GOAL_FD_RATIO, GOAL_PROMPT = 1.5, 0.95
 
 
 def score(pipe, sampler: str, shift: float, steps: int, guidance: float) -> dict:
-    """Sample the prompts from the fixed noise, count the UNet's rows per image, score against the domain."""
-    from d2f.pipeline.generate import generate
-    from d2f.world.estimators import wilson_interval
-    from d2f.world.metrics import evaluate
+    """``bench_reflow.score`` of the prompts from the fixed noise, with the UNet's rows per image counted."""
+    from bench_reflow import score as sample_and_score
+
     from d2f.world.shapes import all_prompts
 
     prompts = [q for q in all_prompts() for _ in range(PER_PROMPT)]
     rows = []
     hook = pipe.unet.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
     try:
-        images = generate(pipe, prompts, sampler=sampler, steps=steps, guidance=guidance, seed=SEED, shift=shift)
+        m = sample_and_score(pipe, prompts, steps, guidance, SEED, DOMAIN, sampler=sampler, shift=shift)
     finally:
         hook.remove()
-    m = evaluate(images, prompts, DOMAIN)
-    correct = round(m["prompt_accuracy"] * len(prompts))
-    low, high = wilson_interval(correct, len(prompts))
-    calls = sum(rows) / len(prompts)
-    return dict(sampler=sampler, shift=shift, steps=steps, calls=calls, prompt_accuracy=m["prompt_accuracy"],
-                prompt_low=low, prompt_high=high, fd=m["fd"], n=len(prompts))  # fmt: skip
+    low, high = m["prompt_interval"]
+    return dict(sampler=sampler, shift=shift, steps=steps, calls=sum(rows) / len(prompts),
+                prompt_accuracy=m["prompt_accuracy"], prompt_low=low, prompt_high=high, fd=m["fd"],
+                n=len(prompts))  # fmt: skip
 
 
 def run_variant(name: str, work: Path) -> list[dict]:

@@ -8,7 +8,7 @@
 the digits folder of ``own_images_auto.py`` (1000 images, seed 0), the automatic new-content recipe included.
 ``reflow``: ``d2f reflow`` in a fresh folder (no runs: the built-in prior is the teacher; issue #23: under 10
 minutes). Each run appends a record to ``benchmarks/results/command_times.jsonl``: wall time and peak memory from
-``/usr/bin/time``, the command's own count of seconds (its ``--json`` summary), the threads torch used, and the load
+``/usr/bin/time``, the command's own count of seconds (its ``--json`` summary), the machine's cores, and the load
 average at the start, after waiting (up to 5 minutes) for it to fall below 0.3 (a timing is only worth quoting
 from an idle machine: the table says the load).
 ``command_times.md`` is the table of the newest record per command.
