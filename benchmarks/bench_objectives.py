@@ -47,6 +47,7 @@ from objectives_grid import PRESETS, Cell, append_record, done_keys, plan, read_
 
 from d2f.errors import UserError  # noqa: E402
 from d2f.objectives import OBJECTIVES  # noqa: E402
+from d2f.training.loop import Diverged  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COST_OBJECTIVES = ("diffusion", "diff2flow", "fm", "fm-raw-t")
@@ -170,7 +171,7 @@ def run_cell(cell: Cell, step0: dict, progress) -> dict:
         run = _setup(cell, out)
         with run.lock:
             setup_s = time.perf_counter() - start
-            ce, curve, losses, train_s = curve_eval(cell), [], [], 0.0
+            ce, curve, losses = curve_eval(cell), [], []
             finals = {ev.name: None for ev in final_evals(cell)}
 
             def score(step: int, ev: Eval) -> dict:
@@ -178,29 +179,50 @@ def run_cell(cell: Cell, step0: dict, progress) -> dict:
                     return finals[ev.name]
                 return evaluate(run.pipe, run.unet, cell.objective, cell.task, ev, cell.n_eval)
 
-            for step in range(cell.steps + 1):
-                if step in cell.curve_steps:
-                    key = _step0_key(cell, ce)
-                    metrics = step0.get(key) if step == 0 else None
-                    metrics = metrics or score(step, ce)
-                    if step == 0:
-                        step0[key] = metrics
-                    if step == cell.steps:
-                        finals[ce.name] = metrics
-                    curve.append({"step": step, "eval": ce.name, "step0_key": key, "metrics": metrics})
-                if step == cell.steps:
-                    break
-                tick = time.perf_counter()
-                per_sample, _ = _train_step(run, step)
-                train_s += time.perf_counter() - tick
-                losses.append(float(per_sample.mean()))
-                progress(1)
+            try:
+                train_s = _train_and_score(cell, run, step0, ce, curve, losses, finals, score, progress)
+            except Diverged as e:  # an LR too high for the objective: a result of the sweep, not a crash
+                return _diverged_record(cell, curve, losses, e, start)
             for ev in final_evals(cell):
                 finals[ev.name] = score(cell.steps, ev)
     return {
         "kind": "cell", "key": cell.key, "spec": asdict(cell), "lr": cell.lr, "curve": curve, "final": finals,
         "loss_first10": statistics.fmean(losses[:10]), "loss_last10": statistics.fmean(losses[-10:]),
         "s_per_step": train_s / cell.steps, "setup_seconds": round(setup_s, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2), "machine": _machine(),
+    }  # fmt: skip
+
+
+def _train_and_score(cell: Cell, run, step0: dict, ce: Eval, curve, losses, finals, score, progress) -> float:
+    """The cell's steps, scored at its curve steps (appended to ``curve``; the last one also kept in ``finals``);
+    returns the seconds spent training. Raises ``Diverged`` on a NaN or infinite loss."""
+    train_s = 0.0
+    for step in range(cell.steps + 1):
+        if step in cell.curve_steps:
+            key = _step0_key(cell, ce)
+            metrics = step0.get(key) if step == 0 else None
+            metrics = metrics or score(step, ce)
+            if step == 0:
+                step0[key] = metrics
+            if step == cell.steps:
+                finals[ce.name] = metrics
+            curve.append({"step": step, "eval": ce.name, "step0_key": key, "metrics": metrics})
+        if step == cell.steps:
+            return train_s
+        tick = time.perf_counter()
+        per_sample, _ = _train_step(run, step)
+        train_s += time.perf_counter() - tick
+        losses.append(float(per_sample.mean()))
+        progress(1)
+    return train_s
+
+
+def _diverged_record(cell: Cell, curve: list, losses: list, error: Exception, start: float) -> dict:
+    """The record of a cell whose loss became NaN or infinite: no final scores, the step it stopped at."""
+    return {
+        "kind": "cell", "key": cell.key, "spec": asdict(cell), "lr": cell.lr, "curve": curve,
+        "final": {ev.name: None for ev in final_evals(cell)}, "diverged": {"step": len(losses), "message": str(error)},
+        "loss_first10": statistics.fmean(losses[:10]) if losses else None,
         "wall_seconds": round(time.perf_counter() - start, 2), "machine": _machine(),
     }  # fmt: skip
 
@@ -385,6 +407,9 @@ def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_onl
             nat = record["final"][
                 Eval(natural_sampler(cell.objective), cell.calls[-1], cell.guidance, cell.eval_seed).name
             ]
+            if nat is None:
+                console.print(f"diverged {cell.key.rsplit('|', 1)[0]} at step {record['diverged']['step']}")
+                continue
             console.print(
                 f"done {cell.key.rsplit('|', 1)[0]}: FD {nat['fd']['value']:.1f} KID {nat['kid']['value']:.4f} "
                 f"prompt {nat['prompt_accuracy']['value']:.2f} domain {nat['domain_accuracy']['value']:.2f} "

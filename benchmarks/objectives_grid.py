@@ -6,7 +6,10 @@ for a full finetune, rank 0), warm-up, cosine schedule, batch and steps, whateve
 is tuned more than another. The one exception is the ``lr-sweep`` block, which checks that fixed LR: every
 objective at each of ``SWEEP_LRS`` on a tuning seed of its own (``TUNING_SEED``, none of the headline seeds),
 scored on validation noise of its own (``VALIDATION_SEED``, not the grid's evaluation noise); the rule that
-reads it is fixed here, before any run (``LR_RULE``, applied by ``objectives_report.best_lr``).
+reads it is fixed here, before any run (``LR_RULE``, applied by ``objectives_report.best_lr``). A sweep cell
+that diverges (NaN loss) is recorded as such and loses to every finite one. The sweep first had three LRs; when
+every objective but naive FM picked its top one, 1e-2 was added (a pick at the edge of a sweep says the best rate
+may lie beyond it), and the tuned cells run at the three-LR picks stay in the results file, superseded.
 
 The ``tuned`` block (issue #24, equal tuning effort) follows the sweep: once every sweep cell is in the results
 file, each objective whose picked LR is not the fixed one is trained again at its own LR on the headline seeds,
@@ -108,7 +111,7 @@ class Preset:
 
 MAIN = ("diff2flow", "fm", "diffusion")
 DECOMPOSITION = ("diffusion-fm-t", "diff2flow-unweighted", "diff2flow-discrete", "diff2flow-no-scale")
-SWEEP_LRS = (3e-4, 1e-3, 3e-3)
+SWEEP_LRS = (3e-4, 1e-3, 3e-3, 1e-2)  # 1e-2 added after every objective but fm picked 3e-3, the top edge
 TUNING_SEED = 100  # the lr-sweep's training seed: not one of the seeds the answers are computed on
 VALIDATION_SEED = 2_000_000  # the lr-sweep's evaluation noise: not the grid's
 LR_RULE = (

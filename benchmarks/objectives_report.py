@@ -8,6 +8,7 @@ in one process. The text around the numbers is fixed in advance; it does not loo
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -373,9 +374,16 @@ def best_lr(cells: list[dict]) -> dict[str, float]:
     best = {}
     for objective, rs in by_objective.items():
         name = _natural(rs[0]["spec"])
-        top = max(rs, key=lambda r: (_value(r, name, "prompt_accuracy"), -_value(r, name, "fd")))
+        top = max(rs, key=lambda r: _rule_key(r, name))
         best[objective] = top["lr"]
     return best
+
+
+def _rule_key(record: dict, name: str) -> tuple[float, float]:
+    """``LR_RULE`` as a sort key: (prompt accuracy, -FD); a diverged cell below every finite one."""
+    if record.get("diverged"):
+        return (-1.0, -math.inf)
+    return (_value(record, name, "prompt_accuracy"), -_value(record, name, "fd"))
 
 
 def sweep_missing(cells: list[dict]) -> int:
@@ -411,10 +419,17 @@ def lr_sweep_section(cells: list[dict]) -> list[str]:
     ]
     for r in sorted(cells, key=lambda r: (r["spec"]["objective"], r["lr"])):
         name, objective = _natural(r["spec"]), r["spec"]["objective"]
+        if r.get("diverged"):
+            lines.append(f"| {objective} | {r['lr']:g} | diverged at step {r['diverged']['step']} | - | |")
+            continue
         lines.append(
             f"| {objective} | {r['lr']:g} | {_fmt(_value(r, name, 'prompt_accuracy'), 2)} | "
             f"{_fmt(_value(r, name, 'fd'))} | {'yes' if best[objective] == r['lr'] else ''} |"
         )
+    top = max(r["lr"] for r in cells)
+    edge = sorted(o for o, lr in best.items() if lr == top)
+    if edge:
+        lines += ["", f"Picked at the sweep's top LR ({top:g}), so the best rate may lie above it: {', '.join(edge)}."]
     return lines + [""]
 
 
@@ -431,6 +446,10 @@ def tuned_section(by_role: dict) -> list[str]:
         if (r["spec"]["model"], r["spec"]["task"], r["spec"]["rank"], r["spec"]["steps"], r["spec"]["batch_size"])
         == where and r["lr"] == best.get(r["spec"]["objective"])
     ]  # fmt: skip
+    diverged = defaultdict(int)
+    for r in [r for r in at_pick if r.get("diverged")]:
+        diverged[r["spec"]["objective"]] += 1
+        at_pick.remove(r)
 
     def final(objective, metric):
         return {r["spec"]["seed"]: _value(r, _natural(r["spec"]), metric) for r in at_pick
@@ -446,6 +465,7 @@ def tuned_section(by_role: dict) -> list[str]:
         "| objective | picked LR | seeds | FD | prompt acc | FD - diffusion | prompt acc - diffusion |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
+    notes = [f"{o}: {k} seed(s) diverged at its pick, left out" for o, k in sorted(diverged.items())]
     for objective in sorted(best):
         fd, acc = final(objective, "fd"), final(objective, "prompt_accuracy")
         if not fd:
@@ -459,7 +479,7 @@ def tuned_section(by_role: dict) -> list[str]:
             f"| {objective} | {best[objective]:g} | {len(fd)} | {statistics.fmean(fd.values()):.1f} | "
             f"{statistics.fmean(acc.values()):.2f} | {' | '.join(diffs)} |"
         )
-    return lines + [""]
+    return lines + ([""] + [f"- {n}" for n in notes] if notes else []) + [""]
 
 
 def brightness_section(cells: list[dict]) -> list[str]:
@@ -495,10 +515,12 @@ def brightness_section(cells: list[dict]) -> list[str]:
 
 def write_report(results: str | Path, folder: str | Path) -> Path:
     records = read_records(results)
-    every = [r for r in records if r.get("kind") == "cell"]
+    every = all_cells = [r for r in records if r.get("kind") == "cell"]
     by_role = defaultdict(list)
-    for r in every:
-        by_role[r["spec"]["role"]].append(r)
+    for r in every:  # a diverged cell has no scores: only the sweep and tuned sections read it (and say so)
+        if not r.get("diverged") or r["spec"]["role"] in ("lr-sweep", "tuned"):
+            by_role[r["spec"]["role"]].append(r)
+    every = [r for r in every if not r.get("diverged")]
     cells = [r for r in every if r["spec"]["role"] not in ("long", *SIDE_ROLES)]
     long = by_role["long"]
     cost = next((r for r in records if r.get("kind") == "cost"), None)
@@ -510,10 +532,12 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
     spec = cells[0]["spec"] if cells else {}
     lines = [
         "# Diff2Flow vs naive FM vs diffusion finetuning (issue #12)", "",
-        f"`{Path(results).name}`: {len(cells)} finetunes, {spec.get('steps')} steps, batch {spec.get('batch_size')}, "
+        f"`{Path(results).name}`: {len(all_cells)} finetunes in all; the main tables below read {len(cells)} of them "
+        f"(the decomposition, sweep and tuned blocks have their own sections), {spec.get('steps')} steps, batch "
+        f"{spec.get('batch_size')}, "
         f"n = {spec.get('n_eval')} samples per evaluation, guidance {spec.get('guidance')} for all, evaluation noise "
         f"seed {spec.get('eval_seed')} (fixed, separate from the training seeds); grid wall time "
-        f"{sum(r['wall_seconds'] for r in every) / 3600:.2f} h (sum over cells; {len(long)} of them at the demo's "
+        f"{sum(r['wall_seconds'] for r in all_cells) / 3600:.2f} h (sum over cells; {len(long)} of them at the demo's "
         "budget, below). Regenerate with "
         "`python benchmarks/bench_objectives.py --report-only --out RESULTS.jsonl`.", "",
         "## The four answers", "", *answers(groups, cost, precision), "",

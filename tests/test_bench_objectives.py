@@ -93,8 +93,12 @@ def test_decomposition_and_lr_sweep_blocks_and_the_published_cells_stay_done():
     published = BENCH / "results" / "objectives.jsonl"
     records = read_records(published)
     cells = {r["key"] for r in records if r.get("kind") == "cell"}
-    # adding blocks re-runs nothing already published (the tuned block: as the published sweep plans it)
-    assert cells and cells <= {c.key for c in plan(PRESETS["full"], records)}
+    # adding blocks re-runs nothing already published (the tuned block: as the published sweep plans it), except
+    # the tuned cells of the three-LR sweep that the 1e-2 column superseded, which stay in the file
+    planned = {c.key for c in plan(PRESETS["full"], records)}
+    superseded = {r["key"] for r in records if r.get("kind") == "cell" and r["spec"]["role"] == "tuned"} - planned
+    assert cells and cells - superseded <= planned
+    assert all(r["spec"]["role"] == "tuned" and r["lr"] == 3e-3 for r in records if r.get("key") in superseded)
     quick = plan(PRESETS["quick"])
     assert set(DECOMPOSITION) <= {c.objective for c in quick} and any(c.role == "lr-sweep" for c in quick)
     assert len({c.key for c in quick}) == len(quick)
@@ -373,3 +377,33 @@ def test_a_partial_sweep_is_said_so_and_waits_for_its_tuned_section():
     assert "provisional" not in "\n".join(lr_sweep_section(records))
     by_role = {"lr-sweep": records[:-3], "headline": [], "decomposition": [], "tuned": []}
     assert tuned_section(by_role) == []
+
+
+def test_a_diverged_sweep_cell_is_recorded_loses_to_every_finite_one_and_is_said_so():
+    """An LR too high for an objective is a result, not a crash: ``run_cell`` (a real tiny finetune at an absurd LR)
+    records where it stopped and no scores; the rule never picks it; the sweep and tuned sections name it."""
+    import bench_objectives
+    from objectives_report import best_lr, lr_sweep_section, tuned_section
+
+    cell = replace(plan(PRESETS["quick"])[0], steps=4, curve_steps=(0,), lr_override=1e12, role="lr-sweep")
+    record = bench_objectives.run_cell(cell, {}, lambda n: None)
+    assert record["diverged"]["step"] < cell.steps and "NaN or infinite" in record["diverged"]["message"]
+    assert set(record["final"].values()) == {None}
+
+    sweep = [c for c in plan(PRESETS["full"]) if c.role == "lr-sweep" and c.objective in ("diffusion", "fm")]
+    records = [_synthetic_cell(c, 50.0, 0.05) for c in sweep]
+    top = max(c.lr for c in sweep)
+    for r in records:
+        if r["lr"] == top:  # the highest LR diverges for both; diffusion is best just below it
+            r.update(final={name: None for name in r["final"]}, diverged={"step": 7, "message": "NaN"})
+        elif r["spec"]["objective"] == "diffusion" and r["lr"] == 3e-3:
+            r.update(_synthetic_cell(next(c for c in sweep if c.key == r["key"]), 40.0, 0.6))
+    assert best_lr(records) == {"diffusion": 3e-3, "fm": 3e-4}  # fm: all ties at 0.05 and FD 50, the first kept
+    table = "\n".join(lr_sweep_section(records))
+    assert f"| diffusion | {top:g} | diverged at step 7 | - | |" in table and "top LR" not in table
+    assert "| diffusion | 0.003 | 0.60 | 40.0 | yes |" in table
+    head = [c for c in plan(PRESETS["full"]) if c.role == "headline" and c.rank == 64 and c.objective == "diffusion"]
+    tuned = [_synthetic_cell(replace(c, role="tuned", lr_override=3e-3), 30.0, 0.7) for c in head]
+    tuned[0].update(final={name: None for name in tuned[0]["final"]}, diverged={"step": 3, "message": "NaN"})
+    text = "\n".join(tuned_section({"lr-sweep": records, "headline": [], "decomposition": [], "tuned": tuned}))
+    assert "| diffusion | 0.003 | 4 | 30.0 | 0.70 | - | - |" in text and "diffusion: 1 seed(s) diverged" in text
