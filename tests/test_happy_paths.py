@@ -172,6 +172,20 @@ def test_reflow_to_the_end_then_its_student_samples_in_one_step(work, trained, s
     assert Image.open(one).size[0] > 0
 
 
+def test_a_windowed_reflow_from_the_cli_samples_one_step_per_window_by_default(work, trained, shapes_folder):
+    """PeRFlow (``--windows 2``): the summary names ``--steps 2``, and ``d2f sample`` without --steps takes 2."""
+    student = work / "student-windows"
+    tiny = ["--lora", str(trained), "--data", str(shapes_folder), "--num-pairs", "2", "--pair-steps", "2"]
+    tiny += ["--steps", "1", "--batch-size", "2", "--warmup-steps", "0", "--validate-every", "0", "--windows", "2"]
+    summary = json.loads(assert_ok(d2f_cli("reflow", *tiny, "--output", str(student), "--json", cwd=work)))
+    assert summary["sample_command"].endswith("--steps 2") and summary["pairs"]["shards_written"] == 1
+    result = json.loads(assert_ok(d2f_cli("sample", "--lora", str(student), "--prompt", "a red circle", "--output",
+                                          str(work / "windows.png"), "--json", cwd=work)))  # fmt: skip
+    assert result["settings"]["steps"] == 2 and result["settings"]["guidance"] == 1.0
+    side = json.loads((student / "d2f_run.json").read_text())["resolution"]
+    assert Image.open(result["images"][0]).size[0] >= side  # one image, or the grid of them --output writes
+
+
 def test_export_then_the_kohya_file_loads_in_diffusers(work, trained, tiny_sd_eps):
     from diffusers import StableDiffusionPipeline
 

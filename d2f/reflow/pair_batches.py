@@ -4,14 +4,26 @@ A pairs folder (written by ``d2f.reflow.pairs``; its format is defined here, onc
 
 - ``pairs.json``: the settings that made the pairs (teacher, sampler, steps, guidance, seed, captions, ...),
   whether the folder is ``complete``, the seconds the teacher took and the shards' bytes;
-- ``shard_XXXXX.safetensors``: ``x0`` noise and ``x1`` the teacher's end point from it, (K, C, h, w) float32,
-  and ``caption`` (K,) int64 indices into the ``captions`` of ``pairs.json``.
+- ``shard_XXXXX.safetensors``: ``x0`` noise and ``x1`` the teacher's end point from it, (n, C, h, w) float32,
+  ``caption`` (n,) int64 indices into the ``captions`` of ``pairs.json``, and, for pairs made with K > 1 time
+  windows, ``states`` (n, K - 1, C, h, w): the teacher's state at each inner window boundary b_1 .. b_{K-1}.
 
 ``PairBatches`` is a drop-in for ``d2f.training.batches.Batches``: ``get(micro_step, rank, world)`` returns
 (x1, x0, time, cond) with the same reproducible draws (``step_generator``, ``batch_indices``), but x0 and x1
 are a *coupled* pair instead of independent noise and data, so every objective of ``d2f.objectives`` trains on
 the straight line between them unchanged: x_t = t x1 + (1 - t) x0, target u = x1 - x0. ``pair_source`` hands
 them to ``d2f.training.train`` as a ``BatchSource`` (with the pairs folder as a setting of the run).
+
+**Time windows** (piecewise rectified flow, PeRFlow, Yan et al. 2024, arXiv 2405.07510, §3): with K windows
+[b_k, b_{k+1}], b_k = k / K, the teacher's path is straightened in each window on its own. A sample draws a
+window k and s from the run's t density on [0, 1], t = b_k + s / K, and trains on the line from the teacher's
+state x_{b_k} to x_{b_{k+1}}:
+
+    u_k = K (x_{b_{k+1}} - x_{b_k}),    x_t = x_{b_k} + (t - b_k) u_k
+
+That line is the straight path of the virtual pair  x0' = x_{b_k} - b_k u_k,  x1' = x0' + u_k  (then
+t x1' + (1 - t) x0' = x0' + t u_k = x_t, and x1' - x0' = u_k), so ``get`` returns (x1', x0') and every objective
+trains on it unchanged. The student is sampled with FM Euler on the uniform K-step grid: one step per window.
 """
 
 from __future__ import annotations
@@ -31,6 +43,11 @@ SHARD = "shard_{:05d}.safetensors"
 
 def shard_count(num_pairs: int, shard_size: int) -> int:
     return -(-num_pairs // shard_size)
+
+
+def window_bounds(windows: int) -> torch.Tensor:
+    """The K + 1 window boundaries b_k = k / K (float64): those of the student's K-step uniform Euler grid."""
+    return torch.linspace(0, 1, windows + 1, dtype=torch.float64)
 
 
 def read_pairs_record(folder: str | Path) -> dict:
@@ -59,6 +76,21 @@ def load_pairs(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return x0, x1, index, list(settings["captions"])
 
 
+def load_path(folder: str | Path) -> torch.Tensor:
+    """The teacher's states at every window boundary of a complete pairs folder, (n, K + 1, C, h, w):
+    x0, the inner boundaries' ``states`` (none for K = 1), x1."""
+    from safetensors.torch import load_file
+
+    x0, x1, _, _ = load_pairs(folder)
+    settings = read_pairs_record(folder)["settings"]
+    windows = settings.get("windows", 1)
+    if windows == 1:
+        return torch.stack([x0, x1], dim=1)
+    count = shard_count(settings["num_pairs"], settings["shard_size"])
+    states = torch.cat([load_file(Path(folder) / SHARD.format(k))["states"] for k in range(count)])
+    return torch.cat([x0[:, None], states, x1[:, None]], dim=1)
+
+
 class PairBatches:
     """Draws the batches of a reflow run from a pairs folder (see the module doc). The text encoding of every
     caption is computed once; ``caption_dropout`` replaces a caption by the empty one (reflow uses 0: the
@@ -78,10 +110,12 @@ class PairBatches:
         seed: int,
         device,
     ):
-        self.x0, self.x1, self.caption_index, captions = load_pairs(folder)
-        if tuple(self.x0.shape[1:]) != tuple(latent_shape):
+        _, _, self.caption_index, captions = load_pairs(folder)
+        self.path = load_path(folder)  # (n, K + 1, C, h, w)
+        self.windows = self.path.shape[1] - 1
+        if tuple(self.path.shape[2:]) != tuple(latent_shape):
             raise UserError(
-                f"the pairs in {folder} are latents of shape {tuple(self.x0.shape[1:])}, but this run trains on "
+                f"the pairs in {folder} are latents of shape {tuple(self.path.shape[2:])}, but this run trains on "
                 f"{tuple(latent_shape)}: pass the --resolution the pairs were made at"
             )
         self.flow, self.batch_size, self.caption_dropout = flow, batch_size, caption_dropout
@@ -91,19 +125,32 @@ class PairBatches:
         self.text_cache = _encode_text(text_encoder, tokenizer, self.captions, device)
 
     def __len__(self) -> int:
-        return len(self.x0)
+        return len(self.path)
 
     def get(self, micro_step: int, rank: int = 0, world: int = 1):
         """(data x1, noise x0, time, cond) of one micro step on process ``rank``: pairs in the order of a
-        per-epoch permutation, caption dropout and t from the micro step's own generator."""
+        per-epoch permutation, caption dropout and t from the micro step's own generator; with K > 1 windows,
+        the window too, and (x1', x0') the virtual pair of the window's line (module doc)."""
         gen = step_generator(self.seed, micro_step, rank)
         idx = batch_indices(len(self), self.batch_size, micro_step, rank, world, self.seed)
         b = len(idx)
         drop = torch.rand(b, generator=gen) < self.caption_dropout
         which = torch.where(drop, torch.tensor(self.empty), self.caption_index[idx])
         time = self.flow.sample_time(b, self.t_sampling, gen)
+        path = self.path[idx]
+        x0, x1 = path[:, 0], path[:, -1]
+        if self.windows > 1:
+            k = torch.randint(0, self.windows, (b,), generator=gen)
+            start, end = path[torch.arange(b), k], path[torch.arange(b), k + 1]
+            b_k = (k.double() / self.windows).float()
+            # t = b_k + s / K,  s from the run's density on [0, 1]
+            time = b_k + time / self.windows
+            # u_k = K (x_{b_{k+1}} - x_{b_k});  x0' = x_{b_k} - b_k u_k,  x1' = x0' + u_k
+            u = self.windows * (end - start)
+            x0 = start - b_k[:, None, None, None] * u
+            x1 = x0 + u
         dev = self.device
-        return self.x1[idx].to(dev), self.x0[idx].to(dev), time.to(dev), self.text_cache[which].to(dev)
+        return x1.to(dev), x0.to(dev), time.to(dev), self.text_cache[which].to(dev)
 
 
 @torch.no_grad()

@@ -12,6 +12,11 @@ sample z at tau = N - 1, i.e. the FM state x0 / c(t_min) ~= (1 - t_min) x0 + t_m
 part dropped. Either way x0 is the Gaussian draw itself: the point the student, an FM model, starts from at
 t = 0 when ``d2f sample`` is given the same seed, so the student learns the map the teacher computes.
 
+With K > 1 time windows (``windows``, PeRFlow: ``d2f.reflow.pair_batches``), the teacher's grid gets the inner
+window boundaries b_k = k / K added and is integrated window by window, and the shard keeps its state at each of
+them (``states``). Euler and DDIM steps are the same as on the merged grid in one go; Heun's last step in each
+window is an Euler step, as on any grid's last step.
+
 Shards are written through a temporary file and a rename, so a shard on disk is whole; ``pairs.json`` records
 every setting that shapes a pair, a folder made with other settings is refused, and a new call resumes at the
 shards that are missing. The folder format is ``d2f.reflow.pair_batches``.
@@ -50,6 +55,7 @@ class PairSettings:
     width: int
     captions: list[str] = field(default_factory=list)
     shard_size: int = 64
+    windows: int = 1  # K time windows (PeRFlow); 1: plain reflow, x0 and x1 only
 
 
 def check_pair_settings(settings: PairSettings) -> None:
@@ -57,6 +63,8 @@ def check_pair_settings(settings: PairSettings) -> None:
         raise UserError(f"--num-pairs must be at least 1, got {settings.num_pairs}")
     if settings.shard_size < 1 or settings.steps < 1:
         raise UserError(f"--pair-steps and the shard size must be >= 1, got {settings.steps}, {settings.shard_size}")
+    if settings.windows < 1:
+        raise UserError(f"--windows must be at least 1, got {settings.windows}")
     if not settings.captions:
         raise UserError("no captions to pair the noise with: give --data with captions")
 
@@ -70,7 +78,8 @@ def check_folder(folder: Path, settings: PairSettings) -> dict | None:
         return None
     record = read_pairs_record(folder)
     old = record.get("settings", {})
-    changed = [k for k, v in asdict(settings).items() if old.get(k) != v]
+    defaults = {"windows": 1}  # settings added later: a folder made before them has their default
+    changed = [k for k, v in asdict(settings).items() if old.get(k, defaults.get(k)) != v]
     if changed:
         raise UserError(
             f"{folder} holds pairs of another teacher or settings ({', '.join(changed)} differ); "
@@ -84,7 +93,7 @@ def generate_pairs(
 ) -> dict:
     """Write the missing shards of ``folder``; returns the ``pairs.json`` record, with ``seconds`` (all calls
     together), ``bytes`` and ``shards_written`` (this call). ``on_shard(done, total)`` after each shard."""
-    from d2f.pipeline import initial_noise, sample_latents
+    from d2f.pipeline import initial_noise
 
     check_pair_settings(settings)
     folder = Path(folder)
@@ -108,18 +117,11 @@ def generate_pairs(
         # x0 of pair i: N(0, I) from seed + i (the noise sample_latents draws for the same seed)
         x0 = initial_noise(pipe, n, settings.height, settings.width, settings.seed, offset=first)
         # x1 of pair i: the teacher's ODE integrated from x0 (from x0 / c(t_min) for a diffusion teacher)
-        x1 = sample_latents(
-            pipe,
-            prompts,
-            sampler=settings.sampler,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            seed=settings.seed + first,
-            height=settings.height,
-            width=settings.width,
-            objective=settings.objective,
-        )
-        _save_shard(path, {"x0": x0.contiguous(), "x1": x1.contiguous(), "caption": index}, k, total)
+        *states, x1 = teacher_path(pipe, prompts, settings, first)
+        tensors = {"x0": x0.contiguous(), "x1": x1.contiguous(), "caption": index}
+        if states:
+            tensors["states"] = torch.stack(states, dim=1).contiguous()
+        _save_shard(path, tensors, k, total)
         written += 1
         record["seconds"] = round(previous.get("seconds", 0.0) + time.perf_counter() - start, 2)
         if on_shard:
@@ -127,6 +129,31 @@ def generate_pairs(
     record.update(complete=True, shards_written=written, bytes=folder_bytes(folder))
     write_json_atomic(folder / PAIRS_FILE, record)
     return record
+
+
+def teacher_path(pipe, prompts: list[str], settings: PairSettings, first: int) -> list[torch.Tensor]:
+    """The teacher's states at the window boundaries b_1, ..., b_K = 1 for the noise of pairs ``first``, ...:
+    one state (x1) for K = 1; else the sampler's grid with the inner boundaries added, integrated window by
+    window from the state the previous window ended at."""
+    from d2f.pipeline import pipe_parametrization, sample_latents
+    from d2f.reflow.pair_batches import window_bounds
+    from d2f.sampling import sampler_grid
+
+    run = dict(sampler=settings.sampler, guidance=settings.guidance, seed=settings.seed + first,
+               height=settings.height, width=settings.width, objective=settings.objective)  # fmt: skip
+    if settings.windows == 1:
+        return [sample_latents(pipe, prompts, steps=settings.steps, **run)]
+    model = pipe_parametrization(pipe, settings.objective)
+    grid = sampler_grid(settings.sampler, settings.steps, model.t_start, 1.0, model.schedule)
+    inner = window_bounds(settings.windows)[1:-1]
+    grid = torch.unique(torch.cat([grid, inner]).round(decimals=12))  # sorted
+    states, x = [], None
+    for low, high in zip([float(grid[0]), *inner.tolist()], [*inner.tolist(), 1.0]):
+        ts = grid[(grid >= low - 1e-12) & (grid <= high + 1e-12)]
+        # noise None: the first window starts from the pairs' noise, as sample_latents draws it for the seed
+        x = sample_latents(pipe, prompts, steps=len(ts) - 1, noise=x, ts=ts, batch_size=len(prompts), **run)
+        states.append(x)
+    return states
 
 
 def _save_shard(path: Path, tensors: dict, k: int, total: int) -> None:

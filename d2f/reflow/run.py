@@ -14,6 +14,10 @@ arXiv 2209.03003; InstaFlow, Liu et al. 2023, arXiv 2309.06380).
    into it, so one sampler step is one network call.
 3. The result is a normal run folder, ``objective: reflow`` in ``d2f_run.json`` (sampled as its
    ``reflow_objective``, FM Euler, 1 step, guidance 1), validation grids at 1, 2 and 4 steps.
+
+With ``windows`` K > 1 (PeRFlow, Yan et al. 2024, arXiv 2405.07510) the pairs keep the teacher's state at
+t = k / K and the student straightens each window on its own (``d2f.reflow.pair_batches``); it is sampled with
+K steps, one per window (validation grids at K, 2K and 4K steps).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ VALIDATION_STEPS = [1, 2, 4]
 # 2 (1 - t) gave the prior's student 0.64 / FD 70 at 1 call and 0.96 / FD 17 at 2 calls, against 0.54 / 89 and
 # 0.94 / 22 uniform
 T_SAMPLING = "near-noise"
+MAX_WINDOWS = 16
 
 
 @dataclass
@@ -60,6 +65,12 @@ class ReflowConfig:
     output: str | None = setting(None, "Run folder (default runs/<teacher>-reflow-<objective>).")
     seed: int = setting(
         0, "Seed of the pairs' noise (pair i: seed + i) and of training.", low=0, high=MAX_SEED - MAX_COUNT
+    )
+    windows: int = setting(
+        1,
+        "Time windows K (PeRFlow): straighten the path piecewise; sample the student with --steps K.",
+        low=1,
+        high=MAX_WINDOWS,
     )
     resolution: int | None = setting(None, "Resolution in px (default: the teacher's).", low=1, high=MAX_SIDE)
     shard_size: int = setting(64, "Pairs per shard file.", low=1, high=MAX_COUNT, cli=False)
@@ -110,6 +121,7 @@ def reflow(
         width=cfg.resolution,
         captions=_captions(data, rcfg.seed),
         shard_size=rcfg.shard_size,
+        windows=rcfg.windows,
     )
     if torch.cuda.is_available():
         teacher.to("cuda")
@@ -122,7 +134,7 @@ def reflow(
     summary = train(cfg, callback=callback, builtin=builtin, source=source)
     summary["pairs"] = {k: record.get(k) for k in ("shards", "shards_written", "seconds", "bytes")}
     summary["pairs"]["folder"] = str(folder)
-    summary["sample_command"] = f"d2f sample --lora {summary['output_dir']} --steps 1"
+    summary["sample_command"] = f"d2f sample --lora {summary['output_dir']} --steps {rcfg.windows}"
     return summary
 
 
@@ -157,8 +169,8 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
         seed=rcfg.seed,
         caption_dropout=0.0,  # the student is unguided: no empty-caption branch to learn
         guidance=1.0,
-        sample_steps=1,
-        validation_steps=VALIDATION_STEPS,
+        sample_steps=rcfg.windows,  # one Euler step per window
+        validation_steps=sorted({rcfg.windows * k for k in VALIDATION_STEPS}),
         init_weights=weights,
     )
     if weights and Path(weights).is_file():  # a LoRA teacher: the student is a LoRA of its rank and alpha
