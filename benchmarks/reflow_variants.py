@@ -1,21 +1,24 @@
-"""Reflow variants on the built-in prior (issue #23): which settings bring a student to its teacher in 1-2 calls,
-against the teacher's own best few-step sampler at the same number of network calls.
+"""Reflow variants on the built-in world (issue #23): which settings bring a student to its teacher in 1-2 calls,
+against the teacher's own best few-step sampler at the same number of network calls, for both teachers.
 
-    OMP_NUM_THREADS=1 python benchmarks/reflow_variants.py            # every variant not yet in the results
-    OMP_NUM_THREADS=1 python benchmarks/reflow_variants.py --teacher  # only the teacher's sampler rows
-    python benchmarks/reflow_variants.py --report-only                # the table from the records
+    OMP_NUM_THREADS=1 python benchmarks/reflow_variants.py                     # the prior's variants not yet run
+    OMP_NUM_THREADS=1 python benchmarks/reflow_variants.py --teacher finetune  # the finetune's (FINETUNE_VARIANTS)
+    OMP_NUM_THREADS=1 python benchmarks/reflow_variants.py --teacher-rows      # only the teacher's sampler rows
+    python benchmarks/reflow_variants.py --report-only                         # the tables from the records
 
-Teacher: ``tiny-shapes-eps`` untouched (guidance 2: 2 network calls a step). Each variant is one ``d2f reflow``
-of it (``d2f.reflow.reflow``, the library call behind the command) whose settings differ from the defaults as the
-variant says; pairs are made once per count and reused (``<work>/pairs-N``; pair i comes from seed i whatever N).
-Every row samples the 24 prompts x ``PER_PROMPT`` from the same noise (seed 1234, as ``bench_reflow.py``) and is
-scored by the world's evaluator against the base domain (prompt accuracy with a 95 % Wilson interval, FD).
+Teachers (``TEACHERS``): ``tiny-shapes-eps`` untouched (guidance 2: 2 network calls a step), and the demo's
+finetune (``d2f train`` with its defaults, trained here once into ``<work>/teacher-finetune``, sampled with its
+run's guidance). Each variant is one ``d2f reflow`` of a teacher (``d2f.reflow.reflow``, the library call behind
+the command) whose settings differ from the defaults as the variant says; pairs are made once per teacher, count
+and window count and reused (``<work>/<teacher>-pairs-N[-wK]``; pair i comes from seed i whatever N). Every row
+samples the 24 prompts x ``PER_PROMPT`` from the same noise (seed 1234, as ``bench_reflow.py``) and is scored by
+the world's evaluator against the teacher's domain (prompt accuracy with a 95 % Wilson interval, FD).
 
 **Calls are counted, not computed**: a forward hook on the UNet adds up the rows it was called on, divided by the
 number of images, so guidance (2 rows an image) and Heun's extra evaluations count as they run. The teacher's rows
 try every few-step sampler a user would pick (FM Euler, FM Euler with the time shift 3, FM Heun, DDIM) at 2, 4 and
 8 calls, and the 25-step reference. Records: ``benchmarks/results/reflow_variants.jsonl`` (one per row, appended,
-a rerun skips what is there); table: ``reflow_variants.md``.
+a rerun skips what is there; a record without ``teacher`` is the prior's); tables: ``reflow_variants.md``.
 """
 
 from __future__ import annotations
@@ -30,16 +33,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_reflow beside 
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "reflow_variants"
-TEACHER, DOMAIN, GUIDANCE, PER_PROMPT, SEED = "tiny-shapes-eps", "base", 2.0, 8, 1234
+PER_PROMPT, SEED = 8, 1234
+# the two teachers of issue #23: the untouched prior, and the demo's finetune (``d2f train`` with its defaults,
+# trained by this script into <work>/teacher-finetune); FD against each one's own domain, guidance as each runs
+TEACHERS = {"prior": dict(model="tiny-shapes-eps", domain="base"), "finetune": dict(model=None, domain="target")}
 STUDENT_CALLS = (1, 2, 4)
-# name -> (pairs, d2f train settings of the student that differ from d2f reflow's defaults)
+# name -> (pairs, settings that differ from d2f reflow's defaults: the student's d2f train settings, and
+# ``windows``, reflow's own)
 VARIANTS = {  # in the order they ran: the control, then what the issue names, the last chosen after the others
     "defaults (near-noise t, mse)": (1024, {}),
     "u-shaped t, pseudo-Huber": (1024, {"t_sampling": "u-shaped", "loss": "pseudo-huber"}),
     "4096 pairs, 2000 steps": (4096, {"steps": 2000}),
     "full finetune, lr 1e-4": (1024, {"lora_rank": 0, "lr": 1e-4}),
     "4096 pairs, 4000 steps": (4096, {"steps": 4000}),
+    "2 windows (PeRFlow)": (1024, {"windows": 2}),
 }
+# the variants run with the finetune as the teacher (each costs minutes of CPU: the control and the new one)
+FINETUNE_VARIANTS = ("defaults (near-noise t, mse)", "2 windows (PeRFlow)")
 # (sampler, shift, steps) of the teacher, guided: 2 calls per evaluation; Heun makes 2K - 1 evaluations in K steps
 TEACHER_ROWS = [("euler", 1.0, 1), ("ddim", 1.0, 1)]  # 2 calls
 TEACHER_ROWS += [("euler", 1.0, 2), ("euler", 3.0, 2), ("ddim", 1.0, 2)]  # 4 calls
@@ -47,12 +57,12 @@ TEACHER_ROWS += [("heun", 1.0, 2)]  # 6 calls
 TEACHER_ROWS += [("euler", 1.0, 4), ("euler", 3.0, 4), ("ddim", 1.0, 4)]  # 8 calls
 TEACHER_ROWS += [("euler", 1.0, 8), ("euler", 3.0, 8), ("ddim", 1.0, 8), ("heun", 1.0, 4)]  # 16 (Heun: 14) calls
 TEACHER_ROWS += [("euler", 1.0, 25)]  # the reference, 50 calls
-# issue #23's goals for the prior's student: at 2 calls FD within 1.5x of the teacher's 25-step FD and prompt
-# accuracy >= 0.95; at 1 call better than the teacher at 8 steps (16 calls) on both
-GOAL_FD_RATIO, GOAL_PROMPT = 1.5, 0.95
+# issue #23's goals: at 2 calls FD within 1.5x of the teacher's 25-step FD and prompt accuracy >= 0.95 (prior) /
+# >= 0.85 (finetune); at 1 call better than the teacher at 8 steps (16 calls) on both
+GOAL_FD_RATIO, GOAL_PROMPT = 1.5, {"prior": 0.95, "finetune": 0.85}
 
 
-def score(pipe, sampler: str, shift: float, steps: int, guidance: float) -> dict:
+def score(pipe, sampler: str, shift: float, steps: int, guidance: float, domain: str) -> dict:
     """``bench_reflow.score`` of the prompts from the fixed noise, with the UNet's rows per image counted."""
     from bench_reflow import score as sample_and_score
 
@@ -62,7 +72,7 @@ def score(pipe, sampler: str, shift: float, steps: int, guidance: float) -> dict
     rows = []
     hook = pipe.unet.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
     try:
-        m = sample_and_score(pipe, prompts, steps, guidance, SEED, DOMAIN, sampler=sampler, shift=shift)
+        m = sample_and_score(pipe, prompts, steps, guidance, SEED, domain, sampler=sampler, shift=shift)
     finally:
         hook.remove()
     low, high = m["prompt_interval"]
@@ -71,16 +81,36 @@ def score(pipe, sampler: str, shift: float, steps: int, guidance: float) -> dict
                 n=len(prompts))  # fmt: skip
 
 
-def run_variant(name: str, work: Path) -> list[dict]:
+def teacher_source(teacher: str, work: Path) -> tuple[str | None, str | None, float]:
+    """(model, lora, guidance) of a teacher; the finetune is trained first if it is not in ``work`` yet."""
+    if teacher == "prior":
+        return TEACHERS["prior"]["model"], None, 2.0
+    from d2f.training import TrainConfig, train
+    from d2f.world.data import builtin_data
+
+    out = work / "teacher-finetune"
+    record = out / "d2f_run.json"
+    if not record.is_file() or json.loads(record.read_text()).get("status") != "finished":
+        train(TrainConfig(output=str(out), resume=record.is_file()), builtin=builtin_data)
+    return None, str(out), float(json.loads(record.read_text()).get("guidance", 2.0))
+
+
+def run_variant(name: str, work: Path, teacher: str) -> list[dict]:
     from d2f.pipeline.loading import load_pipeline
     from d2f.reflow.run import ReflowConfig, reflow
     from d2f.world.data import builtin_data
 
-    num_pairs, train = VARIANTS[name]
-    out = work / "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
+    num_pairs, settings = VARIANTS[name]
+    train = {k: v for k, v in settings.items() if k != "windows"}
+    windows = settings.get("windows", 1)
+    model, lora, _ = teacher_source(teacher, work)
+    slug = "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
+    out = work / (slug if teacher == "prior" else f"{teacher}-{slug}")  # the prior's folders as they were first run
+    pairs = f"pairs-{num_pairs}" + (f"-w{windows}" if windows > 1 else "")
+    pairs = pairs if teacher == "prior" else f"{teacher}-{pairs}"
     started = time.time()
-    cfg = ReflowConfig(model=TEACHER, num_pairs=num_pairs, pairs=str(work / f"pairs-{num_pairs}"), output=str(out))
-    cfg.train = dict(train, overwrite=True)
+    cfg = ReflowConfig(model=model, lora=lora, num_pairs=num_pairs, pairs=str(work / pairs), output=str(out))
+    cfg.windows, cfg.train = windows, dict(train, overwrite=True)
     summary = reflow(cfg, builtin=builtin_data)
     record = json.loads((out / "d2f_run.json").read_text())
     cost = dict(pairs=num_pairs, pair_seconds=summary["pairs"]["seconds"], pair_bytes=summary["pairs"]["bytes"],
@@ -89,40 +119,58 @@ def run_variant(name: str, work: Path) -> list[dict]:
     student = load_pipeline(None, str(out))
     rows = []
     for calls in STUDENT_CALLS:
-        rows.append(
-            dict(model="student", variant=name, settings=train, cost=cost, **score(student, "euler", 1, calls, 1))
-        )
+        scored = score(student, "euler", 1, calls, 1, TEACHERS[teacher]["domain"])
+        rows.append(dict(model="student", teacher=teacher, variant=name, settings=settings, cost=cost, **scored))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def teacher_rows() -> list[dict]:
+def teacher_rows(teacher: str, work: Path) -> list[dict]:
     from d2f.pipeline.loading import load_pipeline
 
-    teacher = load_pipeline(TEACHER, None)
+    model, lora, guidance = teacher_source(teacher, work)
+    pipe = load_pipeline(model, lora)
     rows = []
     for sampler, shift, steps in TEACHER_ROWS:
-        rows.append(dict(model="teacher", variant="", settings={}, **score(teacher, sampler, shift, steps, GUIDANCE)))
+        scored = score(pipe, sampler, shift, steps, guidance, TEACHERS[teacher]["domain"])
+        rows.append(dict(model="teacher", teacher=teacher, variant="", settings={}, guidance=guidance, **scored))
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def teacher_of(record: dict) -> str:
+    return record.get("teacher", "prior")  # the first records, before the finetune teacher, are the prior's
 
 
 def report(records: list[dict]) -> str:
-    cell = lambda r: f"{r['prompt_accuracy']:.2f} [{r['prompt_low']:.2f}, {r['prompt_high']:.2f}]"  # noqa: E731
     lines = [
-        "# Reflow variants on the built-in prior (`benchmarks/reflow_variants.py`)",
+        "# Reflow variants on the built-in world (`benchmarks/reflow_variants.py`)",
         "",
-        f"Teacher `{TEACHER}` (guidance {GUIDANCE:g}); every row from the same noise (seed {SEED}), 24 prompts x "
-        f"{PER_PROMPT}, scored against the base domain. Calls: the UNet's rows per image, counted by a hook.",
+        f"Every row from the same noise (seed {SEED}), 24 prompts x {PER_PROMPT}, scored against the teacher's domain. "
+        "Calls: the UNet's rows per image, counted by a hook.",
+    ]
+    for teacher in TEACHERS:
+        mine = [r for r in records if teacher_of(r) == teacher]
+        if mine:
+            lines += teacher_section(teacher, mine)
+    return "\n".join(lines) + "\n"
+
+
+def teacher_section(teacher: str, records: list[dict]) -> list[str]:
+    cell = lambda r: f"{r['prompt_accuracy']:.2f} [{r['prompt_low']:.2f}, {r['prompt_high']:.2f}]"  # noqa: E731
+    guidance = next((r.get("guidance", 2.0) for r in records if r["model"] == "teacher"), 2.0)
+    what = "`tiny-shapes-eps`, untouched" if teacher == "prior" else "the demo's finetune (`d2f train` defaults)"
+    lines = [
+        "",
+        f"## Teacher: {teacher} ({what}, guidance {guidance:g}; domain {TEACHERS[teacher]['domain']})",
         "",
         "| model | variant / sampler | calls | steps | prompt acc. [95 %] | FD |",
         "| --- | --- | ---: | ---: | --- | ---: |",
     ]
     for r in sorted(records, key=lambda r: (r["model"] == "student", r["calls"])):  # stable: run order kept
-        what = _label(r)
-        lines.append(f"| {r['model']} | {what} | {r['calls']:g} | {r['steps']} | {cell(r)} | {r['fd']:.1f} |")
+        lines.append(f"| {r['model']} | {_label(r)} | {r['calls']:g} | {r['steps']} | {cell(r)} | {r['fd']:.1f} |")
     lines += best_at_equal_calls(records)
-    lines += goals(records)
+    lines += goals(records, GOAL_PROMPT[teacher])
     costs = {r["variant"]: r["cost"] for r in records if r["model"] == "student"}
     lines += ["", "| variant | pairs | pair generation | pairs on disk | student steps | training |"]
     lines += ["| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -130,7 +178,7 @@ def report(records: list[dict]) -> str:
         megabytes = (c["pair_bytes"] or 0) / 1e6
         lines.append(f"| {name} | {c['pairs']} | {c['pair_seconds'] or 0:.0f} s | {megabytes:.1f} MB "
                      f"| {c['steps']} | {c['train_seconds'] or 0:.0f} s |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _label(r: dict) -> str:
@@ -159,7 +207,7 @@ def best_at_equal_calls(records: list[dict]) -> list[str]:
     return lines if calls else []
 
 
-def goals(records: list[dict]) -> list[str]:
+def goals(records: list[dict], goal_prompt: float) -> list[str]:
     """The goal table: each variant's student against the teacher's 25-step and 8-step (Euler) rows."""
     teacher = {(r["sampler"], r["shift"], r["steps"]): r for r in records if r["model"] == "teacher"}
     reference, eight = teacher.get(("euler", 1.0, 25)), teacher.get(("euler", 1.0, 8))
@@ -167,7 +215,7 @@ def goals(records: list[dict]) -> list[str]:
     if not (reference and eight and students):
         return []
     lines = ["", f"Goals: at 2 calls FD <= {GOAL_FD_RATIO:g} x the teacher's 25-step FD ({reference['fd']:.1f}, so "
-             f"<= {GOAL_FD_RATIO * reference['fd']:.1f}) and prompt accuracy >= {GOAL_PROMPT:g}; at 1 call a higher "
+             f"<= {GOAL_FD_RATIO * reference['fd']:.1f}) and prompt accuracy >= {goal_prompt:g}; at 1 call a higher "
              f"prompt accuracy and a lower FD than the teacher at 8 steps, 16 calls ({eight['prompt_accuracy']:.2f}, "
              f"FD {eight['fd']:.1f}).", ""]  # fmt: skip
     lines += [
@@ -180,7 +228,7 @@ def goals(records: list[dict]) -> list[str]:
         if not (two and one):
             continue
         ratio = two["fd"] / reference["fd"]
-        met2 = ratio <= GOAL_FD_RATIO and two["prompt_accuracy"] >= GOAL_PROMPT
+        met2 = ratio <= GOAL_FD_RATIO and two["prompt_accuracy"] >= goal_prompt
         met1 = one["prompt_accuracy"] > eight["prompt_accuracy"] and one["fd"] < eight["fd"]
         lines.append(f"| {name} | {two['fd']:.1f} / {ratio:.1f}x, {two['prompt_accuracy']:.2f} | "
                      f"{'met' if met2 else 'not met'} | {one['prompt_accuracy']:.2f}, {one['fd']:.1f} | "
@@ -190,9 +238,10 @@ def goals(records: list[dict]) -> list[str]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("variants", nargs="*", help="variants to run (default: all not yet recorded)")
+    p.add_argument("variants", nargs="*", help="variants to run (default: the teacher's, all not yet recorded)")
+    p.add_argument("--teacher", choices=list(TEACHERS), default="prior")
     p.add_argument("--work", default="runs/reflow-variants")
-    p.add_argument("--teacher", action="store_true", help="only the teacher's rows")
+    p.add_argument("--teacher-rows", action="store_true", help="only the teacher's sampler rows")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     unknown = set(args.variants) - set(VARIANTS)
@@ -201,10 +250,12 @@ def main(argv=None) -> None:
     jsonl = RESULTS.with_suffix(".jsonl")
     read = lambda: [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.is_file() else []  # noqa: E731
     if not args.report_only:
-        done = {r["variant"] or "teacher" for r in read()}
-        todo = ([] if "teacher" in done else ["teacher"]) + [v for v in args.variants or VARIANTS if v not in done]
-        for name in todo if not args.teacher else ["teacher"]:
-            rows = teacher_rows() if name == "teacher" else run_variant(name, Path(args.work))
+        done = {r["variant"] or "teacher" for r in read() if teacher_of(r) == args.teacher}
+        default = VARIANTS if args.teacher == "prior" else FINETUNE_VARIANTS
+        todo = ([] if "teacher" in done else ["teacher"]) + [v for v in args.variants or default if v not in done]
+        work = Path(args.work)
+        for name in todo if not args.teacher_rows else ["teacher"]:
+            rows = teacher_rows(args.teacher, work) if name == "teacher" else run_variant(name, work, args.teacher)
             with open(jsonl, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
     RESULTS.with_suffix(".md").write_text(report(read()))
