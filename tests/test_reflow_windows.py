@@ -7,9 +7,12 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from d2f.reflow.pair_batches import SHARD, load_pairs, load_path
+from d2f.reflow.pair_batches import SHARD, load_pairs, load_path, window_line
 from d2f.reflow.pairs import generate_pairs
 from tests.test_reflow import CAPTIONS, FAST, settings
 
@@ -19,6 +22,22 @@ def teacher(tiny_sd_eps):
     from d2f.pipeline import load_pipeline
 
     return load_pipeline(str(tiny_sd_eps))
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(windows=st.integers(1, 8), data=st.data(), seed=st.integers(0, 2**31))
+def test_the_window_line_runs_through_both_states_and_one_euler_step_lands_on_the_next(windows, data, seed):
+    """docs/math.md §8.2 in float64: t x1' + (1 - t) x0' is x_{b_k} at b_k and x_{b_{k+1}} at b_{k+1}, its slope
+    is K (x_{b_{k+1}} - x_{b_k}), and one Euler step of 1/K along it from x_{b_k} lands on x_{b_{k+1}}."""
+    k = torch.tensor([data.draw(st.integers(0, windows - 1))])
+    g = torch.Generator().manual_seed(seed)
+    start, end = (torch.randn(1, 3, 2, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    x0, x1 = window_line(start, end, k, windows)
+    b_k, b_next = float(k) / windows, float(k + 1) / windows
+    assert torch.allclose(b_k * x1 + (1 - b_k) * x0, start, atol=1e-12)
+    assert torch.allclose(b_next * x1 + (1 - b_next) * x0, end, atol=1e-12)
+    assert torch.allclose(x1 - x0, windows * (end - start), atol=1e-12)
+    assert torch.allclose(start + (x1 - x0) / windows, end, atol=1e-12)
 
 
 def test_window_pairs_hold_the_teachers_state_at_each_boundary(tmp_path, teacher):

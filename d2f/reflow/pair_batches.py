@@ -15,15 +15,11 @@ the straight line between them unchanged: x_t = t x1 + (1 - t) x0, target u = x1
 them to ``d2f.training.train`` as a ``BatchSource`` (with the pairs folder as a setting of the run).
 
 **Time windows** (piecewise rectified flow, PeRFlow, Yan et al. 2024, arXiv 2405.07510, §3): with K windows
-[b_k, b_{k+1}], b_k = k / K, the teacher's path is straightened in each window on its own. A sample draws a
-window k and s from the run's t density on [0, 1], t = b_k + s / K, and trains on the line from the teacher's
-state x_{b_k} to x_{b_{k+1}}:
-
-    u_k = K (x_{b_{k+1}} - x_{b_k}),    x_t = x_{b_k} + (t - b_k) u_k
-
-That line is the straight path of the virtual pair  x0' = x_{b_k} - b_k u_k,  x1' = x0' + u_k  (then
-t x1' + (1 - t) x0' = x0' + t u_k = x_t, and x1' - x0' = u_k), so ``get`` returns (x1', x0') and every objective
-trains on it unchanged. The student is sampled with FM Euler on the uniform K-step grid: one step per window.
+[b_k, b_{k+1}], b_k = k / K, the teacher's path is straightened in each window on its own (docs/math.md §8.2).
+A sample draws a window k and s from the run's t density on [0, 1], t = b_k + s / K, and trains on the line
+from the teacher's state x_{b_k} to x_{b_{k+1}}, written as the straight path of a virtual pair (``window_line``),
+so ``get`` returns (x1', x0') and every objective trains on it unchanged. The student is sampled with FM Euler
+on the uniform K-step grid: one step per window.
 """
 
 from __future__ import annotations
@@ -48,6 +44,17 @@ def shard_count(num_pairs: int, shard_size: int) -> int:
 def window_bounds(windows: int) -> torch.Tensor:
     """The K + 1 window boundaries b_k = k / K (float64): those of the student's K-step uniform Euler grid."""
     return torch.linspace(0, 1, windows + 1, dtype=torch.float64)
+
+
+def window_line(start: torch.Tensor, end: torch.Tensor, k: torch.Tensor, windows: int):
+    """The virtual pair (x0', x1') whose straight path runs through ``start`` at t = b_k and ``end`` at b_{k+1}
+    (docs/math.md §8.2); start, end (B, ...), k (B,) the window of each sample."""
+    b_k = (k.double() / windows).to(start.dtype).view(-1, *[1] * (start.dim() - 1))
+    # u_k = K (x_{b_{k+1}} - x_{b_k})
+    u = windows * (end - start)
+    # x0' = x_{b_k} - b_k u_k,   x1' = x0' + u_k
+    x0 = start - b_k * u
+    return x0, x0 + u
 
 
 def read_pairs_record(folder: str | Path) -> dict:
@@ -141,14 +148,9 @@ class PairBatches:
         x0, x1 = path[:, 0], path[:, -1]
         if self.windows > 1:
             k = torch.randint(0, self.windows, (b,), generator=gen)
-            start, end = path[torch.arange(b), k], path[torch.arange(b), k + 1]
-            b_k = (k.double() / self.windows).float()
             # t = b_k + s / K,  s from the run's density on [0, 1]
-            time = b_k + time / self.windows
-            # u_k = K (x_{b_{k+1}} - x_{b_k});  x0' = x_{b_k} - b_k u_k,  x1' = x0' + u_k
-            u = self.windows * (end - start)
-            x0 = start - b_k[:, None, None, None] * u
-            x1 = x0 + u
+            time = (k.double() / self.windows).float() + time / self.windows
+            x0, x1 = window_line(path[torch.arange(b), k], path[torch.arange(b), k + 1], k, self.windows)
         dev = self.device
         return x1.to(dev), x0.to(dev), time.to(dev), self.text_cache[which].to(dev)
 
