@@ -24,7 +24,7 @@ def reflow(runs_dir: Path, as_json: bool, **options):
     """Straighten a teacher into a few-step student (reflow): teacher pairs, then training on them.
 
     The student samples without guidance (distilled): one step is one network call. Sample it with
-    d2f sample --lora RUN --steps 1.
+    d2f sample --lora RUN --steps 1 (--steps K after --windows K: one step per window).
     """
     require_extra("train", "accelerate", "datasets")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
