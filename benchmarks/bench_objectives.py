@@ -72,7 +72,7 @@ def _setup(cell: Cell, out: str, objective: str | None = None):
         model=cell.model, data=cell.task, objective=objective or cell.objective, lora_rank=cell.rank,
         lr=cell.lr, warmup_steps=cell.warmup_steps, steps=cell.steps, batch_size=cell.batch_size,
         seed=cell.seed, max_samples=cell.max_samples, output=os.path.join(out, "run"),
-        validate_every=0, checkpoint_every=0,
+        validate_every=0, checkpoint_every=0, resolution=cell.resolution, zero_terminal_snr=cell.zero_terminal_snr,
     )  # fmt: skip
     run, _ = setup(cfg, callback=lambda event: None, builtin=builtin_data)
     return run
@@ -149,7 +149,9 @@ def _step0_key(cell: Cell, ev: Eval) -> str:
     """The untouched prior's score depends on the model, the task, how it is sampled and the evaluation only:
     an objective that samples as another (``samples_as``, e.g. diffusion-fm-t as diffusion) shares its step 0."""
     sampled = OBJECTIVES[cell.objective].samples_as or cell.objective
-    return f"{cell.model}|{cell.task}|{sampled}|{ev.name}|n{cell.n_eval}"
+    schedule = "|ztsnr" if cell.zero_terminal_snr else ""  # the untouched prior sampled on another schedule
+    size = f"|{cell.resolution}px" if cell.resolution else ""
+    return f"{cell.model}|{cell.task}|{sampled}{schedule}{size}|{ev.name}|n{cell.n_eval}"
 
 
 def _step0_cache(records: list[dict]) -> dict:
@@ -177,7 +179,7 @@ def run_cell(cell: Cell, step0: dict, progress) -> dict:
             def score(step: int, ev: Eval) -> dict:
                 if step == cell.steps and finals.get(ev.name) is not None:
                     return finals[ev.name]
-                return evaluate(run.pipe, run.unet, cell.objective, cell.task, ev, cell.n_eval)
+                return evaluate(run.pipe, run.unet, cell.objective, cell.task, ev, cell.n_eval, cell.resolution or 32)
 
             try:
                 train_s = _train_and_score(cell, run, step0, ce, curve, losses, finals, score, progress)
@@ -332,21 +334,26 @@ def main(argv=None) -> None:
 
 
 def run_workers(preset, out: Path, workers: int) -> None:
-    """Measure the costs once, then run ``workers`` shards of the grid as child processes and wait for them."""
+    """Measure the costs once, then run ``workers`` shards of the grid as child processes and wait for them;
+    again while the finished cells added new ones (the tuned block, once the sweep is complete)."""
     import subprocess
 
     run_grid(preset, out, dry_run=False, shard=(0, 1), workers=workers, cost_only=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    children = []
-    for k in range(workers):
-        log = open(f"{out}.worker{k}.log", "a")
-        argv = [sys.executable, __file__, f"--{preset.name}", "--out", str(out), "--shard", f"{k}/{workers}"]
-        children.append((subprocess.Popen(argv, env=env, stdout=log, stderr=log), log))
-    codes = [child.wait() for child, _ in children]
-    for _, log in children:
-        log.close()
-    if any(codes):
-        sys.exit(f"a worker failed (exit codes {codes}); see {out}.worker*.log, then rerun to resume")
+    todo = [c.key for c in plan(preset, read_records(out)) if c.key not in done_keys(out)]
+    while todo:
+        children = []
+        for k in range(workers):
+            log = open(f"{out}.worker{k}.log", "a")
+            argv = [sys.executable, __file__, f"--{preset.name}", "--out", str(out), "--shard", f"{k}/{workers}"]
+            children.append((subprocess.Popen(argv, env=env, stdout=log, stderr=log), log))
+        codes = [child.wait() for child, _ in children]
+        for _, log in children:
+            log.close()
+        if any(codes):
+            sys.exit(f"a worker failed (exit codes {codes}); see {out}.worker*.log, then rerun to resume")
+        left = [c.key for c in plan(preset, read_records(out)) if c.key not in done_keys(out)]
+        todo = left if set(left) != set(todo) else []  # nothing new: stop (a rerun resumes)
 
 
 def run_grid(preset, out: Path, dry_run=False, shard=(0, 1), workers=1, cost_only=False) -> None:

@@ -79,6 +79,7 @@ class Task:
 TASKS = {
     "shapes-target": Task("shapes-target", "target"),  # a style shift: same content, outline on dark
     "shapes-novel-colours": Task("shapes-novel-colours", "base"),  # new content: colours the prior never drew
+    "shapes-base": Task("shapes-base", "base"),  # the priors' own domain (the resolution block: at another size)
 }
 
 

@@ -21,6 +21,12 @@ difference between diffusion finetuning and Diff2Flow apart (time density, clamp
 scaling), on the headline task with the headline seeds and budget at rank 64, on both priors; on the v prior,
 which has no headline cells, it also runs diffusion and diff2flow at those seeds, for the pairs.
 
+Two blocks answer issue #24's other questions: ``longer``, the headline cell at 3000 steps (2 seeds per main
+objective: do the curves cross at a longer budget?), and ``resolution``, the paper's own setting in miniature:
+the v prior adapted to 48 px on its own data (``shapes-base``), Diff2Flow with and without ``--zero-terminal-snr``
+(``Cell.zero_terminal_snr``; the report names it ``diff2flow+ztsnr``) against diffusion and naive FM, scored on its
+48 px samples.
+
 One block of the full grid, ``long``, runs the demo's budget (1000 steps of batch 32, where the default
 ``d2f train`` ends at prompt accuracy 0.98) instead of the grid's 300 of batch 16, which the rebuilt world's
 finetunes do not finish in: it answers whether the ranking holds for finished finetunes. Cells with the same
@@ -67,6 +73,8 @@ class Cell:
     redraws: int = 0  # re-draws of the evaluation noise (the resolvable difference)
     role: str = ""
     lr_override: float | None = None  # the lr-sweep block's LR; None: the rank's fixed LR
+    resolution: int | None = None  # training and sampling resolution in px; None: the prior's own (32)
+    zero_terminal_snr: bool = False  # the run's --zero-terminal-snr (v prior only)
 
     @property
     def lr(self) -> float:
@@ -79,14 +87,20 @@ class Cell:
         return max(1, self.steps // 10)
 
     @property
+    def label(self) -> str:
+        """The objective as the report names it: with ``+ztsnr`` when the run rescales to zero terminal SNR."""
+        return self.objective + ("+ztsnr" if self.zero_terminal_snr else "")
+
+    @property
     def key(self) -> str:
         spec = asdict(self)
-        if spec["lr_override"] is None:  # cells from before the sweep existed keep their keys (they are done)
-            del spec["lr_override"]
+        for name, default in (("lr_override", None), ("resolution", None), ("zero_terminal_snr", False)):
+            if spec[name] == default:  # cells from before these fields existed keep their keys (they are done)
+                del spec[name]
         spec = json.dumps(spec, sort_keys=True)
         digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
         rank = "full" if self.rank == 0 else f"r{self.rank}"
-        return f"{self.model}|{self.task}|{self.objective}|{rank}|s{self.seed}|{digest}"
+        return f"{self.model}|{self.task}|{self.label}|{rank}|s{self.seed}|{digest}"
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,13 @@ LR_RULE = (
 
 SWEEP = {"seeds": (TUNING_SEED,), "lrs": SWEEP_LRS, "eval_seed": VALIDATION_SEED}
 LONG = {"steps": 1000, "batch_size": 32, "curve_steps": (0, 250, 500, 1000), "seeds": (0, 1)}
+# issue #24, question 4: the headline cell (batch 16, fixed LR) ten times longer: do the curves cross?
+LONGER = {"steps": 3000, "curve_steps": (0, 500, 1000, 2000, 3000), "seeds": (0, 1)}
+# issue #24, the paper's setting in miniature: the v prior adapted to a resolution it was not trained at (its own
+# data, shapes-base, at 48 px: the untouched prior reads 0.90 / FD 26 there against 1.00 / 5 at 32 px), Diff2Flow
+# with and without zero terminal SNR (the paper's code's default for v) against diffusion (without, as the paper)
+# and naive FM; samples are scored at 48 px (the evaluator resizes them to its 32 px input)
+RESOLUTION = {"resolution": 48, "seeds": (0, 1)}
 
 
 def _blocks(full: bool) -> list[tuple]:
@@ -135,6 +156,7 @@ def _blocks(full: bool) -> list[tuple]:
             ("eps", "shapes-novel-colours", ("diff2flow",), (4,), "novel"),
             ("eps", "shapes-target", DECOMPOSITION, (4,), "decomposition", tiny),
             ("eps", "shapes-target", ("diff2flow",), (4,), "lr-sweep", {**tiny, **SWEEP, "lrs": (3e-3,)}),
+            ("v", "shapes-base", ("diff2flow",), (4,), "resolution", {**tiny, **RESOLUTION, "zero_terminal_snr": True}),
         ]
     # in the order of what matters most, so that a grid stopped early has the most important cells (a rerun
     # skips the cells already done, so the blocks added later run first); the blocks from "long" on were cut to
@@ -152,6 +174,9 @@ def _blocks(full: bool) -> list[tuple]:
         ),
         ("eps", "shapes-target", (*MAIN, *DECOMPOSITION), (64,), "lr-sweep", SWEEP),
         ("eps", "shapes-target", MAIN, (64,), "long", LONG),
+        ("eps", "shapes-target", MAIN, (64,), "longer", LONGER),
+        ("v", "shapes-base", MAIN, (64,), "resolution", RESOLUTION),
+        ("v", "shapes-base", ("diff2flow",), (64,), "resolution", {**RESOLUTION, "zero_terminal_snr": True}),
         ("eps", "shapes-novel-colours", MAIN, (64,), "novel"),
         ("v", "shapes-target", MAIN, (64,), "v-prior"),
         ("eps", "shapes-target", ("fm-raw-t",), (4, 64), "raw-t"),
@@ -173,10 +198,11 @@ PRESETS = {
 
 def plan(preset: Preset, records: list[dict] | None = None) -> list[Cell]:
     """Every cell of a preset, block by block, headline cells first (seed-major, so a partial grid already
-    pairs seeds); the lr-sweep block's cells LR by LR; then, given the results file's ``records`` and a complete
-    sweep, the ``tuned`` block (``tuned_cells``)."""
+    pairs seeds); the lr-sweep block's cells LR by LR, followed, given the results file's ``records`` and a
+    complete sweep, by the ``tuned`` block (``tuned_cells``); then the other blocks."""
     cells = _fixed_plan(preset)
-    return cells + tuned_cells(cells, records or [])
+    after_sweep = max((k + 1 for k, c in enumerate(cells) if c.role == "lr-sweep"), default=len(cells))
+    return cells[:after_sweep] + tuned_cells(cells, records or []) + cells[after_sweep:]
 
 
 def tuned_cells(cells: list[Cell], records: list[dict]) -> list[Cell]:
@@ -223,6 +249,7 @@ def _fixed_plan(preset: Preset) -> list[Cell]:
                     eval_seed=eval_seed, max_samples=preset.max_samples, other_sampler=swap,
                     guidance_sweep=preset.guidance_sweep if sweep else (),
                     redraws=preset.redraws if first else 0, role=role, lr_override=lr,
+                    resolution=over.get("resolution"), zero_terminal_snr=over.get("zero_terminal_snr", False),
                 )
             )  # fmt: skip
     return cells

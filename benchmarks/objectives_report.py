@@ -48,7 +48,12 @@ whether it does by 300."""
 
 
 def _key(spec: dict) -> tuple:
-    return (spec["model"], spec["task"], spec["objective"], spec["rank"])
+    return (spec["model"], spec["task"], _label(spec), spec["rank"])
+
+
+def _label(spec: dict) -> str:
+    """The objective as the tables name it (``objectives_grid.Cell.label``): ``+ztsnr`` on zero terminal SNR."""
+    return spec["objective"] + ("+ztsnr" if spec.get("zero_terminal_snr") else "")
 
 
 def _natural(spec: dict, calls: int | None = None, guidance: float | None = None, sampler: str | None = None) -> str:
@@ -280,6 +285,8 @@ def plot_curves(groups: dict, path: Path) -> Path | None:
 
 BLOCK_TITLES = {
     "long": "The demo's budget",
+    "longer": "A longer budget: the headline cell at 3000 steps (issue #24, question 4)",
+    "resolution": "The paper's setting in miniature: the v prior adapted to 48 px (issue #24)",
     "novel": "New content: shapes in colours the prior never drew",
     "v-prior": "The v-prediction prior",
 }
@@ -300,15 +307,18 @@ def block_section(cells: list[dict], folder: Path) -> list[str]:
 
     lines = [
         f"## {BLOCK_TITLES.get(role, role)} ({spec['model']}, {spec['task']}, {spec['steps']} steps of batch "
-        f"{spec['batch_size']}, {_rank_name(spec['rank'])})",
+        f"{spec['batch_size']}, {_rank_name(spec['rank'])}"
+        + (f", {spec['resolution']} px" if spec.get("resolution") else "")
+        + ")",
         "",
         *summary_table(groups),
         "",
     ]
-    for other in ("fm", "diffusion"):
+    mine = sorted({k[2] for k in groups if k[2].startswith("diff2flow")})
+    for label, other in [(label, other) for label in mine for other in ("fm", "diffusion")]:
         for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
-            d = paired_difference(final("diff2flow", metric), final(other, metric))
-            lines.append(f"- {metric}(diff2flow) - {metric}({other}) = {_ci(d, digits)}")
+            d = paired_difference(final(label, metric), final(other, metric))
+            lines.append(f"- {metric}({label}) - {metric}({other}) = {_ci(d, digits)}")
     plot = plot_curves(groups, folder / f"objectives_{role.replace('-', '_')}_curves.png")
     if plot:
         lines += ["", f"![FD along training, {role} block]({plot.name})"]
@@ -325,6 +335,7 @@ DECOMPOSITION_STEPS = (
     ("diff2flow-no-scale", "diff2flow", "the input scaling c(t)"),
 )
 SIDE_ROLES = ("decomposition", "lr-sweep", "tuned")  # blocks with their own sections, kept out of the main tables
+OWN_BUDGET = ("long", "longer", "resolution")  # blocks of another budget or resolution: their own sections only
 
 
 def decomposition_section(by_role: dict, folder: Path) -> list[str]:
@@ -490,7 +501,7 @@ def brightness_section(cells: list[dict]) -> list[str]:
         m = r["final"].get(_natural(r["spec"]))
         if m and "background_luminance" in m:
             spec = r["spec"]
-            groups[(spec["role"], spec["model"], spec["task"], spec["objective"], r["lr"])].append(m)
+            groups[(spec["role"], spec["model"], spec["task"], _label(spec), r["lr"])].append(m)
     if not groups:
         return []
     lines = [
@@ -521,7 +532,7 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
         if not r.get("diverged") or r["spec"]["role"] in ("lr-sweep", "tuned"):
             by_role[r["spec"]["role"]].append(r)
     every = [r for r in every if not r.get("diverged")]
-    cells = [r for r in every if r["spec"]["role"] not in ("long", *SIDE_ROLES)]
+    cells = [r for r in every if r["spec"]["role"] not in (*OWN_BUDGET, *SIDE_ROLES)]
     long = by_role["long"]
     cost = next((r for r in records if r.get("kind") == "cost"), None)
     folder = Path(folder)

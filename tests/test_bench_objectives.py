@@ -57,7 +57,7 @@ def test_plan_keys_are_unique_stable_and_change_with_any_setting():
         "fm",
         "diffusion",
     }
-    assert {c.task for c in full} == {"shapes-target", "shapes-novel-colours"}
+    assert {c.task for c in full} == {"shapes-target", "shapes-novel-colours", "shapes-base"}
     assert {c.model for c in full} == {"tiny-shapes-eps", "tiny-shapes-v"}
     assert sum(c.redraws > 1 for c in full) == 1
 
@@ -407,3 +407,64 @@ def test_a_diverged_sweep_cell_is_recorded_loses_to_every_finite_one_and_is_said
     tuned[0].update(final={name: None for name in tuned[0]["final"]}, diverged={"step": 3, "message": "NaN"})
     text = "\n".join(tuned_section({"lr-sweep": records, "headline": [], "decomposition": [], "tuned": tuned}))
     assert "| diffusion | 0.003 | 4 | 30.0 | 0.70 | - | - |" in text and "diffusion: 1 seed(s) diverged" in text
+
+
+def test_longer_and_resolution_blocks_and_the_tuned_block_right_after_the_sweep():
+    """issue #24: the headline cell at 3000 steps (2 seeds, the main objectives); the v prior adapted to 48 px on
+    its own data, Diff2Flow also with zero terminal SNR; their step-0 scores cached apart from the 32 px ones;
+    the tuned cells planned right after the sweep's."""
+    import bench_objectives
+    from objectives_eval import Eval
+    from objectives_grid import MAIN
+
+    full = plan(PRESETS["full"])
+    longer = [c for c in full if c.role == "longer"]
+    assert {(c.objective, c.seed) for c in longer} == {(o, s) for o in MAIN for s in (0, 1)}
+    assert {(c.steps, c.curve_steps[-1], c.batch_size, c.lr, c.model) for c in longer} == {
+        (3000, 3000, 16, 1e-3, "tiny-shapes-eps")
+    }
+    res = [c for c in full if c.role == "resolution"]
+    assert {(c.model, c.task, c.resolution) for c in res} == {("tiny-shapes-v", "shapes-base", 48)}
+    assert sorted(c.label for c in res if c.seed == 0) == ["diff2flow", "diff2flow+ztsnr", "diffusion", "fm"]
+    assert len({c.key for c in res}) == len(res) and all("+ztsnr|" in c.key for c in res if c.zero_terminal_snr)
+    ev = Eval("euler", 8, 2.0, 1)
+    plain, ztsnr = (
+        next(c for c in res if c.label == label and c.seed == 0) for label in ("diff2flow", "diff2flow+ztsnr")
+    )
+    keys = {bench_objectives._step0_key(c, ev) for c in (plain, ztsnr, replace(plain, resolution=None))}
+    assert len(keys) == 3
+
+    sweep = [c for c in full if c.role == "lr-sweep"]
+    records = [_synthetic_cell(c, 50.0, 0.9 if c.lr == 3e-3 else 0.1) for c in sweep]
+    roles = [c.role for c in plan(PRESETS["full"], records)]
+    last_sweep = max(k for k, r in enumerate(roles) if r == "lr-sweep")
+    assert roles[last_sweep + 1] == "tuned" and roles.index("longer") > last_sweep
+
+
+def test_workers_run_again_for_the_cells_the_finished_ones_added(tmp_path, monkeypatch):
+    """--workers N: the shards run as child processes (here run in this process, with cells stubbed); once the
+    sweep is complete the tuned cells it adds are run by a second round of workers, then it stops."""
+    import subprocess
+
+    import bench_objectives
+
+    _stub_grid(monkeypatch, bench_objectives)
+    out, rounds = tmp_path / "q.jsonl", []
+
+    class Child:  # a worker: its share of the cells not done when it starts (all start at once), then runs them
+        def __init__(self, argv, **kwargs):
+            k, n = (int(x) for x in argv[argv.index("--shard") + 1].split("/"))
+            rounds.append((k, n))
+            self.cells = [c for c in plan(PRESETS["quick"], read_records(out)) if c.key not in done_keys(out)][k::n]
+
+        def wait(self):
+            for cell in self.cells:
+                append_record(out, bench_objectives.run_cell(cell, {}, None) | {"preset": "quick"})
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Child)
+    bench_objectives.run_workers(PRESETS["quick"], out, 2)
+    records = read_records(out)
+    assert rounds == [(0, 2), (1, 2)] * 2  # the second round: the tuned cells
+    assert {c.key for c in plan(PRESETS["quick"], records)} <= done_keys(out)
+    assert any(r["spec"]["role"] == "tuned" for r in records if r["kind"] == "cell")
