@@ -8,19 +8,24 @@ Metrics (the evaluator of the built-in world, ``d2f/world/evaluator.py``, for ev
 
 - ``prompt_accuracy``, ``domain_accuracy``: binomial fractions with Wilson 95 % intervals
   (``d2f.world.estimators.wilson_interval``); on ``shapes-novel-colours`` the colour is read off the pixels
-  (``d2f.world.novel``);
+  (``d2f.world.novel``); the domain head knows light and dark backgrounds, so on ``shapes-extremes`` it reads
+  little;
 - ``fd``: Frechet distance of evaluator features to n real images of the task for the same prompts (reference
   seed 0), biased upward at small n, so compared only at equal n; ``kid``: the unbiased KID on the same
   features; both with 95 % intervals value +- 1.96 bootstrap sd (samples and references resampled, ``N_BOOT``
   times; this interval is the sampling noise of one evaluation, not the training-seed spread);
 - ``background_luminance``: the mean luminance of the samples' outer ring of pixels, their background
   (``d2f.world.metrics.background_luminance``), with a normal 95 % interval over the samples, and ``reference``:
-  the same of the task's real images for the same prompts (how dark or light the data's backgrounds are).
+  the same of the task's real images for the same prompts (how dark or light the data's backgrounds are);
+- on ``shapes-extremes`` (``d2f.world.extremes``: "... on black" / "... on white"), ``black_background`` and
+  ``white_background``: the same over the samples asked for black and for white, each against its real images
+  (0 and 1): "true blacks and whites" as a number. The colour is read off the pixels there too.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 from dataclasses import dataclass
 
@@ -38,17 +43,22 @@ N_BOOT = 200
 
 @dataclass(frozen=True)
 class Task:
-    """A finetuning task: the built-in dataset it trains on, the domain its samples should be in, its prompts."""
+    """A finetuning task: the built-in dataset it trains on, the domain its samples should be in, its prompts.
+    A dataset with captions of its own (``module``: ``d2f.world.novel``, ``d2f.world.extremes``) brings its
+    prompts, real images and correctness; the others are the shapes world's."""
 
     data: str
     domain: str
+    module: str | None = None
+
+    @property
+    def own(self):
+        return importlib.import_module(f"d2f.world.{self.module}") if self.module else None
 
     @property
     def prompts(self) -> list[str]:
-        if self.data == "shapes-novel-colours":
-            from d2f.world.novel import prompts
-
-            return prompts()
+        if self.own:
+            return self.own.prompts()
         from d2f.world.shapes import all_prompts
 
         return all_prompts()
@@ -57,19 +67,15 @@ class Task:
         return [self.prompts[k % len(self.prompts)] for k in range(n)]
 
     def references(self, prompts: list[str]) -> torch.Tensor:
-        if self.data == "shapes-novel-colours":
-            from d2f.world.novel import reference_images
-
-            return reference_images(prompts, seed=0)
+        if self.own:
+            return self.own.reference_images(prompts, seed=0)
         from d2f.world.metrics import reference_images
 
         return reference_images(prompts, self.domain, seed=0)
 
     def correct(self, images: torch.Tensor, prompts: list[str]) -> list[bool]:
-        if self.data == "shapes-novel-colours":
-            from d2f.world.novel import correct
-
-            return correct(images, prompts, load_evaluator())
+        if self.own:
+            return self.own.correct(images, prompts, load_evaluator())
         from d2f.world.shapes import parse_prompt
 
         pred = load_evaluator().predict(images)
@@ -78,8 +84,9 @@ class Task:
 
 TASKS = {
     "shapes-target": Task("shapes-target", "target"),  # a style shift: same content, outline on dark
-    "shapes-novel-colours": Task("shapes-novel-colours", "base"),  # new content: colours the prior never drew
+    "shapes-novel-colours": Task("shapes-novel-colours", "base", "novel"),  # new content: colours never drawn
     "shapes-base": Task("shapes-base", "base"),  # the priors' own domain (the resolution block: at another size)
+    "shapes-extremes": Task("shapes-extremes", "base", "extremes"),  # on pure black or white, as the caption asks
 }
 
 
@@ -146,6 +153,20 @@ def score(images: torch.Tensor, task_name: str, prompts: list[str]) -> dict:
         "kid": _with_interval(kid, feats, ref),
         "background_luminance": _mean_interval(background_luminance(images))
         | {"reference": reference_background(task_name, len(prompts))},
+        **(_extremes(images, prompts) if task_name == "shapes-extremes" else {}),
+    }
+
+
+def _extremes(images: torch.Tensor, prompts: list[str]) -> dict:
+    """The background luminance of the samples asked for black and of those asked for white, each with its
+    interval and the real images' (``d2f.world.extremes``): how near 0 and 1 the model gets."""
+    from d2f.world.extremes import asked_background, reference_images
+
+    luminance, white = background_luminance(images), asked_background(prompts) == 1
+    real = background_luminance(reference_images(prompts, seed=0))
+    return {
+        f"{name}_background": _mean_interval(luminance[mask]) | {"reference": float(real[mask].mean())}
+        for name, mask in (("black", ~white), ("white", white))
     }
 
 

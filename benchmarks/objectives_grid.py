@@ -25,7 +25,8 @@ Two blocks answer issue #24's other questions: ``longer``, the headline cell at 
 objective: do the curves cross at a longer budget?), and ``resolution``, the paper's own setting in miniature:
 the v prior adapted to 48 px on its own data (``shapes-base``), Diff2Flow with and without ``--zero-terminal-snr``
 (``Cell.zero_terminal_snr``; the report names it ``diff2flow+ztsnr``) against diffusion and naive FM, scored on its
-48 px samples.
+48 px samples. A third, ``extremes``, asks for "true blacks and whites" (``d2f.world.extremes``: captions
+"... on black" / "... on white") on both priors, diffusion against Diff2Flow (on v also with zero terminal SNR).
 
 One block of the full grid, ``long``, runs the demo's budget (1000 steps of batch 32, where the default
 ``d2f train`` ends at prompt accuracy 0.98) instead of the grid's 300 of batch 16, which the rebuilt world's
@@ -143,6 +144,9 @@ LONGER = {"steps": 3000, "curve_steps": (0, 500, 1000, 2000, 3000), "seeds": (0,
 # with and without zero terminal SNR (the paper's code's default for v) against diffusion (without, as the paper)
 # and naive FM; samples are scored at 48 px (the evaluator resizes them to its 32 px input)
 RESOLUTION = {"resolution": 48, "seeds": (0, 1)}
+# issue #24, "true blacks and whites": captions that ask for a pure black or pure white background
+# (``d2f.world.extremes``), on both priors; the v prior's Diff2Flow also with zero terminal SNR
+EXTREMES = {"seeds": (0, 1)}
 
 
 def _blocks(full: bool) -> list[tuple]:
@@ -157,6 +161,7 @@ def _blocks(full: bool) -> list[tuple]:
             ("eps", "shapes-target", DECOMPOSITION, (4,), "decomposition", tiny),
             ("eps", "shapes-target", ("diff2flow",), (4,), "lr-sweep", {**tiny, **SWEEP, "lrs": (3e-3,)}),
             ("v", "shapes-base", ("diff2flow",), (4,), "resolution", {**tiny, **RESOLUTION, "zero_terminal_snr": True}),
+            ("eps", "shapes-extremes", ("diff2flow",), (4,), "extremes", tiny),
         ]
     # in the order of what matters most, so that a grid stopped early has the most important cells (a rerun
     # skips the cells already done, so the blocks added later run first); the blocks from "long" on were cut to
@@ -177,6 +182,9 @@ def _blocks(full: bool) -> list[tuple]:
         ("eps", "shapes-target", MAIN, (64,), "longer", LONGER),
         ("v", "shapes-base", MAIN, (64,), "resolution", RESOLUTION),
         ("v", "shapes-base", ("diff2flow",), (64,), "resolution", {**RESOLUTION, "zero_terminal_snr": True}),
+        ("eps", "shapes-extremes", ("diffusion", "diff2flow"), (64,), "extremes", EXTREMES),
+        ("v", "shapes-extremes", ("diffusion", "diff2flow"), (64,), "extremes", EXTREMES),
+        ("v", "shapes-extremes", ("diff2flow",), (64,), "extremes", {**EXTREMES, "zero_terminal_snr": True}),
         ("eps", "shapes-novel-colours", MAIN, (64,), "novel"),
         ("v", "shapes-target", MAIN, (64,), "v-prior"),
         ("eps", "shapes-target", ("fm-raw-t",), (4, 64), "raw-t"),

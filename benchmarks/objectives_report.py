@@ -287,6 +287,7 @@ BLOCK_TITLES = {
     "long": "The demo's budget",
     "longer": "A longer budget: the headline cell at 3000 steps (issue #24, question 4)",
     "resolution": "The paper's setting in miniature: the v prior adapted to 48 px (issue #24)",
+    "extremes": "True blacks and whites: captions that ask for a pure black or white background (issue #24)",
     "novel": "New content: shapes in colours the prior never drew",
     "v-prior": "The v-prediction prior",
 }
@@ -315,14 +316,50 @@ def block_section(cells: list[dict], folder: Path) -> list[str]:
         "",
     ]
     mine = sorted({k[2] for k in groups if k[2].startswith("diff2flow")})
-    for label, other in [(label, other) for label in mine for other in ("fm", "diffusion")]:
+    others = [o for o in ("fm", "diffusion") if any(k[2] == o for k in groups)]
+    for label, other in [(label, other) for label in mine for other in others]:
         for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
             d = paired_difference(final(label, metric), final(other, metric))
             lines.append(f"- {metric}({label}) - {metric}({other}) = {_ci(d, digits)}")
+    if role == "extremes":
+        lines += ["", *extremes_table(cells)]
     plot = plot_curves(groups, folder / f"objectives_{role.replace('-', '_')}_curves.png")
     if plot:
         lines += ["", f"![FD along training, {role} block]({plot.name})"]
     return lines + [""]
+
+
+def extremes_table(cells: list[dict]) -> list[str]:
+    """The background luminance of the samples asked for black (0 is right) and for white (1), mean over seeds,
+    per prior and objective, and each objective's paired difference to diffusion on the same prior."""
+    by = defaultdict(dict)  # (model, label) -> seed -> (black, white, black data, white data)
+    for r in cells:
+        m = r["final"].get(_natural(r["spec"]))
+        if m and "black_background" in m:
+            b, w = m["black_background"], m["white_background"]
+            by[(r["spec"]["model"], _label(r["spec"]))][r["spec"]["seed"]] = (
+                b["value"], w["value"], b["reference"], w["reference"]
+            )  # fmt: skip
+    lines = [
+        "Background luminance (outer 2 px, 0 = black, 1 = white) of the samples whose caption asks for black and of "
+        "those asking for white (natural sampler, most calls), mean over seeds; the data's in the last columns; "
+        "the paired difference to diffusion on the same prior (negative on black and positive on white: nearer "
+        "the extreme).",
+        "",
+        "| prior | objective | seeds | on black | on white | black - diffusion | white - diffusion "
+        "| data black / white |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |",
+    ]
+    for (model, label), seeds in sorted(by.items()):
+        base = by.get((model, "diffusion"), {})
+        diffs = ["-", "-"]
+        if label != "diffusion":
+            diffs = [_ci(paired_difference({s: v[i] for s, v in seeds.items()}, {s: v[i] for s, v in base.items()}), 3)
+                     for i in (0, 1)]  # fmt: skip
+        mean = [statistics.fmean(v[i] for v in seeds.values()) for i in range(4)]
+        lines.append(f"| {model} | {label} | {len(seeds)} | {mean[0]:.3f} | {mean[1]:.3f} | {diffs[0]} | {diffs[1]} | "
+                     f"{mean[2]:.3f} / {mean[3]:.3f} |")  # fmt: skip
+    return lines
 
 
 # the decomposition (docs/math.md §9.1): (from, to, what the step adds), along the chain and beside it
@@ -335,7 +372,7 @@ DECOMPOSITION_STEPS = (
     ("diff2flow-no-scale", "diff2flow", "the input scaling c(t)"),
 )
 SIDE_ROLES = ("decomposition", "lr-sweep", "tuned")  # blocks with their own sections, kept out of the main tables
-OWN_BUDGET = ("long", "longer", "resolution")  # blocks of another budget or resolution: their own sections only
+OWN_BUDGET = ("long", "longer", "resolution", "extremes")  # another budget, resolution or task: own sections only
 
 
 def decomposition_section(by_role: dict, folder: Path) -> list[str]:

@@ -57,7 +57,7 @@ def test_plan_keys_are_unique_stable_and_change_with_any_setting():
         "fm",
         "diffusion",
     }
-    assert {c.task for c in full} == {"shapes-target", "shapes-novel-colours", "shapes-base"}
+    assert {c.task for c in full} == {"shapes-target", "shapes-novel-colours", "shapes-base", "shapes-extremes"}
     assert {c.model for c in full} == {"tiny-shapes-eps", "tiny-shapes-v"}
     assert sum(c.redraws > 1 for c in full) == 1
 
@@ -240,6 +240,55 @@ def test_novel_colours_task_is_scored_right_on_its_own_images():
     ]
     assert novel.evaluate(novel.reference_images(prompts, seed=3), wrong)["prompt_accuracy"] == 0.0
     assert "shapes-novel-colours" in builtin_data.names
+
+
+def test_extremes_task_is_scored_right_on_its_own_images_and_its_backgrounds_are_read_per_caption():
+    """shapes-extremes: its real images score prompt accuracy 1 with backgrounds at 0 (black) and 1 (white); the
+    wrong background in the caption reads as the wrong extreme; the grid's score splits the luminance by caption."""
+    import pytest
+    from objectives_eval import score
+
+    from d2f.world import extremes
+    from d2f.world.data import builtin_data
+
+    prompts = [extremes.prompts()[k % 48] for k in range(96)]
+    images = extremes.reference_images(prompts, seed=3)
+    scores = extremes.evaluate(images, prompts)
+    assert scores["prompt_accuracy"] == 1.0 and scores["fd"] < 20
+    assert scores["black_background"] < 0.01 and scores["white_background"] > 0.99
+    swapped = [p.replace("black", "X").replace("white", "black").replace("X", "white") for p in prompts]
+    again = extremes.evaluate(images, swapped)
+    assert again["black_background"] > 0.99 and again["white_background"] < 0.01
+    with pytest.raises(ValueError, match="not a caption of shapes-extremes"):
+        extremes.parse("a red circle")
+    grid = score(images, "shapes-extremes", prompts)
+    assert grid["black_background"]["value"] < 0.01 and grid["black_background"]["reference"] < 0.01
+    assert grid["white_background"]["low"] > 0.99 and grid["prompt_accuracy"]["value"] == 1.0
+    data = builtin_data("shapes-extremes", 32)
+    assert data.prompts == extremes.prompts() and "shapes-extremes" in builtin_data.names
+
+
+def test_extremes_table_pairs_each_objective_with_diffusion_on_its_prior():
+    from objectives_report import extremes_table
+
+    cells = [c for c in plan(PRESETS["full"]) if c.role == "extremes"]
+    assert {(c.model, c.label) for c in cells} == {
+        ("tiny-shapes-eps", "diffusion"), ("tiny-shapes-eps", "diff2flow"), ("tiny-shapes-v", "diffusion"),
+        ("tiny-shapes-v", "diff2flow"), ("tiny-shapes-v", "diff2flow+ztsnr"),
+    }  # fmt: skip
+    records = []
+    for c in cells:
+        r = _synthetic_cell(c, 40.0, 0.5)
+        black = {"diffusion": 0.20, "diff2flow": 0.05, "diff2flow+ztsnr": 0.02}[c.label] + 0.01 * c.seed
+        for m in r["final"].values():
+            m["black_background"] = {"value": black, "reference": 0.0}
+            m["white_background"] = {"value": 0.9, "reference": 1.0}
+        records.append(r)
+    text = "\n".join(extremes_table(records))
+    assert (
+        "| tiny-shapes-v | diff2flow+ztsnr | 2 | 0.025 | 0.900 | -0.180 (95 % CI -0.180 to -0.180, 2 seeds) |" in text
+    )
+    assert "| tiny-shapes-eps | diffusion | 2 | 0.205 | 0.900 | - | - | 0.000 / 1.000 |" in text
 
 
 @pytest.mark.slow

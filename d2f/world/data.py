@@ -1,5 +1,6 @@
-"""The built-in world's named datasets for ``d2f train --data``: ``shapes-base``, ``shapes-target`` and
-``shapes-novel-colours`` (new content: shapes in colours the priors never drew, ``d2f/world/novel.py``).
+"""The built-in world's named datasets for ``d2f train --data``: ``shapes-base``, ``shapes-target``,
+``shapes-novel-colours`` (new content: shapes in colours the priors never drew, ``d2f/world/novel.py``) and
+``shapes-extremes`` (shapes on pure black or pure white, as the caption asks: ``d2f/world/extremes.py``).
 
 ``builtin_data(name, resolution)`` is the resolver that training takes as its ``builtin`` hook: it writes
 the named dataset once as an imagefolder (images + ``metadata.jsonl``) into d2f's cache, so the demo runs
@@ -16,9 +17,24 @@ from pathlib import Path
 
 from d2f.training.data import BuiltinData
 
-DATASETS = {"shapes-base": "base", "shapes-target": "target", "shapes-novel-colours": "novel-colours"}
+DATASETS = {
+    "shapes-base": "base",
+    "shapes-target": "target",
+    "shapes-novel-colours": "novel-colours",
+    "shapes-extremes": "extremes",
+}
 NUM_IMAGES = 2048
 SEED = 7  # the priors were built from generator seeds 0 and 1: seed 7 draws images they never saw
+
+
+_TASK_MODULES = {"shapes-novel-colours": "novel", "shapes-extremes": "extremes"}  # captions of their own
+
+
+def _task_module(name: str):
+    """The module of a dataset with captions of its own: ``make_dataset``, ``DOMAIN``, ``prompts``, ``evaluate``."""
+    import importlib
+
+    return importlib.import_module(f"d2f.world.{_TASK_MODULES[name]}")
 
 
 def cache_root() -> Path:
@@ -37,10 +53,8 @@ def builtin_folder(name: str, resolution: int, num_images: int | None = None, se
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    if name == "shapes-novel-colours":
-        from d2f.world import novel
-
-        dataset = novel.make_dataset(num_images, seed, resolution)
+    if name in _TASK_MODULES:
+        dataset = _task_module(name).make_dataset(num_images, seed, resolution)
     else:
         dataset = make_dataset(num_images, DATASETS[name], seed, resolution)
     write_imagefolder(dataset, tmp)
@@ -59,14 +73,13 @@ def builtin_data(name: str, resolution: int) -> BuiltinData | None:
     from d2f.world.shapes import all_prompts
 
     domain = DATASETS[name]
-    if name == "shapes-novel-colours":
-        from d2f.world import novel
-
+    if name in _TASK_MODULES:
+        task = _task_module(name)
         return BuiltinData(
             folder=builtin_folder(name, resolution),
-            domain=novel.DOMAIN,
-            prompts=novel.prompts(),
-            evaluate=lambda images, prompts: novel.evaluate(images, prompts),
+            domain=task.DOMAIN,
+            prompts=task.prompts(),
+            evaluate=lambda images, prompts: task.evaluate(images, prompts),
         )
     return BuiltinData(
         folder=builtin_folder(name, resolution),
