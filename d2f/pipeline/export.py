@@ -26,6 +26,7 @@ from d2f.files import atomic_file, check_writable_dir, make_folder, shareable
 from d2f.pipeline.lora_checks import check_lora_state, check_pairs
 from d2f.pipeline.run_folder import (
     CHECKPOINTS_DIR,
+    CONV_IO_FILE,
     LOCK_FILE,
     LORA_FILE,
     METRICS_FILE,
@@ -101,6 +102,11 @@ def export_lora(
     weights, run = resolve_lora(lora)
     if weights.is_dir():
         raise UserError(f"{lora} is a full finetune (a whole UNet), not a LoRA: there is no LoRA to export")
+    if weights.with_name(CONV_IO_FILE).is_file():
+        raise UserError(
+            f"{lora} also trained conv_in and conv_out fully (--train-conv-io, {CONV_IO_FILE}), which the kohya LoRA "
+            "format cannot hold: exporting the LoRA alone would be another model; sample it with d2f or diffusers"
+        )
     output = Path(output).expanduser() if output else weights.with_name(weights.stem + f"_{fmt}.safetensors")
     check_output(output, weights, run is not None, overwrite)
     try:
@@ -127,7 +133,15 @@ def export_lora(
 
 
 # what ``d2f train`` writes into a run folder: never an export's --output (the folders: anything inside them)
-RUN_FILES = (LORA_FILE, RUN_FILE, METRICS_FILE, LOCK_FILE, "adapter_model.safetensors", "adapter_config.json")
+RUN_FILES = (
+    LORA_FILE,
+    RUN_FILE,
+    METRICS_FILE,
+    LOCK_FILE,
+    CONV_IO_FILE,
+    "adapter_model.safetensors",
+    "adapter_config.json",
+)
 RUN_FOLDERS = (CHECKPOINTS_DIR, SAMPLES_DIR, UNET_DIR)
 
 

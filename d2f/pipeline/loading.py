@@ -14,7 +14,7 @@ from pathlib import Path
 from d2f.errors import UserError
 from d2f.pipeline.lora_checks import check_lora
 from d2f.pipeline.models import resolve_model
-from d2f.pipeline.run_folder import resolve_lora
+from d2f.pipeline.run_folder import CONV_IO_FILE, CONV_IO_LAYERS, resolve_lora
 
 DEFAULT_MODEL = "tiny-shapes-eps"
 
@@ -134,6 +134,7 @@ def load_pipeline(
         )
     elif weights is not None:
         _load_lora(pipe, weights, model)
+        load_conv_io(pipe, weights.with_name(CONV_IO_FILE))
     pipe.d2f_run = run
     if run:
         pipe.scheduler = run_scheduler(pipe.scheduler.config, run)
@@ -168,3 +169,21 @@ def _load_lora(pipe, weights: Path, model: str) -> None:
         raise UserError(
             f"the LoRA {weights} does not fit model {model!r} ({type(exc).__name__}); pass its base model with --model"
         ) from None
+
+
+def load_conv_io(pipe, path: Path) -> None:
+    """The full ``conv_in`` and ``conv_out`` a ``--train-conv-io`` run saved beside its LoRA (none: nothing to do),
+    checked against the UNet's own layers (names and shapes) before they replace them."""
+    if not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path)
+    except Exception:
+        raise UserError(f"cannot read {path} as safetensors; delete it or retrain the run") from None
+    own = {f"{name}.{k}": v for name in CONV_IO_LAYERS for k, v in getattr(pipe.unet, name).state_dict().items()}
+    wrong = sorted(k for k in state if k not in own or state[k].shape != own[k].shape)
+    if wrong or set(state) != set(own):
+        raise UserError(f"{path} does not fit this model's conv_in / conv_out ({', '.join(wrong) or 'missing layers'})")
+    pipe.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)

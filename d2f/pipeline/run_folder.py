@@ -38,6 +38,8 @@ from d2f.files import write_json_atomic
 RUNS_DIR = Path("runs")
 RUN_FILE = "d2f_run.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
+CONV_IO_FILE = "unet_conv_io.safetensors"  # --train-conv-io: conv_in and conv_out, trained fully, beside the LoRA
+CONV_IO_LAYERS = ("conv_in", "conv_out")
 UNET_DIR = "unet"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"

@@ -151,6 +151,11 @@ def _student_config(rcfg: ReflowConfig, teacher, run: dict, teacher_objective: s
             f"the teacher {rcfg.lora} was trained with --train-text-encoder; reflow trains the UNet only, so "
             "its student cannot start as this teacher: reflow a run trained with --no-train-text-encoder"
         )
+    if settings.get("train_conv_io"):  # the student could not start as it: its conv_in / conv_out are not a LoRA
+        raise UserError(
+            f"the teacher {rcfg.lora} was trained with --train-conv-io; reflow starts its student from the teacher's "
+            "LoRA alone, so it cannot start as this teacher: reflow a run trained without --train-conv-io"
+        )
     resolution = rcfg.resolution or run.get("resolution")
     resolution = resolution or int(teacher.unet.config.sample_size) * teacher.vae_scale_factor
     objective = rcfg.objective or ("fm" if teacher_objective == "fm" else "diff2flow")

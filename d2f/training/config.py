@@ -126,6 +126,9 @@ class TrainConfig:
     lora_rank: int = setting(64, "LoRA rank; 0 = full finetune of the UNet.", low=0, high=4096)
     lora_alpha: float | None = setting(None, "LoRA alpha (default: the rank).", above=0, high=MAX_LORA_ALPHA)
     lora_targets: str = setting("attn+conv", "Which UNet layers get a LoRA.", choices=_lora_targets)
+    train_conv_io: bool = setting(
+        False, "Also train the UNet's conv_in and conv_out fully, as the Diff2Flow paper's LoRA does."
+    )
     # None = auto (d2f.training.auto): on when the captions hold words the text encoder never learnt
     train_text_encoder: bool | None = setting(
         None,
@@ -213,6 +216,8 @@ def check_config(cfg: TrainConfig) -> None:
         from d2f.training.trackers import check_report_to
 
         check_report_to(cfg.report_to)
+    if cfg.train_conv_io and cfg.lora_rank == 0:
+        raise UserError("--train-conv-io adds conv_in and conv_out to a LoRA run; a full finetune trains them already")
     if cfg.train_text_encoder and cfg.lora_rank == 0:
         raise UserError(
             "--train-text-encoder adds a LoRA to the text encoder: it needs a LoRA run (--lora-rank > 0), "

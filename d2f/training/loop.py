@@ -184,9 +184,13 @@ def _checkpoint(run: Run, step: int) -> None:
 
     def _save_lora(folder):  # every checkpoint is also a LoRA that ``pipe.load_lora_weights(folder)`` loads
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            save_weights(run.acc.unwrap_model(run.prepared_unet), folder, run.cfg.lora_rank, _text_encoder(run))
+            save_weights(_unet(run), folder, run.cfg.lora_rank, _text_encoder(run), run.cfg.train_conv_io)
 
     on_main(run, save)
+
+
+def _unet(run: Run):
+    return run.acc.unwrap_model(run.prepared_unet)
 
 
 def _text_encoder(run: Run):
@@ -201,7 +205,7 @@ def _finish(run: Run) -> dict:
 
     def save():
         with run.ema.averaged() if run.ema is not None else nullcontext():
-            return save_weights(run.acc.unwrap_model(run.prepared_unet), run.out, cfg.lora_rank, _text_encoder(run))
+            return save_weights(_unet(run), run.out, cfg.lora_rank, _text_encoder(run), cfg.train_conv_io)
 
     path = on_main(run, save)
     kill_point("finish:weights")

@@ -17,6 +17,13 @@ Targets (``--lora-targets``):
 
 ``rank = 0`` means no adapter: the whole UNet is trained (a full finetune).
 
+``--train-conv-io`` also trains the UNet's first and last convolutions (``conv_in``: latents to features,
+``conv_out``: features to the prediction) fully, beside the LoRA, as the Diff2Flow paper's LoRA finetunes do:
+they are small and map straight to and from the latent space. ``load_lora_weights`` reads LoRA layers only
+(it refuses any other key), so they are saved in a file of their own, ``unet_conv_io.safetensors`` (diffusers'
+names, ``conv_in.weight``, ...), which ``d2f.pipeline.load_pipeline`` loads after the LoRA; in plain diffusers,
+``pipe.unet.load_state_dict(safetensors.torch.load_file(path), strict=False)``.
+
 ``--train-text-encoder`` adds a second LoRA, of the same rank and alpha, on the text encoder's attention
 projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``: diffusers' ``--train_text_encoder`` in its
 DreamBooth LoRA script) and on its token embedding (peft's ``Embedding`` LoRA: a low-rank change of the rows,
@@ -39,7 +46,7 @@ import torch
 
 from d2f.errors import UserError
 from d2f.files import make_folder, shareable, write_errors
-from d2f.pipeline.run_folder import LORA_FILE, UNET_DIR
+from d2f.pipeline.run_folder import CONV_IO_FILE, CONV_IO_LAYERS, LORA_FILE, UNET_DIR
 
 ATTN_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "conv"]
@@ -57,9 +64,12 @@ def check_lora_settings(rank: int, alpha: float | None, targets: str) -> None:
         raise UserError(f"unknown --lora-targets {targets!r}; use one of {', '.join(TARGETS)}")
 
 
-def add_lora(unet, rank: int = 4, alpha: float | None = None, targets: str = "attn") -> list[torch.nn.Parameter]:
+def add_lora(
+    unet, rank: int = 4, alpha: float | None = None, targets: str = "attn", conv_io: bool = False
+) -> list[torch.nn.Parameter]:
     """Freeze the UNet and add a LoRA adapter (``rank`` > 0), or make the whole UNet trainable
-    (``rank`` = 0). Returns the trainable parameters. ``alpha`` defaults to ``rank`` (scale 1).
+    (``rank`` = 0). Returns the trainable parameters. ``alpha`` defaults to ``rank`` (scale 1); ``conv_io``
+    makes ``conv_in`` and ``conv_out`` trainable too (module doc).
 
     Seed the global RNG before calling: peft initialises A randomly (Kaiming uniform)."""
     from peft import LoraConfig
@@ -73,7 +83,18 @@ def add_lora(unet, rank: int = 4, alpha: float | None = None, targets: str = "at
         r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=True, target_modules=TARGETS[targets]
     )
     unet.add_adapter(config)
+    for name in CONV_IO_LAYERS if conv_io else ():
+        getattr(unet, name).requires_grad_(True)
     return [p for p in unet.parameters() if p.requires_grad]
+
+
+def conv_io_state(unet) -> dict[str, torch.Tensor]:
+    """``conv_in`` and ``conv_out``'s weights and biases by their diffusers names, float32, contiguous."""
+    return {
+        f"{name}.{key}": value.detach().float().contiguous().cpu()
+        for name in CONV_IO_LAYERS
+        for key, value in getattr(unet, name).state_dict().items()
+    }
 
 
 def add_text_lora(text_encoder, rank: int, alpha: float | None = None) -> list[torch.nn.Parameter]:
@@ -103,10 +124,11 @@ def trainable_state(unet, rank: int) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
-def save_weights(unet, folder: str | Path, rank: int, text_encoder=None) -> Path:
+def save_weights(unet, folder: str | Path, rank: int, text_encoder=None, conv_io: bool = False) -> Path:
     """Save what was trained into ``folder``: ``pytorch_lora_weights.safetensors`` (LoRA, loadable with
-    ``pipe.load_lora_weights(folder)``; with ``text_encoder``, its LoRA too) or ``unet/`` (full finetune,
-    loadable with ``UNet2DConditionModel.from_pretrained(folder / "unet")``). Returns the path written.
+    ``pipe.load_lora_weights(folder)``; with ``text_encoder``, its LoRA too; with ``conv_io``, the full
+    ``conv_in`` and ``conv_out`` beside it) or ``unet/`` (full finetune, loadable with
+    ``UNet2DConditionModel.from_pretrained(folder / "unet")``). Returns the path written.
 
     Beside a LoRA, the UNet's adapter in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``),
     so that ``peft.PeftModel.from_pretrained(unet, folder)`` loads it without diffusers."""
@@ -117,6 +139,11 @@ def save_weights(unet, folder: str | Path, rank: int, text_encoder=None) -> Path
         f"free space on {folder}'s disk and continue with d2f train --resume",
     ):
         make_folder(folder)
+        if conv_io and rank:
+            from safetensors.torch import save_file
+
+            save_file(conv_io_state(unet), folder / CONV_IO_FILE)
+            shareable(folder / CONV_IO_FILE)
         return _save_weights(unet, folder, rank, text_encoder)
 
 

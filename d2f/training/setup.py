@@ -259,7 +259,7 @@ def _build_optimizer(run: Run) -> None:
     cfg, unet, text_encoder = run.cfg, run.unet, run.pipe.text_encoder
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[run.acc.mixed_precision]
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is part of the run
-    params = add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    params = add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.train_conv_io)
     if cfg.train_text_encoder:
         params += add_text_lora(text_encoder, cfg.lora_rank, cfg.lora_alpha)
     if cfg.init_weights:  # reflow: the student starts as its teacher
