@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def _quiet():
 
 
 def _setup(cell: Cell, out: str, objective: str | None = None):
+    from objectives_grid import RECIPES
+
     from d2f.training import TrainConfig
     from d2f.training.setup import setup
     from d2f.world.data import builtin_data
@@ -73,6 +76,7 @@ def _setup(cell: Cell, out: str, objective: str | None = None):
         lr=cell.lr, warmup_steps=cell.warmup_steps, steps=cell.steps, batch_size=cell.batch_size,
         seed=cell.seed, max_samples=cell.max_samples, output=os.path.join(out, "run"),
         validate_every=0, checkpoint_every=0, resolution=cell.resolution, zero_terminal_snr=cell.zero_terminal_snr,
+        **RECIPES[cell.recipe],
     )  # fmt: skip
     run, _ = setup(cfg, callback=lambda event: None, builtin=builtin_data)
     return run
@@ -179,7 +183,10 @@ def run_cell(cell: Cell, step0: dict, progress) -> dict:
             def score(step: int, ev: Eval) -> dict:
                 if step == cell.steps and finals.get(ev.name) is not None:
                     return finals[ev.name]
-                return evaluate(run.pipe, run.unet, cell.objective, cell.task, ev, cell.n_eval, cell.resolution or 32)
+                with run.ema.averaged() if run.ema is not None else nullcontext():  # an EMA run: its averages
+                    return evaluate(
+                        run.pipe, run.unet, cell.objective, cell.task, ev, cell.n_eval, cell.resolution or 32
+                    )
 
             try:
                 train_s = _train_and_score(cell, run, step0, ce, curve, losses, finals, score, progress)
@@ -234,6 +241,8 @@ def _train_step(run, step: int):
 
     out = train_step(run, step)
     run.lr_scheduler.step()
+    if run.ema is not None:  # as d2f train's loop
+        run.ema.update()
     return out
 
 

@@ -27,6 +27,7 @@ the v prior adapted to 48 px on its own data (``shapes-base``), Diff2Flow with a
 (``Cell.zero_terminal_snr``; the report names it ``diff2flow+ztsnr``) against diffusion and naive FM, scored on its
 48 px samples. A third, ``extremes``, asks for "true blacks and whites" (``d2f.world.extremes``: captions
 "... on black" / "... on white") on both priors, diffusion against Diff2Flow (on v also with zero terminal SNR).
+A fourth, ``recipe``, trains Diff2Flow on the headline cell with the paper's LoRA recipe (``RECIPES``).
 
 One block of the full grid, ``long``, runs the demo's budget (1000 steps of batch 32, where the default
 ``d2f train`` ends at prompt accuracy 0.98) instead of the grid's 300 of batch 16, which the rebuilt world's
@@ -76,6 +77,7 @@ class Cell:
     lr_override: float | None = None  # the lr-sweep block's LR; None: the rank's fixed LR
     resolution: int | None = None  # training and sampling resolution in px; None: the prior's own (32)
     zero_terminal_snr: bool = False  # the run's --zero-terminal-snr (v prior only)
+    recipe: str = "d2f"  # the LoRA recipe: d2f's defaults, or "paper" (RECIPES)
 
     @property
     def lr(self) -> float:
@@ -90,12 +92,21 @@ class Cell:
     @property
     def label(self) -> str:
         """The objective as the report names it: with ``+ztsnr`` when the run rescales to zero terminal SNR."""
-        return self.objective + ("+ztsnr" if self.zero_terminal_snr else "")
+        return (
+            self.objective
+            + ("+ztsnr" if self.zero_terminal_snr else "")
+            + ("" if self.recipe == "d2f" else f"+{self.recipe}")
+        )
 
     @property
     def key(self) -> str:
         spec = asdict(self)
-        for name, default in (("lr_override", None), ("resolution", None), ("zero_terminal_snr", False)):
+        for name, default in (
+            ("lr_override", None),
+            ("resolution", None),
+            ("zero_terminal_snr", False),
+            ("recipe", "d2f"),
+        ):
             if spec[name] == default:  # cells from before these fields existed keep their keys (they are done)
                 del spec[name]
         spec = json.dumps(spec, sort_keys=True)
@@ -147,6 +158,13 @@ RESOLUTION = {"resolution": 48, "seeds": (0, 1)}
 # issue #24, "true blacks and whites": captions that ask for a pure black or pure white background
 # (``d2f.world.extremes``), on both priors; the v prior's Diff2Flow also with zero terminal SNR
 EXTREMES = {"seeds": (0, 1)}
+# issue #24, the paper's LoRA recipe (``d2f train`` options, docs/training.md): conv_in and conv_out trained fully,
+# constant LR (after the grid's warm-up), no weight decay, an EMA of decay 0.999 (scored with the EMA's weights);
+# Diff2Flow on the headline cell and seeds, against its d2f-recipe headline cells
+RECIPES = {
+    "d2f": {},
+    "paper": {"train_conv_io": True, "lr_scheduler": "constant", "weight_decay": 0.0, "ema": True, "ema_decay": 0.999},
+}
 
 
 def _blocks(full: bool) -> list[tuple]:
@@ -162,6 +180,7 @@ def _blocks(full: bool) -> list[tuple]:
             ("eps", "shapes-target", ("diff2flow",), (4,), "lr-sweep", {**tiny, **SWEEP, "lrs": (3e-3,)}),
             ("v", "shapes-base", ("diff2flow",), (4,), "resolution", {**tiny, **RESOLUTION, "zero_terminal_snr": True}),
             ("eps", "shapes-extremes", ("diff2flow",), (4,), "extremes", tiny),
+            ("eps", "shapes-target", ("diff2flow",), (4,), "recipe", {**tiny, "recipe": "paper"}),
         ]
     # in the order of what matters most, so that a grid stopped early has the most important cells (a rerun
     # skips the cells already done, so the blocks added later run first); the blocks from "long" on were cut to
@@ -182,6 +201,7 @@ def _blocks(full: bool) -> list[tuple]:
         ("eps", "shapes-target", MAIN, (64,), "longer", LONGER),
         ("v", "shapes-base", MAIN, (64,), "resolution", RESOLUTION),
         ("v", "shapes-base", ("diff2flow",), (64,), "resolution", {**RESOLUTION, "zero_terminal_snr": True}),
+        ("eps", "shapes-target", ("diff2flow",), (64,), "recipe", {"seeds": "headline", "recipe": "paper"}),
         ("eps", "shapes-extremes", ("diffusion", "diff2flow"), (64,), "extremes", EXTREMES),
         ("v", "shapes-extremes", ("diffusion", "diff2flow"), (64,), "extremes", EXTREMES),
         ("v", "shapes-extremes", ("diff2flow",), (64,), "extremes", {**EXTREMES, "zero_terminal_snr": True}),
@@ -258,6 +278,7 @@ def _fixed_plan(preset: Preset) -> list[Cell]:
                     guidance_sweep=preset.guidance_sweep if sweep else (),
                     redraws=preset.redraws if first else 0, role=role, lr_override=lr,
                     resolution=over.get("resolution"), zero_terminal_snr=over.get("zero_terminal_snr", False),
+                    recipe=over.get("recipe", "d2f"),
                 )
             )  # fmt: skip
     return cells

@@ -53,7 +53,12 @@ def _key(spec: dict) -> tuple:
 
 def _label(spec: dict) -> str:
     """The objective as the tables name it (``objectives_grid.Cell.label``): ``+ztsnr`` on zero terminal SNR."""
-    return spec["objective"] + ("+ztsnr" if spec.get("zero_terminal_snr") else "")
+    recipe = spec.get("recipe", "d2f")
+    return (
+        spec["objective"]
+        + ("+ztsnr" if spec.get("zero_terminal_snr") else "")
+        + ("" if recipe == "d2f" else f"+{recipe}")
+    )
 
 
 def _natural(spec: dict, calls: int | None = None, guidance: float | None = None, sampler: str | None = None) -> str:
@@ -288,12 +293,13 @@ BLOCK_TITLES = {
     "longer": "A longer budget: the headline cell at 3000 steps (issue #24, question 4)",
     "resolution": "The paper's setting in miniature: the v prior adapted to 48 px (issue #24)",
     "extremes": "True blacks and whites: captions that ask for a pure black or white background (issue #24)",
+    "recipe": "The paper's LoRA recipe: conv_in and conv_out trained fully, constant LR, no weight decay, EMA",
     "novel": "New content: shapes in colours the prior never drew",
     "v-prior": "The v-prediction prior",
 }
 
 
-def block_section(cells: list[dict], folder: Path) -> list[str]:
+def block_section(cells: list[dict], folder: Path, headline: list[dict] | None = None) -> list[str]:
     """One block other than the headline (all its cells share a role): its table, the paired differences of
     Diff2Flow against each baseline (FD and prompt accuracy), and its curves."""
     if not cells:
@@ -323,10 +329,30 @@ def block_section(cells: list[dict], folder: Path) -> list[str]:
             lines.append(f"- {metric}({label}) - {metric}({other}) = {_ci(d, digits)}")
     if role == "extremes":
         lines += ["", *extremes_table(cells)]
+    if role == "recipe":
+        lines += ["", *recipe_pairs(cells, headline or [])]
     plot = plot_curves(groups, folder / f"objectives_{role.replace('-', '_')}_curves.png")
     if plot:
         lines += ["", f"![FD along training, {role} block]({plot.name})"]
     return lines + [""]
+
+
+def recipe_pairs(cells: list[dict], headline: list[dict]) -> list[str]:
+    """The paper's recipe paired with the headline cells of the same task, prior and rank (d2f's recipe) on the
+    same seeds: against Diff2Flow and against diffusion finetuning."""
+    spec = cells[0]["spec"]
+    same = [r for r in headline if _key(r["spec"])[:2] == _key(spec)[:2] and r["spec"]["rank"] == spec["rank"]]
+
+    def final(records, metric):
+        return {r["spec"]["seed"]: _value(r, _natural(r["spec"]), metric) for r in records}
+
+    lines = []
+    for other in ("diff2flow", "diffusion"):
+        theirs = [r for r in same if _label(r["spec"]) == other]
+        for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
+            d = paired_difference(final(cells, metric), final(theirs, metric))
+            lines.append(f"- {metric}({_label(spec)}) - {metric}({other}, d2f's recipe) = {_ci(d, digits)}")
+    return lines
 
 
 def extremes_table(cells: list[dict]) -> list[str]:
@@ -372,7 +398,13 @@ DECOMPOSITION_STEPS = (
     ("diff2flow-no-scale", "diff2flow", "the input scaling c(t)"),
 )
 SIDE_ROLES = ("decomposition", "lr-sweep", "tuned")  # blocks with their own sections, kept out of the main tables
-OWN_BUDGET = ("long", "longer", "resolution", "extremes")  # another budget, resolution or task: own sections only
+OWN_BUDGET = (
+    "long",
+    "longer",
+    "resolution",
+    "extremes",
+    "recipe",
+)  # another budget, resolution or task: own sections only
 
 
 def decomposition_section(by_role: dict, folder: Path) -> list[str]:
@@ -613,7 +645,7 @@ def write_report(results: str | Path, folder: str | Path) -> Path:
     lines += ["## Samplers at equal network calls (headline cells)", "", *sampler_table(groups), ""]
     lines += ["## Guidance sweep (headline cells, natural sampler, most calls)", "", *guidance_table(groups), ""]
     for role in BLOCK_TITLES:
-        lines += block_section(by_role[role], folder)
+        lines += block_section(by_role[role], folder, by_role["headline"])
     lines += decomposition_section(by_role, folder)
     lines += lr_sweep_section(by_role["lr-sweep"])
     lines += tuned_section(by_role)

@@ -517,3 +517,24 @@ def test_workers_run_again_for_the_cells_the_finished_ones_added(tmp_path, monke
     assert rounds == [(0, 2), (1, 2)] * 2  # the second round: the tuned cells
     assert {c.key for c in plan(PRESETS["quick"], records)} <= done_keys(out)
     assert any(r["spec"]["role"] == "tuned" for r in records if r["kind"] == "cell")
+
+
+def test_recipe_block_pairs_the_papers_recipe_with_the_headline_on_the_same_seeds():
+    """issue #24 (b): Diff2Flow with the paper's LoRA recipe on the headline cell and seeds (its own keys), paired
+    with the d2f-recipe headline cells of Diff2Flow and diffusion."""
+    from objectives_grid import RECIPES
+    from objectives_report import recipe_pairs
+
+    full = plan(PRESETS["full"])
+    recipe = [c for c in full if c.role == "recipe"]
+    head = [c for c in full if c.role == "headline" and c.rank == 64]
+    assert {c.label for c in recipe} == {"diff2flow+paper"} and {c.seed for c in recipe} == {c.seed for c in head}
+    assert RECIPES["paper"] == {"train_conv_io": True, "lr_scheduler": "constant", "weight_decay": 0.0, "ema": True,
+                                "ema_decay": 0.999}  # fmt: skip
+    assert not {c.key for c in recipe} & {c.key for c in head}
+    cells = [_synthetic_cell(c, 30.0 + c.seed, 0.8) for c in recipe]
+    fd = {"diff2flow": 35.0, "diffusion": 32.0}
+    headline = [_synthetic_cell(c, fd.get(c.objective, 90.0) + c.seed, 0.7) for c in head]
+    text = "\n".join(recipe_pairs(cells, headline))
+    assert "fd(diff2flow+paper) - fd(diff2flow, d2f's recipe) = -3.0 (95 % CI -3.0 to -3.0, 5 seeds)" in text
+    assert "prompt_accuracy(diff2flow+paper) - prompt_accuracy(diffusion, d2f's recipe) = +0.10" in text
