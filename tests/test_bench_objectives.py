@@ -536,5 +536,5 @@ def test_recipe_block_pairs_the_papers_recipe_with_the_headline_on_the_same_seed
     fd = {"diff2flow": 35.0, "diffusion": 32.0}
     headline = [_synthetic_cell(c, fd.get(c.objective, 90.0) + c.seed, 0.7) for c in head]
     text = "\n".join(recipe_pairs(cells, headline))
-    assert "fd(diff2flow+paper) - fd(diff2flow, d2f's recipe) = -3.0 (95 % CI -3.0 to -3.0, 5 seeds)" in text
+    assert "fd(diff2flow+paper) - fd(diff2flow, d2f's recipe) = -5.0 (95 % CI -5.0 to -5.0, 5 seeds)" in text
     assert "prompt_accuracy(diff2flow+paper) - prompt_accuracy(diffusion, d2f's recipe) = +0.10" in text
