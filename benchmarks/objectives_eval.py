@@ -167,6 +167,7 @@ def _extremes(images: torch.Tensor, prompts: list[str]) -> dict:
     return {
         f"{name}_background": _mean_interval(luminance[mask]) | {"reference": float(real[mask].mean())}
         for name, mask in (("black", ~white), ("white", white))
+        if mask.sum() > 1
     }
 
 

@@ -27,7 +27,12 @@ from d2f.world.curves import (
 METRICS = ("fd", "kid", "prompt_accuracy", "domain_accuracy")
 # steps-to-threshold: fixed before any run: the style task must reach the target domain, the content task
 # must draw the asked new colour and shape half of the time
-THRESHOLDS = {"shapes-target": ("domain_accuracy", 0.9), "shapes-novel-colours": ("prompt_accuracy", 0.5)}
+THRESHOLDS = {
+    "shapes-target": ("domain_accuracy", 0.9),
+    "shapes-novel-colours": ("prompt_accuracy", 0.5),
+    "shapes-base": ("prompt_accuracy", 0.95),  # the resolution block: the prior reads 0.90 at 48 px, 1.00 at 32
+    "shapes-extremes": ("prompt_accuracy", 0.8),
+}
 NAIVE_FM_FINDING = """\
 **Why d2f's naive FM got worse with training on the previous built-in world** (before issue #11's rebuild:
 `benchmarks/probe_naive_fm.py`, 100-step runs, table below; the grid above is on the rebuilt world).

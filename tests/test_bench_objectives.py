@@ -316,7 +316,14 @@ def test_quick_grid_end_to_end(tmp_path):
         for m in r["final"].values():
             b = m["background_luminance"]
             assert b["low"] <= b["value"] <= b["high"] and 0 <= b["value"] <= 1
-            assert 0.04 < b["reference"] < 0.16 if r["spec"]["task"] == "shapes-target" else 0.84 < b["reference"]
+            low, high = {"shapes-target": (0.04, 0.16), "shapes-extremes": (0.3, 0.7)}.get(r["spec"]["task"], (0.84, 1))
+            assert low < b["reference"] < high  # the target's dark backgrounds; half black, half white; light
+            if r["spec"]["task"] == "shapes-extremes":
+                assert m["black_background"]["reference"] < 0.01 and m["white_background"]["reference"] > 0.99
+    # issue #24's new blocks: each ran its cells and has its section
+    assert {"recipe", "extremes", "resolution"} <= {r["spec"]["role"] for r in cells}
+    assert "The paper's LoRA recipe" in report and "diff2flow+paper" in report and "48 px" in report
+    assert "| tiny-shapes-eps | diff2flow | 1 |" in report  # the extremes table (its on-black / on-white columns)
     assert (tmp_path / "objectives_curves.png").stat().st_size > 1000
     bench_objectives.main(["--quick", "--out", str(out)])  # resumed: nothing left to run
     assert len(read_records(out)) == len(records)

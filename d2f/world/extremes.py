@@ -30,8 +30,9 @@ BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255)}
 
 
 def prompts() -> list[str]:
-    """The task's 48 captions: every shape and colour on black, then on white ("a red circle on black", ...)."""
-    return [f"{caption(s, c)} on {b}" for b in BACKGROUNDS for s in SHAPES for c in COLOURS]
+    """The task's 48 captions, each shape and colour on black then on white ("a red circle on black", "a red circle
+    on white", ...): any run of consecutive prompts asks for both extremes."""
+    return [f"{caption(s, c)} on {b}" for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
 
 
 def parse(prompt: str) -> tuple[str, str, str]:
