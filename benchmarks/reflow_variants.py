@@ -149,11 +149,47 @@ def report(records: list[dict]) -> str:
         f"Every row from the same noise (seed {SEED}), 24 prompts x {PER_PROMPT}, scored against the teacher's domain. "
         "Calls: the UNet's rows per image, counted by a hook.",
     ]
+    lines += summary(records)
     for teacher in TEACHERS:
         mine = [r for r in records if teacher_of(r) == teacher]
         if mine:
             lines += teacher_section(teacher, mine)
     return "\n".join(lines) + "\n"
+
+
+def summary(records: list[dict]) -> list[str]:
+    """Issue #23's goal table, one row per teacher: its best student (lowest FD at 2 calls) against the teacher's
+    25-step reference, the teacher's best sampler at 2 calls, and the goals (prompt accuracy / FD in each cell)."""
+    lines = [
+        "",
+        "## Both teachers: the best student against the goals",
+        "",
+        "Each cell: prompt accuracy / FD. Best student: the variant with the lowest FD at 2 calls.",
+        "",
+        "| teacher | teacher, 25 steps (50 calls) | teacher's best at 2 calls | best student | student, 1 call | "
+        "student, 2 calls | goal at 2 calls | goal at 1 call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    pair = lambda r: f"{r['prompt_accuracy']:.2f} / {r['fd']:.1f}"  # noqa: E731
+    for teacher in TEACHERS:
+        mine = [r for r in records if teacher_of(r) == teacher]
+        by = {(r["sampler"], r["shift"], r["steps"]): r for r in mine if r["model"] == "teacher"}
+        students = [r for r in mine if r["model"] == "student"]
+        reference, eight = by.get(("euler", 1.0, 25)), by.get(("euler", 1.0, 8))
+        two = [r for r in students if r["calls"] == 2]
+        if not (reference and eight and two):
+            continue
+        best = min(two, key=lambda r: r["fd"])
+        one = next(r for r in students if r["variant"] == best["variant"] and r["calls"] == 1)
+        teacher_two = min((r for r in mine if r["model"] == "teacher" and r["calls"] == 2), key=lambda r: r["fd"])
+        met2 = best["fd"] <= GOAL_FD_RATIO * reference["fd"] and best["prompt_accuracy"] >= GOAL_PROMPT[teacher]
+        met1 = one["prompt_accuracy"] > eight["prompt_accuracy"] and one["fd"] < eight["fd"]
+        lines.append(
+            f"| {teacher} | {pair(reference)} | {pair(teacher_two)} ({_label(teacher_two)}) | {best['variant']} | "
+            f"{pair(one)} | {pair(best)} | {'met' if met2 else 'not met'}: FD <= {GOAL_FD_RATIO * reference['fd']:.1f}"
+            f", prompt >= {GOAL_PROMPT[teacher]:g} | {'met' if met1 else 'not met'}: beat {pair(eight)} (16 calls) |"
+        )
+    return lines
 
 
 def teacher_section(teacher: str, records: list[dict]) -> list[str]:
