@@ -50,3 +50,27 @@ def test_goal_table_and_the_teachers_best_at_equal_calls():
     assert "| 4 | euler | 0.96 / 8.6 | - | - |" in text  # the lower FD of the two 4-call samplers
     assert "| 2 | euler | 0.40 / 143.4 | great | 0.96 / 5.5 |" in text
     assert text.index("| teacher | euler | 2 |") < text.index("| student | near | 1 |")  # teachers first
+
+
+def test_summary_gives_each_teacher_its_best_student_and_its_own_prompt_goal():
+    prior = [
+        row("teacher", 2, 0.40, 143.4, steps=1), row("teacher", 16, 0.99, 3.9, steps=8),
+        row("teacher", 50, 0.99, 3.7, steps=25), row("student", 1, 0.64, 69.8, "near"),
+        row("student", 2, 0.96, 17.4, "near"), row("student", 1, 0.84, 36.1, "more"),
+        row("student", 2, 0.98, 5.5, "more"),
+    ]  # fmt: skip
+    finetune = [
+        row("teacher", 2, 0.17, 346.6, steps=1), row("teacher", 2, 0.16, 411.7, sampler="ddim", steps=1),
+        row("teacher", 16, 0.91, 22.4, steps=8), row("teacher", 50, 0.91, 19.3, steps=25),
+        row("student", 1, 0.45, 134.2, "near"), row("student", 2, 0.86, 28.0, "near"),
+    ]  # fmt: skip
+    text = report(prior + [dict(r, teacher="finetune") for r in finetune])
+    assert (
+        "| prior | 0.99 / 3.7 | 0.40 / 143.4 (euler) | more | 0.84 / 36.1 | 0.98 / 5.5 | met: FD <= 5.6, prompt >= 0.95 "
+        "| not met: beat 0.99 / 3.9 (16 calls) |" in text
+    )
+    # the finetune's prompt goal is 0.85 (0.86 meets it) and its FD goal 1.5 x 19.3
+    assert (
+        "| finetune | 0.91 / 19.3 | 0.17 / 346.6 (euler) | near | 0.45 / 134.2 | 0.86 / 28.0 | met: FD <= 28.9" in text
+    )
+    assert text.index("## Teacher: prior") < text.index("## Teacher: finetune")
