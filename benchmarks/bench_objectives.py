@@ -24,7 +24,10 @@ A cell: set up a ``d2f train`` run (``d2f.training.loop.setup``: the same model,
 LR schedule as ``d2f train``) in a temporary folder, run its steps with the trainer's own ``train_step``,
 score the model at each of ``curve_steps`` (the objective's natural sampler at ``calls[0]`` network calls),
 and at the end with the natural sampler at every ``calls`` (and, for headline cells, the other objective's
-sampler, a guidance sweep, and evaluation-noise re-draws). Nothing of a cell is kept but its record.
+sampler, a guidance sweep, and evaluation-noise re-draws). Nothing of a cell is kept but its record. A cell whose
+loss becomes NaN or infinite (an LR too high for its objective) is recorded as ``diverged`` (the step, no scores):
+a result of the sweep, not a crash of the grid. A cell with an EMA (the paper's recipe) is scored with the EMA's
+weights, as ``d2f train`` saves them.
 """
 
 from __future__ import annotations
