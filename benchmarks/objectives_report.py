@@ -564,7 +564,13 @@ def tuned_section(by_role: dict) -> list[str]:
             f"| {objective} | {best[objective]:g} | {len(fd)} | {statistics.fmean(fd.values()):.1f} | "
             f"{statistics.fmean(acc.values()):.2f} | {' | '.join(diffs)} |"
         )
-    return lines + ([""] + [f"- {n}" for n in notes] if notes else []) + [""]
+    lines += [""] + [f"- {n}" for n in notes] if notes else []
+    lines += ["", "The decomposition (docs/math.md §9.1) at each objective's own pick, paired over the same seeds:", ""]
+    for a, b, what in DECOMPOSITION_STEPS:
+        for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
+            d = paired_difference(final(b, metric), final(a, metric))
+            lines.append(f"- {what}: {metric}({b}) - {metric}({a}) = {_ci(d, digits)}")
+    return lines + [""]
 
 
 def brightness_section(cells: list[dict]) -> list[str]:

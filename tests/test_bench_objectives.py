@@ -403,6 +403,8 @@ def test_tuned_block_follows_a_complete_sweep_and_its_section_pairs_each_objecti
     assert "| diff2flow | 0.003 | 5 | 32.0 | 0.70 | -10.0 (95 % CI -10.0 to -10.0, 5 seeds) | +0.20" in text
     assert "| diffusion | 0.001 | 5 | 42.0 | 0.50 | - | - |" in text
     assert "| fm | 0.0003 | 0 | - | - | not run yet | not run yet |" in text
+    # the decomposition's steps at each objective's pick: those whose objectives ran are paired
+    assert "the loss weight w(t): fd(diff2flow) - fd(diff2flow-unweighted) = no paired seeds" in text
 
 
 def test_brightness_section_averages_the_cells_that_measured_it():
