@@ -151,7 +151,7 @@ LONG = {"steps": 1000, "batch_size": 32, "curve_steps": (0, 250, 500, 1000), "se
 # issue #24, question 4: the headline cell (batch 16, fixed LR) ten times longer: do the curves cross?
 LONGER = {"steps": 3000, "curve_steps": (0, 500, 1000, 2000, 3000), "seeds": (0, 1)}
 # issue #24, the paper's setting in miniature: the v prior adapted to a resolution it was not trained at (its own
-# data, shapes-base, at 48 px: the untouched prior reads 0.90 / FD 26 there against 1.00 / 5 at 32 px), Diff2Flow
+# data, shapes-base, at 48 px, where the untouched prior is visibly worse than at 32 px: its step 0), Diff2Flow
 # with and without zero terminal SNR (the paper's code's default for v) against diffusion (without, as the paper)
 # and naive FM; samples are scored at 48 px (the evaluator resizes them to its 32 px input)
 RESOLUTION = {"resolution": 48, "seeds": (0, 1)}

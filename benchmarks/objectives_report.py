@@ -312,13 +312,14 @@ def block_section(cells: list[dict], folder: Path, headline: list[dict] | None =
     groups = _group(cells)
     spec = cells[0]["spec"]
     role = spec["role"]
+    models = sorted({r["spec"]["model"] for r in cells})
 
-    def final(objective, metric):
-        by_seed = groups.get((spec["model"], spec["task"], objective, spec["rank"]), {})
+    def final(model, objective, metric):
+        by_seed = groups.get((model, spec["task"], objective, spec["rank"]), {})
         return {s: _value(r, _natural(r["spec"]), metric) for s, r in by_seed.items()}
 
     lines = [
-        f"## {BLOCK_TITLES.get(role, role)} ({spec['model']}, {spec['task']}, {spec['steps']} steps of batch "
+        f"## {BLOCK_TITLES.get(role, role)} ({', '.join(models)}, {spec['task']}, {spec['steps']} steps of batch "
         f"{spec['batch_size']}, {_rank_name(spec['rank'])}"
         + (f", {spec['resolution']} px" if spec.get("resolution") else "")
         + ")",
@@ -326,12 +327,15 @@ def block_section(cells: list[dict], folder: Path, headline: list[dict] | None =
         *summary_table(groups),
         "",
     ]
-    mine = sorted({k[2] for k in groups if k[2].startswith("diff2flow")})
-    others = [o for o in ("fm", "diffusion") if any(k[2] == o for k in groups)]
-    for label, other in [(label, other) for label in mine for other in others]:
-        for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
-            d = paired_difference(final(label, metric), final(other, metric))
-            lines.append(f"- {metric}({label}) - {metric}({other}) = {_ci(d, digits)}")
+    for model in models:  # Diff2Flow (and its variants) against each baseline of the same prior
+        labels = {k[2] for k in groups if k[0] == model}
+        mine = sorted(label for label in labels if label.startswith("diff2flow"))
+        others = [o for o in ("fm", "diffusion") if o in labels]
+        prefix = f"{model}: " if len(models) > 1 else ""
+        for label, other in [(label, other) for label in mine for other in others]:
+            for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
+                d = paired_difference(final(model, label, metric), final(model, other, metric))
+                lines.append(f"- {prefix}{metric}({label}) - {metric}({other}) = {_ci(d, digits)}")
     if role == "extremes":
         lines += ["", *extremes_table(cells)]
     if role == "recipe":

@@ -132,6 +132,30 @@ def objectives_difference(block: str, metric: str, other: str, label: str):
     return make
 
 
+def tuned_row(objective: str, label: str = ""):
+    """'| diff2flow | 0.003 | 149.8 | 0.41 | +63.3 [+42.4, +80.0] | -0.25 [-0.29, -0.20] |': an objective at its
+    picked LR, paired with diffusion at its own, from the report's equal-tuning table (its seeds column left out)."""
+
+    def make(path):
+        body = section(read(path), "Equal tuning")
+        line = next(ln for ln in body.splitlines() if ln.startswith(f"| {objective} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        diffs = [re.sub(r"^(\S+) \(95 % CI (\S+) to (\S+), \d+ seeds\)$", r"\1 [\2, \3]", c) for c in cells[5:7]]
+        return "| " + " | ".join([label or objective, cells[1], *cells[3:5], *diffs]) + " |"
+
+    return make
+
+
+def tuned_pair(objective: str):
+    """'FD +63.3 [+42.4, +80.0], prompt accuracy -0.25 [-0.29, -0.20]': the differences of ``tuned_row``."""
+
+    def make(path):
+        cells = tuned_row(objective)(path).strip("| ").split(" | ")
+        return f"FD {cells[4]}, prompt accuracy {cells[5]}"
+
+    return make
+
+
 def decomposition_row(what: str):
     """'| +128.8 [+100.9, +149.5] | -0.08 [-0.09, -0.07] | +61.2 [...] | -0.10 [...] |': one step of the
     decomposition, FD and prompt accuracy on the eps then the v prior, from each prior's section's lines
@@ -282,6 +306,30 @@ QUOTES = [
         for command in commands
         for name in ("digits", "letters", "patterns")
     ],
+    # issue #24's equal tuning: every objective at its own picked LR against diffusion at its own
+    *[
+        ("docs/objectives.md", None, OBJ, tuned_row(objective, label))
+        for objective, label in (
+            ("diffusion", ""),
+            ("diff2flow", ""),
+            ("diff2flow-discrete", "diff2flow-discrete (the loss-only bridge)"),
+            ("diff2flow-unweighted", ""),
+            ("diffusion-fm-t", ""),
+            ("fm", "naive fm"),
+        )
+    ],  # fmt: skip
+    ("README.md", None, OBJ, tuned_pair("diff2flow")),
+    (
+        "docs/objectives.md",
+        "0.89 / FD 24.4",
+        RES + "objectives.jsonl",
+        step0(
+            *[
+                ("tiny-shapes-v|shapes-base|diffusion|48px|", m, f)
+                for m, f in (("prompt_accuracy", "{:.2f}"), ("fd", "FD {:.1f}"))
+            ]
+        ),
+    ),
     ("README.md", "FD -377.6 [-378.9, -376.4]", OBJ, objectives_difference(DEMO, "fd", "fm", "FD")),
     ("README.md", "+0.87 [+0.86, +0.88]", OBJ, objectives_difference(DEMO, "prompt_accuracy", "fm", "")),
     ("README.md", "FD +5.7 [+3.8, +7.6]", OBJ, objectives_difference(DEMO, "fd", "diffusion", "FD")),

@@ -66,8 +66,8 @@ def test_summary_gives_each_teacher_its_best_student_and_its_own_prompt_goal():
     ]  # fmt: skip
     text = report(prior + [dict(r, teacher="finetune") for r in finetune])
     assert (
-        "| prior | 0.99 / 3.7 | 0.40 / 143.4 (euler) | more | 0.84 / 36.1 | 0.98 / 5.5 | met: FD <= 5.6, prompt >= 0.95 "
-        "| not met: beat 0.99 / 3.9 (16 calls) |" in text
+        "| prior | 0.99 / 3.7 | 0.40 / 143.4 (euler) | more | 0.84 / 36.1 | 0.98 / 5.5 | "
+        "met: FD <= 5.6, prompt >= 0.95 | not met: beat 0.99 / 3.9 (16 calls) |" in text
     )
     # the finetune's prompt goal is 0.85 (0.86 meets it) and its FD goal 1.5 x 19.3
     assert (
