@@ -9,7 +9,7 @@ scored on validation noise of its own (``VALIDATION_SEED``, not the grid's evalu
 reads it is fixed here, before any run (``LR_RULE``, applied by ``objectives_report.best_lr``). A sweep cell
 that diverges (NaN loss) is recorded as such and loses to every finite one. The sweep first had three LRs; when
 every objective but naive FM picked its top one, 1e-2 was added (a pick at the edge of a sweep says the best rate
-may lie beyond it), and the tuned cells run at the three-LR picks stay in the results file, superseded.
+may lie beyond it); the picks stayed where they were, but naive FM's, whose tuned cells came with the new column.
 
 The ``tuned`` block (issue #24, equal tuning effort) follows the sweep: once every sweep cell is in the results
 file, each objective whose picked LR is not the fixed one is trained again at its own LR on the headline seeds,

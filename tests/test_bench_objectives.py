@@ -93,8 +93,8 @@ def test_decomposition_and_lr_sweep_blocks_and_the_published_cells_stay_done():
     published = BENCH / "results" / "objectives.jsonl"
     records = read_records(published)
     cells = {r["key"] for r in records if r.get("kind") == "cell"}
-    # adding blocks re-runs nothing already published (the tuned block: as the published sweep plans it), except
-    # the tuned cells of the three-LR sweep that the 1e-2 column superseded, which stay in the file
+    # adding blocks re-runs nothing already published (the tuned block: as the published sweep plans it); a tuned
+    # cell a wider sweep no longer plans (a pick that moved) stays in the file, at the three-LR sweep's pick
     planned = {c.key for c in plan(PRESETS["full"], records)}
     superseded = {r["key"] for r in records if r.get("kind") == "cell" and r["spec"]["role"] == "tuned"} - planned
     assert cells and cells - superseded <= planned
