@@ -103,21 +103,14 @@ def correct(images, prompt_list: list[str], evaluator: Evaluator | None = None) 
 def evaluate(images, prompt_list: list[str], seed: int = 0, evaluator: Evaluator | None = None) -> dict[str, float]:
     """{"prompt_accuracy", "domain_accuracy", "fd", "black_background", "white_background"} of samples of this task:
     the last two the mean background luminance of the samples asked for black (0 is right) and for white (1)."""
-    from d2f.distances import frechet_distance
     from d2f.world.metrics import background_luminance
+    from d2f.world.novel import task_scores
 
     x = as_batch(images)
-    if len(prompt_list) != len(x):
-        raise ValueError(f"got {len(x)} images but {len(prompt_list)} prompts")
-    evaluator = evaluator or load_evaluator()
-    hits = correct(x, prompt_list, evaluator)
-    domain = evaluator.predict(x)["domain"]
-    real = reference_images(prompt_list, seed, evaluator.config["resolution"])
+    scores = task_scores(x, prompt_list, correct, reference_images, DOMAIN, seed, evaluator)
     luminance, white = background_luminance(x), asked_background(prompt_list) == 1
     return {
-        "prompt_accuracy": sum(hits) / len(hits),
-        "domain_accuracy": sum(d == DOMAIN for d in domain) / len(domain),
-        "fd": frechet_distance(evaluator.embed(x), evaluator.embed(real)),
+        **scores,
         "black_background": float(luminance[~white].mean()) if (~white).any() else float("nan"),
         "white_background": float(luminance[white].mean()) if white.any() else float("nan"),
     }

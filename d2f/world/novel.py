@@ -97,18 +97,24 @@ def pixel_colour(images) -> list[str]:
 
 def evaluate(images, prompt_list: list[str], seed: int = 0, evaluator: Evaluator | None = None) -> dict[str, float]:
     """{"prompt_accuracy", "domain_accuracy", "fd"} of samples of this task (see the module doc)."""
+    return task_scores(images, prompt_list, correct, reference_images, DOMAIN, seed, evaluator)
+
+
+def task_scores(images, prompt_list, correct_fn, references_fn, domain: str, seed: int, evaluator) -> dict[str, float]:
+    """{"prompt_accuracy", "domain_accuracy", "fd"} of samples of a task with captions of its own: its
+    ``correct_fn(images, prompts, evaluator)`` and ``references_fn(prompts, seed, resolution)`` (real images)."""
     from d2f.distances import frechet_distance
 
     x = as_batch(images)
     if len(prompt_list) != len(x):
         raise ValueError(f"got {len(x)} images but {len(prompt_list)} prompts")
     evaluator = evaluator or load_evaluator()
-    hits = correct(x, prompt_list, evaluator)
-    domain = evaluator.predict(x)["domain"]
-    real = reference_images(prompt_list, seed, evaluator.config["resolution"])
+    hits = correct_fn(x, prompt_list, evaluator)
+    predicted = evaluator.predict(x)["domain"]
+    real = references_fn(prompt_list, seed, evaluator.config["resolution"])
     return {
         "prompt_accuracy": sum(hits) / len(hits),
-        "domain_accuracy": sum(d == DOMAIN for d in domain) / len(domain),
+        "domain_accuracy": sum(d == domain for d in predicted) / len(predicted),
         "fd": frechet_distance(evaluator.embed(x), evaluator.embed(real)),
     }
 
