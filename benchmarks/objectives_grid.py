@@ -91,12 +91,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """The objective as the report names it: with ``+ztsnr`` when the run rescales to zero terminal SNR."""
-        return (
-            self.objective
-            + ("+ztsnr" if self.zero_terminal_snr else "")
-            + ("" if self.recipe == "d2f" else f"+{self.recipe}")
-        )
+        return objective_label(asdict(self))
 
     @property
     def key(self) -> str:
@@ -113,6 +108,14 @@ class Cell:
         digest = hashlib.sha1(spec.encode()).hexdigest()[:10]
         rank = "full" if self.rank == 0 else f"r{self.rank}"
         return f"{self.model}|{self.task}|{self.label}|{rank}|s{self.seed}|{digest}"
+
+
+def objective_label(spec: dict) -> str:
+    """The objective of a cell's spec as the report names it: ``+ztsnr`` when the run rescales to zero terminal
+    SNR, ``+paper`` for the paper's LoRA recipe (a spec from before these fields has neither)."""
+    recipe = spec.get("recipe", "d2f")
+    ztsnr = "+ztsnr" if spec.get("zero_terminal_snr") else ""
+    return spec["objective"] + ztsnr + ("" if recipe == "d2f" else f"+{recipe}")
 
 
 @dataclass(frozen=True)

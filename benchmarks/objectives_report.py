@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from objectives_eval import Eval, natural_sampler, other_sampler
-from objectives_grid import LR_RULE, PRESETS, plan, read_records
+from objectives_grid import LR_RULE, PRESETS, objective_label, plan, read_records
 
 from d2f.world.curves import (
     area_under_curve,
@@ -53,17 +53,7 @@ whether it does by 300."""
 
 
 def _key(spec: dict) -> tuple:
-    return (spec["model"], spec["task"], _label(spec), spec["rank"])
-
-
-def _label(spec: dict) -> str:
-    """The objective as the tables name it (``objectives_grid.Cell.label``): ``+ztsnr`` on zero terminal SNR."""
-    recipe = spec.get("recipe", "d2f")
-    return (
-        spec["objective"]
-        + ("+ztsnr" if spec.get("zero_terminal_snr") else "")
-        + ("" if recipe == "d2f" else f"+{recipe}")
-    )
+    return (spec["model"], spec["task"], objective_label(spec), spec["rank"])
 
 
 def _natural(spec: dict, calls: int | None = None, guidance: float | None = None, sampler: str | None = None) -> str:
@@ -357,10 +347,10 @@ def recipe_pairs(cells: list[dict], headline: list[dict]) -> list[str]:
 
     lines = []
     for other in ("diff2flow", "diffusion"):
-        theirs = [r for r in same if _label(r["spec"]) == other]
+        theirs = [r for r in same if objective_label(r["spec"]) == other]
         for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
             d = paired_difference(final(cells, metric), final(theirs, metric))
-            lines.append(f"- {metric}({_label(spec)}) - {metric}({other}, d2f's recipe) = {_ci(d, digits)}")
+            lines.append(f"- {metric}({objective_label(spec)}) - {metric}({other}, d2f's recipe) = {_ci(d, digits)}")
     return lines
 
 
@@ -372,7 +362,7 @@ def extremes_table(cells: list[dict]) -> list[str]:
         m = r["final"].get(_natural(r["spec"]))
         if m and "black_background" in m:
             b, w = m["black_background"], m["white_background"]
-            by[(r["spec"]["model"], _label(r["spec"]))][r["spec"]["seed"]] = (
+            by[(r["spec"]["model"], objective_label(r["spec"]))][r["spec"]["seed"]] = (
                 b["value"], w["value"], b["reference"], w["reference"]
             )  # fmt: skip
     lines = [
@@ -585,7 +575,7 @@ def brightness_section(cells: list[dict]) -> list[str]:
         m = r["final"].get(_natural(r["spec"]))
         if m and "background_luminance" in m:
             spec = r["spec"]
-            groups[(spec["role"], spec["model"], spec["task"], _label(spec), r["lr"])].append(m)
+            groups[(spec["role"], spec["model"], spec["task"], objective_label(spec), r["lr"])].append(m)
     if not groups:
         return []
     lines = [
