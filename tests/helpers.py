@@ -4,6 +4,7 @@
 - ``write_run``: a run folder as ``d2f train`` writes it, with a random non-zero LoRA
 - ``builtin_prior``: a shipped prior's folder (or skip)
 - ``write_shapes_folder``, ``read_jsonl``: small imagefolders of the shapes world; metrics files
+- ``pair_settings``, ``REFLOW_CAPTIONS``, ``REFLOW_FAST``: small ``d2f reflow`` pairs specs and run options
 """
 
 from __future__ import annotations
@@ -235,3 +236,29 @@ def pipeline_to_single_file(pipe, path: Path) -> Path:
     state |= {f"cond_stage_model.transformer.{'' if wrapped else 'text_model.'}{k}": v for k, v in text.items()}
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+REFLOW_CAPTIONS = ["a red circle", "a blue square", "a green triangle"]
+REFLOW_FAST = dict(batch_size=2, warmup_steps=0, validate_every=0, checkpoint_every=0, log_every=1, eval_samples=0)
+
+
+def pair_settings(**overrides):
+    """A ``d2f reflow`` teacher-pairs spec on the tiny model, small enough for the fast tier."""
+    from d2f.reflow.pairs import PairSettings
+
+    base = dict(
+        teacher_model="tiny",
+        teacher_weights=None,
+        teacher_fingerprint=None,
+        objective="diffusion",
+        sampler="ddim",
+        steps=2,
+        guidance=2.0,
+        num_pairs=5,
+        seed=7,
+        height=32,
+        width=32,
+        captions=REFLOW_CAPTIONS,
+        shard_size=2,
+    )
+    return PairSettings(**{**base, **overrides})

@@ -9,34 +9,15 @@ import json
 
 import pytest
 import torch
+from helpers import REFLOW_CAPTIONS as CAPTIONS
+from helpers import REFLOW_FAST as FAST
+from helpers import pair_settings as settings
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from d2f.errors import UserError
 from d2f.reflow.pair_batches import SHARD, load_pairs
-from d2f.reflow.pairs import PairSettings, generate_pairs
-
-CAPTIONS = ["a red circle", "a blue square", "a green triangle"]
-FAST = dict(batch_size=2, warmup_steps=0, validate_every=0, checkpoint_every=0, log_every=1, eval_samples=0)
-
-
-def settings(**overrides) -> PairSettings:
-    base = dict(
-        teacher_model="tiny",
-        teacher_weights=None,
-        teacher_fingerprint=None,
-        objective="diffusion",
-        sampler="ddim",
-        steps=2,
-        guidance=2.0,
-        num_pairs=5,
-        seed=7,
-        height=32,
-        width=32,
-        captions=CAPTIONS,
-        shard_size=2,
-    )
-    return PairSettings(**{**base, **overrides})
+from d2f.reflow.pairs import generate_pairs
 
 
 @pytest.fixture(scope="module")

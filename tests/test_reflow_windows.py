@@ -7,6 +7,9 @@ import json
 
 import pytest
 import torch
+from helpers import REFLOW_CAPTIONS as CAPTIONS
+from helpers import REFLOW_FAST as FAST
+from helpers import pair_settings as settings
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -14,7 +17,6 @@ from safetensors.torch import save_file
 
 from d2f.reflow.pair_batches import SHARD, load_pairs, load_path, window_line
 from d2f.reflow.pairs import generate_pairs
-from tests.test_reflow import CAPTIONS, FAST, settings
 
 
 @pytest.fixture(scope="module")
