@@ -48,8 +48,8 @@ VARIANTS = {  # in the order they ran: the control, then what the issue names, t
     "4096 pairs, 4000 steps": (4096, {"steps": 4000}),
     "2 windows (PeRFlow)": (1024, {"windows": 2}),
 }
-# the variants run with the finetune as the teacher (each costs minutes of CPU: the control and the new one)
-FINETUNE_VARIANTS = ("defaults (near-noise t, mse)", "2 windows (PeRFlow)")
+# the variants run with the finetune as the teacher: the control, the new one, and the prior's best (40 min of CPU)
+FINETUNE_VARIANTS = ("defaults (near-noise t, mse)", "2 windows (PeRFlow)", "4096 pairs, 4000 steps")
 # (sampler, shift, steps) of the teacher, guided: 2 calls per evaluation; Heun makes 2K - 1 evaluations in K steps
 TEACHER_ROWS = [("euler", 1.0, 1), ("ddim", 1.0, 1)]  # 2 calls
 TEACHER_ROWS += [("euler", 1.0, 2), ("euler", 3.0, 2), ("ddim", 1.0, 2)]  # 4 calls
