@@ -125,6 +125,24 @@ def summary_table(groups: dict) -> list[str]:
     return lines
 
 
+def curve_table(groups: dict) -> list[str]:
+    """FD / prompt accuracy along training (mean over seeds) of each objective: where do the curves cross?"""
+    steps = sorted({p["step"] for by_seed in groups.values() for r in by_seed.values() for p in r["curve"]})
+    lines = [
+        "| objective | seeds | " + " | ".join(f"step {s}: FD / prompt acc" for s in steps) + " |",
+        "| --- | ---: |" + " ---: |" * len(steps),
+    ]
+    for (_, _, objective, _), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        cols = []
+        for step in steps:
+            at = [p for r in by_seed.values() for p in r["curve"] if p["step"] == step]
+            fd = [p["metrics"]["fd"]["value"] for p in at]
+            acc = [p["metrics"]["prompt_accuracy"]["value"] for p in at]
+            cols.append(f"{statistics.fmean(fd):.1f} / {statistics.fmean(acc):.2f}" if at else "-")
+        lines.append(f"| {objective} | {len(by_seed)} | " + " | ".join(cols) + " |")
+    return lines
+
+
 def sampler_table(groups: dict) -> list[str]:
     lines = [
         "| objective | rank | sampler | calls | FD (mean over seeds) | prompt acc | seeds |",
@@ -330,6 +348,9 @@ def block_section(cells: list[dict], folder: Path, headline: list[dict] | None =
         lines += ["", *extremes_table(cells)]
     if role == "recipe":
         lines += ["", *recipe_pairs(cells, headline or [])]
+    if role in ("long", "longer"):
+        calls = spec["calls"][0]
+        lines += ["", f"Along training (each objective's own sampler at {calls} calls):", "", *curve_table(groups)]
     plot = plot_curves(groups, folder / f"objectives_{role.replace('-', '_')}_curves.png")
     if plot:
         lines += ["", f"![FD along training, {role} block]({plot.name})"]

@@ -291,6 +291,28 @@ def test_extremes_table_pairs_each_objective_with_diffusion_on_its_prior():
     assert "| tiny-shapes-eps | diffusion | 2 | 0.205 | 0.900 | - | - | 0.000 / 1.000 |" in text
 
 
+def test_longer_block_reports_each_objective_along_training_averaged_over_seeds():
+    """The 3000-step block (issue #24, question 4) gets a table of FD / prompt accuracy at every curve step, so a
+    crossing of the curves can be read off it."""
+    from objectives_report import _group, curve_table
+
+    cells = [c for c in plan(PRESETS["full"]) if c.role == "longer"]
+    assert {(c.label, c.seed, c.steps) for c in cells} == {
+        (o, s, 3000) for o in ("diff2flow", "diffusion", "fm") for s in (0, 1)
+    }
+    records = []
+    for c in cells:
+        r = _synthetic_cell(c, 0.0, 0.0)
+        for p in r["curve"]:  # fm falls from 400 to 100, diffusion stays at 200 (+ 2 on seed 1): they cross
+            fd = {"fm": 400.0 - 0.1 * p["step"], "diffusion": 200.0 + 2 * c.seed}.get(c.label, 150.0)
+            p["metrics"] = {"fd": {"value": fd}, "prompt_accuracy": {"value": p["step"] / 6000}}
+        records.append(r)
+    text = "\n".join(curve_table(_group(records)))
+    assert "| objective | seeds | step 0: FD / prompt acc | step 500: FD / prompt acc |" in text
+    assert "| diffusion | 2 | 201.0 / 0.00 | 201.0 / 0.08 | 201.0 / 0.17 | 201.0 / 0.33 | 201.0 / 0.50 |" in text
+    assert "| fm | 2 | 400.0 / 0.00 | 350.0 / 0.08 | 300.0 / 0.17 | 200.0 / 0.33 | 100.0 / 0.50 |" in text
+
+
 @pytest.mark.slow
 def test_quick_grid_end_to_end(tmp_path):
     import bench_objectives
