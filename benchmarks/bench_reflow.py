@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CALLS = (1, 2, 4, 8)
 
 
+def demo_teacher(folder: Path) -> dict:
+    """The demo's finetune (``d2f train``'s defaults on the built-in world) in ``folder``: trained, resumed from
+    where it stopped, or (finished before) only read back; its run summary."""
+    from d2f.training import TrainConfig, train
+    from d2f.world.data import builtin_data
+
+    return train(TrainConfig(output=str(folder), resume=(folder / "d2f_run.json").is_file()), builtin=builtin_data)
+
+
 def score(
     pipe, prompts: list[str], steps: int, guidance: float, seed: int, domain: str, sampler="euler", shift=1.0
 ) -> dict:
@@ -61,7 +70,6 @@ def rows_of(name: str, pipe, teacher: bool, guidance: float, prompts, seed: int,
 def main(argv=None) -> None:
     from d2f.pipeline.loading import load_pipeline
     from d2f.reflow.run import ReflowConfig, reflow
-    from d2f.training import TrainConfig, train
     from d2f.world.data import builtin_data
     from d2f.world.shapes import all_prompts
 
@@ -78,9 +86,7 @@ def main(argv=None) -> None:
     teacher_run, teacher_seconds = args.teacher_run, None
     if teacher_run is None:
         teacher_run = str(work / "teacher")
-        resume = (Path(teacher_run) / "d2f_run.json").is_file()  # a benchmark stopped midway goes on
-        summary = train(TrainConfig(output=teacher_run, resume=resume), builtin=builtin_data)
-        teacher_seconds = summary.get("seconds")
+        teacher_seconds = demo_teacher(Path(teacher_run)).get("seconds")
 
     plans = {  # name -> (teacher model, teacher lora, student objective, domain)
         "finetune": (None, teacher_run, "diff2flow", "target"),

@@ -85,14 +85,11 @@ def teacher_source(teacher: str, work: Path) -> tuple[str | None, str | None, fl
     """(model, lora, guidance) of a teacher; the finetune is trained first if it is not in ``work`` yet."""
     if teacher == "prior":
         return TEACHERS["prior"]["model"], None, 2.0
-    from d2f.training import TrainConfig, train
-    from d2f.world.data import builtin_data
+    from bench_reflow import demo_teacher
 
     out = work / "teacher-finetune"
-    record = out / "d2f_run.json"
-    if not record.is_file() or json.loads(record.read_text()).get("status") != "finished":
-        train(TrainConfig(output=str(out), resume=record.is_file()), builtin=builtin_data)
-    return None, str(out), float(json.loads(record.read_text()).get("guidance", 2.0))
+    demo_teacher(out)
+    return None, str(out), float(json.loads((out / "d2f_run.json").read_text()).get("guidance", 2.0))
 
 
 def run_variant(name: str, work: Path, teacher: str) -> list[dict]:
