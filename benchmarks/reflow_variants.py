@@ -180,11 +180,11 @@ def summary(records: list[dict]) -> list[str]:
         best = min(two, key=lambda r: r["fd"])
         one = next(r for r in students if r["variant"] == best["variant"] and r["calls"] == 1)
         teacher_two = min((r for r in mine if r["model"] == "teacher" and r["calls"] == 2), key=lambda r: r["fd"])
-        met2, met1 = goals_met(best, one, reference, eight, GOAL_PROMPT[teacher])
+        miss2, miss1 = goal_misses(best, one, reference, eight, GOAL_PROMPT[teacher])
         lines.append(
             f"| {teacher} | {pair(reference)} | {pair(teacher_two)} ({_label(teacher_two)}) | {best['variant']} | "
-            f"{pair(one)} | {pair(best)} | {'met' if met2 else 'not met'}: FD <= {GOAL_FD_RATIO * reference['fd']:.1f}"
-            f", prompt >= {GOAL_PROMPT[teacher]:g} | {'met' if met1 else 'not met'}: beat {pair(eight)} (16 calls) |"
+            f"{pair(one)} | {pair(best)} | {_verdict(miss2)}: FD <= {GOAL_FD_RATIO * reference['fd']:.1f}, "
+            f"prompt >= {GOAL_PROMPT[teacher]:g} | {_verdict(miss1)}: beat {pair(eight)} (16 calls) |"
         )
     return lines
 
@@ -240,11 +240,17 @@ def best_at_equal_calls(records: list[dict]) -> list[str]:
     return lines if calls else []
 
 
-def goals_met(two: dict, one: dict, reference: dict, eight: dict, goal_prompt: float) -> tuple[bool, bool]:
-    """Issue #23's goals for a student's 2-call and 1-call rows: (FD within ``GOAL_FD_RATIO`` x the teacher's
-    25-step FD and prompt accuracy >= ``goal_prompt``; better than the teacher at 8 steps on both)."""
-    met2 = two["fd"] <= GOAL_FD_RATIO * reference["fd"] and two["prompt_accuracy"] >= goal_prompt
-    return met2, one["prompt_accuracy"] > eight["prompt_accuracy"] and one["fd"] < eight["fd"]
+def goal_misses(two: dict, one: dict, reference: dict, eight: dict, goal_prompt: float) -> tuple[list, list]:
+    """What a student's 2-call and 1-call rows miss of issue #23's goals (empty lists: both met): at 2 calls FD
+    within ``GOAL_FD_RATIO`` x the teacher's 25-step FD and prompt accuracy >= ``goal_prompt``; at 1 call a higher
+    prompt accuracy and a lower FD than the teacher at 8 steps."""
+    two_ok = (("FD", two["fd"] <= GOAL_FD_RATIO * reference["fd"]), ("prompt", two["prompt_accuracy"] >= goal_prompt))
+    one_ok = (("prompt", one["prompt_accuracy"] > eight["prompt_accuracy"]), ("FD", one["fd"] < eight["fd"]))
+    return [what for what, ok in two_ok if not ok], [what for what, ok in one_ok if not ok]
+
+
+def _verdict(misses: list[str]) -> str:
+    return "met" if not misses else f"not met ({' and '.join(misses)})"
 
 
 def goals(records: list[dict], goal_prompt: float) -> list[str]:
@@ -268,10 +274,9 @@ def goals(records: list[dict], goal_prompt: float) -> list[str]:
         if not (two and one):
             continue
         ratio = two["fd"] / reference["fd"]
-        met2, met1 = goals_met(two, one, reference, eight, goal_prompt)
-        lines.append(f"| {name} | {two['fd']:.1f} / {ratio:.1f}x, {two['prompt_accuracy']:.2f} | "
-                     f"{'met' if met2 else 'not met'} | {one['prompt_accuracy']:.2f}, {one['fd']:.1f} | "
-                     f"{'met' if met1 else 'not met'} |")  # fmt: skip
+        miss2, miss1 = goal_misses(two, one, reference, eight, goal_prompt)
+        lines.append(f"| {name} | {two['fd']:.1f} / {ratio:.1f}x, {two['prompt_accuracy']:.2f} | {_verdict(miss2)} | "
+                     f"{one['prompt_accuracy']:.2f}, {one['fd']:.1f} | {_verdict(miss1)} |")  # fmt: skip
     return lines
 
 

@@ -42,11 +42,14 @@ def test_goal_table_and_the_teachers_best_at_equal_calls():
         row("student", 2, 0.96, 17.4, "near"),  # fmt: skip
         row("student", 1, 0.995, 3.0, "great"),
         row("student", 2, 0.96, 5.5, "great"),  # fmt: skip
+        row("student", 1, 0.995, 4.0, "half"),
+        row("student", 2, 0.90, 5.52, "half"),  # fmt: skip
     ]
     text = report(records)
     assert "<= 5.6) and prompt accuracy >= 0.95" in text  # 1.5 x the 25-step FD 3.7
-    assert "| near | 17.4 / 4.7x, 0.96 | not met | 0.64, 69.8 | not met |" in text
+    assert "| near | 17.4 / 4.7x, 0.96 | not met (FD) | 0.64, 69.8 | not met (prompt and FD) |" in text
     assert "| great | 5.5 / 1.5x, 0.96 | met | 0.99, 3.0 | met |" in text  # 0.995 > 0.99 and 3.0 < 3.9
+    assert "| half | 5.5 / 1.5x, 0.90 | not met (prompt) | 0.99, 4.0 | not met (FD) |" in text  # each part named
     assert "| 4 | euler | 0.96 / 8.6 | - | - |" in text  # the lower FD of the two 4-call samplers
     assert "| 2 | euler | 0.40 / 143.4 | great | 0.96 / 5.5 |" in text
     assert text.index("| teacher | euler | 2 |") < text.index("| student | near | 1 |")  # teachers first
@@ -67,7 +70,7 @@ def test_summary_gives_each_teacher_its_best_student_and_its_own_prompt_goal():
     text = report(prior + [dict(r, teacher="finetune") for r in finetune])
     assert (
         "| prior | 0.99 / 3.7 | 0.40 / 143.4 (euler) | more | 0.84 / 36.1 | 0.98 / 5.5 | "
-        "met: FD <= 5.6, prompt >= 0.95 | not met: beat 0.99 / 3.9 (16 calls) |" in text
+        "met: FD <= 5.6, prompt >= 0.95 | not met (prompt and FD): beat 0.99 / 3.9 (16 calls) |" in text
     )
     # the finetune's prompt goal is 0.85 (0.86 meets it) and its FD goal 1.5 x 19.3
     assert (
