@@ -84,9 +84,12 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _ci(d: dict | None, digits: int = 1) -> str:
+def _ci(d: dict | None, digits: int = 1, short: bool = False) -> str:
+    """A paired difference with its 95 % interval: in prose, or (``short``) as a table cell, 'mean [low, high]'."""
     if d is None:
         return "no paired seeds"
+    if short:
+        return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
     return f"{d['mean']:+.{digits}f} (95 % CI {d['low']:+.{digits}f} to {d['high']:+.{digits}f}, {d['n']} seeds)"
 
 
@@ -125,21 +128,37 @@ def summary_table(groups: dict) -> list[str]:
     return lines
 
 
-def curve_table(groups: dict) -> list[str]:
-    """FD / prompt accuracy along training (mean over seeds) of each objective: where do the curves cross?"""
-    steps = sorted({p["step"] for by_seed in groups.values() for r in by_seed.values() for p in r["curve"]})
+def curve_table(cells: list[dict]) -> list[str]:
+    """FD / prompt accuracy along training (mean over seeds) of each objective in ``cells`` (one block, one prior),
+    then Diff2Flow minus each baseline at every step, paired over seeds: where do the curves cross?"""
+    groups = _group(cells)
+    steps = sorted({p["step"] for r in cells for p in r["curve"]})
+
+    def at(by_seed, step, metric):  # {seed: metric at step}
+        return {s: p["metrics"][metric]["value"] for s, r in by_seed.items() for p in r["curve"] if p["step"] == step}
+
     lines = [
         "| objective | seeds | " + " | ".join(f"step {s}: FD / prompt acc" for s in steps) + " |",
         "| --- | ---: |" + " ---: |" * len(steps),
     ]
-    for (_, _, objective, _), by_seed in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    by_label = {key[2]: by_seed for key, by_seed in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    for label, by_seed in by_label.items():
         cols = []
         for step in steps:
-            at = [p for r in by_seed.values() for p in r["curve"] if p["step"] == step]
-            fd = [p["metrics"]["fd"]["value"] for p in at]
-            acc = [p["metrics"]["prompt_accuracy"]["value"] for p in at]
-            cols.append(f"{statistics.fmean(fd):.1f} / {statistics.fmean(acc):.2f}" if at else "-")
-        lines.append(f"| {objective} | {len(by_seed)} | " + " | ".join(cols) + " |")
+            fd, acc = at(by_seed, step, "fd").values(), at(by_seed, step, "prompt_accuracy").values()
+            cols.append(f"{statistics.fmean(fd):.1f} / {statistics.fmean(acc):.2f}" if fd else "-")
+        lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(cols) + " |")
+    pairs = [(o, "diff2flow") for o in ("fm", "diffusion") if o in by_label and "diff2flow" in by_label]
+    if pairs:
+        lines += ["", "| paired difference | " + " | ".join(f"step {s}" for s in steps) + " |"]
+        lines += ["| --- |" + " --- |" * len(steps)]
+    for other, mine in pairs:
+        for metric, digits in (("fd", 1), ("prompt_accuracy", 2)):
+            cols = []
+            for step in steps:
+                d = paired_difference(at(by_label[mine], step, metric), at(by_label[other], step, metric))
+                cols.append("-" if d is None else _ci(d, digits, short=True))
+            lines.append(f"| {metric}({mine}) - {metric}({other}) | " + " | ".join(cols) + " |")
     return lines
 
 
@@ -350,7 +369,7 @@ def block_section(cells: list[dict], folder: Path, headline: list[dict] | None =
         lines += ["", *recipe_pairs(cells, headline or [])]
     if role in ("long", "longer"):
         calls = spec["calls"][0]
-        lines += ["", f"Along training (each objective's own sampler at {calls} calls):", "", *curve_table(groups)]
+        lines += ["", f"Along training (each objective's own sampler at {calls} calls):", "", *curve_table(cells)]
     plot = plot_curves(groups, folder / f"objectives_{role.replace('-', '_')}_curves.png")
     if plot:
         lines += ["", f"![FD along training, {role} block]({plot.name})"]

@@ -294,7 +294,7 @@ def test_extremes_table_pairs_each_objective_with_diffusion_on_its_prior():
 def test_longer_block_reports_each_objective_along_training_averaged_over_seeds():
     """The 3000-step block (issue #24, question 4) gets a table of FD / prompt accuracy at every curve step, so a
     crossing of the curves can be read off it."""
-    from objectives_report import _group, curve_table
+    from objectives_report import curve_table
 
     cells = [c for c in plan(PRESETS["full"]) if c.role == "longer"]
     assert {(c.label, c.seed, c.steps) for c in cells} == {
@@ -307,10 +307,13 @@ def test_longer_block_reports_each_objective_along_training_averaged_over_seeds(
             fd = {"fm": 400.0 - 0.1 * p["step"], "diffusion": 200.0 + 2 * c.seed}.get(c.label, 150.0)
             p["metrics"] = {"fd": {"value": fd}, "prompt_accuracy": {"value": p["step"] / 6000}}
         records.append(r)
-    text = "\n".join(curve_table(_group(records)))
+    text = "\n".join(curve_table(records))
     assert "| objective | seeds | step 0: FD / prompt acc | step 500: FD / prompt acc |" in text
     assert "| diffusion | 2 | 201.0 / 0.00 | 201.0 / 0.08 | 201.0 / 0.17 | 201.0 / 0.33 | 201.0 / 0.50 |" in text
     assert "| fm | 2 | 400.0 / 0.00 | 350.0 / 0.08 | 300.0 / 0.17 | 200.0 / 0.33 | 100.0 / 0.50 |" in text
+    # Diff2Flow's 150 against diffusion's 200 / 202 (seed 0 / 1): -51 paired, the interval the range of the two
+    assert "| fd(diff2flow) - fd(diffusion) | -51.0 [-52.0, -50.0] | -51.0 [-52.0, -50.0] |" in text
+    assert "| fd(diff2flow) - fd(fm) | -250.0 [-250.0, -250.0] | -200.0 [-200.0, -200.0] |" in text
 
 
 @pytest.mark.slow

@@ -132,6 +132,24 @@ def objectives_difference(block: str, metric: str, other: str, label: str):
     return make
 
 
+def longer_row(step: int):
+    """'| 500 | 140.6 / 0.43 | 102.1 / 0.65 | 400.7 / 0.03 | +38.5 [+10.1, +66.9] | -0.22 [-0.26, -0.19] |': one
+    step of the 3000-step block's curves (Diff2Flow, diffusion, naive FM), then Diff2Flow minus diffusion."""
+
+    def make(path):
+        rows = {}
+        for line in section(read(path), LONGER).splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells
+        column = rows["objective"].index(f"step {step}: FD / prompt acc")
+        diff = rows["paired difference"].index(f"step {step}")
+        means = [rows[o][column] for o in ("diffusion", "fm")]
+        gaps = [rows[f"{m}(diff2flow) - {m}(diffusion)"][diff] for m in ("fd", "prompt_accuracy")]
+        return "| " + " | ".join([str(step), rows["diff2flow"][column], *means, *gaps]) + " |"
+
+    return make
+
+
 def tuned_row(objective: str, label: str = ""):
     """'| diff2flow | 0.003 | 149.8 | 0.41 | +63.3 [+42.4, +80.0] | -0.25 [-0.29, -0.20] |': an objective at its
     picked LR, paired with diffusion at its own, from the report's equal-tuning table (its seeds column left out)."""
@@ -238,6 +256,7 @@ def train_cost_rows(path):
 
 
 OBJ, DEMO, NOVEL = RES + "objectives.md", "The demo's budget", "New content"
+LONGER = "A longer budget"  # the 3000-step block (issue #24, question 4)
 PA = "prompt_accuracy"
 D2F, DIF = "tiny-shapes-eps|shapes-target|diff2flow", "tiny-shapes-eps|shapes-target|diffusion"  # cell keys
 OWN = RES + "own_images_new_content.md"
@@ -319,6 +338,17 @@ QUOTES = [
         )
     ],  # fmt: skip
     ("README.md", None, OBJ, tuned_pair("diff2flow")),
+    *[("docs/objectives.md", None, OBJ, longer_row(step)) for step in (500, 1000, 2000, 3000)],
+    *[
+        (page, "FD -0.8 [-1.2, -0.4]", OBJ, objectives_difference(LONGER, "fd", "diffusion", "FD"))
+        for page in ("README.md", "docs/objectives.md")
+    ],
+    (
+        "docs/objectives.md",
+        "prompt accuracy -0.02 [-0.03, -0.01]",
+        OBJ,
+        objectives_difference(LONGER, "prompt_accuracy", "diffusion", "prompt accuracy"),
+    ),
     (
         "docs/objectives.md",
         "0.89 / FD 24.4",
