@@ -275,7 +275,7 @@ def goals(records: list[dict], goal_prompt: float) -> list[str]:
             continue
         ratio = two["fd"] / reference["fd"]
         miss2, miss1 = goal_misses(two, one, reference, eight, goal_prompt)
-        lines.append(f"| {name} | {two['fd']:.1f} / {ratio:.1f}x, {two['prompt_accuracy']:.2f} | {_verdict(miss2)} | "
+        lines.append(f"| {name} | {two['fd']:.1f} / {ratio:.2f}x, {two['prompt_accuracy']:.2f} | {_verdict(miss2)} | "
                      f"{one['prompt_accuracy']:.2f}, {one['fd']:.1f} | {_verdict(miss1)} |")  # fmt: skip
     return lines
 

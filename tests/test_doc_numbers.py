@@ -271,7 +271,7 @@ def newest(path: str, key: str, value: str, **also) -> dict:
 
 
 PLAIN = "d2f train --data FOLDER"
-BEST_REFLOW = "4096 pairs, 4000 steps"  # the best reflow variant (benchmarks/reflow_variants.py)
+BEST_REFLOW = "8192 pairs, 8000 steps"  # the best reflow variant (benchmarks/reflow_variants.py)
 ROW8 = "| " + " | ".join(["{}"] * 8) + " |"  # a whole table row of 8 cells, as written
 WORDS = PLAIN + " --model tiny-shapes-eps-words"  # the prior whose text encoder knows English words
 

@@ -47,9 +47,9 @@ def test_goal_table_and_the_teachers_best_at_equal_calls():
     ]
     text = report(records)
     assert "<= 5.6) and prompt accuracy >= 0.95" in text  # 1.5 x the 25-step FD 3.7
-    assert "| near | 17.4 / 4.7x, 0.96 | not met (FD) | 0.64, 69.8 | not met (prompt and FD) |" in text
-    assert "| great | 5.5 / 1.5x, 0.96 | met | 0.99, 3.0 | met |" in text  # 0.995 > 0.99 and 3.0 < 3.9
-    assert "| half | 5.5 / 1.5x, 0.90 | not met (prompt) | 0.99, 4.0 | not met (FD) |" in text  # each part named
+    assert "| near | 17.4 / 4.70x, 0.96 | not met (FD) | 0.64, 69.8 | not met (prompt and FD) |" in text
+    assert "| great | 5.5 / 1.49x, 0.96 | met | 0.99, 3.0 | met |" in text  # 0.995 > 0.99 and 3.0 < 3.9
+    assert "| half | 5.5 / 1.49x, 0.90 | not met (prompt) | 0.99, 4.0 | not met (FD) |" in text  # each part named
     assert "| 4 | euler | 0.96 / 8.6 | - | - |" in text  # the lower FD of the two 4-call samplers
     assert "| 2 | euler | 0.40 / 143.4 | great | 0.96 / 5.5 |" in text
     assert text.index("| teacher | euler | 2 |") < text.index("| student | near | 1 |")  # teachers first
