@@ -47,7 +47,7 @@ VARIANTS = {  # in the order they ran: the control, then what the issue names, t
     "full finetune, lr 1e-4": (1024, {"lora_rank": 0, "lr": 1e-4}),
     "4096 pairs, 4000 steps": (4096, {"steps": 4000}),
     "2 windows (PeRFlow)": (1024, {"windows": 2}),
-    "8192 pairs, 8000 steps": (8192, {"steps": 8000}),  # twice the best budget (16k pairs would not fit a session)
+    "8192 pairs, 8000 steps": (8192, {"steps": 8000}),  # twice the budget above (16384 pairs: ~30 min of pairs)
 }
 # the variants run with the finetune as the teacher: the control, the new one, and the prior's best (40 min of CPU)
 FINETUNE_VARIANTS = ("defaults (near-noise t, mse)", "2 windows (PeRFlow)", "4096 pairs, 4000 steps")
